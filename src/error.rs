@@ -1,0 +1,194 @@
+//! Errors of the store, written by hand so that each variant hands back what a caller needs to
+//! retry or to report.
+
+use std::fmt;
+
+use crate::entry::Entry;
+
+/// What a failed operation reports.
+///
+/// `K` is the store's key type and `V` its value type: a conflict hands back the key and the
+/// current entry (value included), so a caller can retry without reading again.
+///
+/// # Example
+/// ```
+/// use caskv::Store;
+/// let store: Store<String, String> = Store::new();
+/// let first = store.set("k".to_string(), "v1".to_string());
+/// store.set("k".to_string(), "v2".to_string());
+/// let err = store.set_cas("k".to_string(), "v3".to_string(), first).unwrap_err();
+/// assert!(err.is_conflict());
+/// let conflict = err.conflict().unwrap();
+/// assert_eq!(conflict.current_index(), Some(first + 1));
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error<K, V> {
+    /// A single-key condition failed: the index or value the caller expected is not the
+    /// current one.
+    Conflict(Conflict<K, V>),
+    /// The key is absent and the operation needs it present (get, delete, CAS with N ≥ 1).
+    NotFound(K),
+    /// A batch failed and changed nothing. Lists every failing operation, in key order.
+    BatchConflict(Vec<Conflict<K, V>>),
+    /// The batch held no operations.
+    EmptyBatch,
+    /// The batch held more operations than the store allows.
+    BatchTooLarge {
+        /// Operations submitted.
+        len: usize,
+        /// The store's bound ([`StoreBuilder::max_batch`](crate::StoreBuilder::max_batch)).
+        max: usize,
+    },
+    /// The same key appeared twice in one batch.
+    DuplicateKey(K),
+    /// `delete_cas` with index 0: create-only has no meaning for a delete.
+    CreateOnlyDelete(K),
+    /// [`Store::update`](crate::Store::update) lost every attempt to concurrent writers.
+    RetriesExhausted {
+        /// The contended key.
+        key: K,
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
+/// One failed condition: what the caller expected of `key` and what it found.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Conflict<K, V> {
+    /// The key whose condition failed.
+    pub key: K,
+    /// The condition.
+    pub expected: Expected,
+    /// The key's entry when the condition was checked; `None` when it was absent.
+    pub current: Option<Entry<V>>,
+}
+
+/// The condition a write carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Expected {
+    /// `modify_index` equal to this; 0 means "absent" (create-only).
+    Index(u64),
+    /// The key present, any version (a plain delete inside a batch).
+    Present,
+    /// Absent, for a value compare-and-set.
+    Absent,
+    /// A value equal to the one given, for a value compare-and-set.
+    Value,
+}
+
+impl<K, V> Conflict<K, V> {
+    /// The key's `modify_index` when the condition was checked; `None` when it was absent.
+    pub fn current_index(&self) -> Option<u64> {
+        self.current.as_ref().map(|e| e.modify_index)
+    }
+
+    /// Whether the key was absent although the condition needed it present: the "not found"
+    /// flavour of a conflict.
+    pub fn is_absent(&self) -> bool {
+        self.current.is_none()
+    }
+}
+
+impl<K, V> Error<K, V> {
+    /// A CAS condition failed: a single-key conflict or a batch conflict.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict(_) | Error::BatchConflict(_))
+    }
+
+    /// The key was absent.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound(_))
+    }
+
+    /// The request itself was malformed (empty, oversized, duplicate keys, delete with index 0).
+    pub fn is_invalid_argument(&self) -> bool {
+        matches!(
+            self,
+            Error::EmptyBatch
+                | Error::BatchTooLarge { .. }
+                | Error::DuplicateKey(_)
+                | Error::CreateOnlyDelete(_)
+        )
+    }
+
+    /// The single-key conflict, if this is one.
+    pub fn conflict(&self) -> Option<&Conflict<K, V>> {
+        match self {
+            Error::Conflict(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Every failed condition: one for a single-key conflict, all of them for a batch.
+    pub fn conflicts(&self) -> &[Conflict<K, V>] {
+        match self {
+            Error::Conflict(c) => std::slice::from_ref(c),
+            Error::BatchConflict(cs) => cs,
+            _ => &[],
+        }
+    }
+}
+
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expected::Index(0) => f.write_str("absent (create-only)"),
+            Expected::Index(n) => write!(f, "ModifyIndex {n}"),
+            Expected::Present => f.write_str("present"),
+            Expected::Absent => f.write_str("absent"),
+            Expected::Value => f.write_str("the given value"),
+        }
+    }
+}
+
+impl<K: fmt::Display, V> fmt::Display for Conflict<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CAS conflict for key '{}': expected {}, but ",
+            self.key, self.expected
+        )?;
+        match self.current_index() {
+            Some(n) => write!(f, "current is {n}"),
+            None => f.write_str("the key is absent"),
+        }
+    }
+}
+
+impl<K: fmt::Display, V> fmt::Display for Error<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Conflict(c) => c.fmt(f),
+            Error::NotFound(k) => write!(f, "key '{k}' not found"),
+            Error::BatchConflict(cs) => {
+                write!(f, "batch failed on {} key(s), nothing applied", cs.len())?;
+                for c in cs {
+                    write!(f, "; {c}")?;
+                }
+                Ok(())
+            }
+            Error::EmptyBatch => f.write_str("empty batch"),
+            Error::BatchTooLarge { len, max } => {
+                write!(f, "batch of {len} operations exceeds the limit of {max}")
+            }
+            Error::DuplicateKey(k) => write!(f, "key '{k}' appears more than once in the batch"),
+            Error::CreateOnlyDelete(k) => {
+                write!(
+                    f,
+                    "delete of key '{k}' with cas=0: create-only has no meaning for delete"
+                )
+            }
+            Error::RetriesExhausted { key, attempts } => {
+                write!(
+                    f,
+                    "update of key '{key}' gave up after {attempts} conflicting attempts"
+                )
+            }
+        }
+    }
+}
+
+impl<K: fmt::Display + fmt::Debug, V: fmt::Debug> std::error::Error for Error<K, V> {}

@@ -1,0 +1,74 @@
+//! # caskv
+//!
+//! A concurrent in-memory key-value store with compare-and-swap at its heart. Every entry
+//! carries a `modify_index` and a `create_index` drawn from one global, strictly increasing
+//! counter ([`GlobalIndex`]); single-key operations run on per-key atomic version cells with no
+//! global lock; batches are all-or-nothing.
+//!
+//! ## Usage
+//! ```
+//! use caskv::{Op, Store};
+//!
+//! let store: Store<String, String> = Store::new();
+//! let index = store.set("config/app".into(), "v1".into());
+//!
+//! // Optimistic concurrency: update only if nobody wrote since we read.
+//! let entry = store.get("config/app").unwrap();
+//! let next = store.set_cas("config/app".into(), "v2".into(), entry.modify_index).unwrap();
+//! assert!(next > index);
+//!
+//! // A stale index is a conflict that hands back the current entry.
+//! let err = store.set_cas("config/app".into(), "v3".into(), index).unwrap_err();
+//! assert_eq!(err.conflict().unwrap().current_index(), Some(next));
+//!
+//! // A batch commits every operation at one index, or none of them.
+//! let at = store.batch(vec![
+//!     Op::set_cas("config/app".into(), "v3".into(), next),
+//!     Op::set_cas("config/db".into(), "pg".into(), 0),
+//! ]).unwrap();
+//! assert_eq!(store.get("config/db").unwrap().modify_index, at);
+//! ```
+//!
+//! ## Consistency
+//! - Every single-key operation (get, set, set_cas, delete, delete_cas, compare_and_set) is
+//!   **linearizable**. Reads are lock-free, never wait for a writer, and write no shared memory
+//!   (through [`Store::pin`]; [`Store::get`] adds one reference-count increment on the value).
+//! - Per key, `modify_index` strictly increases; `create_index` is fixed from creation until
+//!   deletion. Indices are unique across the store and never reused; indices consumed by lost
+//!   races leave gaps.
+//! - A **batch** is atomic: it becomes visible at one instant, all keys at one `modify_index`.
+//!   No reader, not even one making several reads in sequence, sees part of it.
+//! - Listings ([`Store::keys`], [`Store::entries`], [`Store::len`]) are weakly consistent: not a
+//!   snapshot; a key present throughout the call is listed, one written during it may or may not
+//!   be.
+//! - Index order across *different* keys is the order indices were taken, which can differ
+//!   from the order their writes became visible (two writers take 7 and 8; 8 may land first).
+//!
+//! ## CAS semantics
+//! `set_cas(k, v, 0)` creates only if absent; `set_cas(k, v, N)` writes only if `modify_index`
+//! is N (absent → [`Error::NotFound`]); `delete_cas(k, 0)` is an invalid argument.
+//! [`Store::compare_and_set`] compares values (absent matches absent) and reports a failed
+//! compare with the current entry. Retry closures ([`Store::update`]) must be pure.
+//!
+//! ## Batch semantics
+//! [`Store::batch`] takes any mix of [`Op`]s, locks their keys in key order, validates every
+//! condition, then applies all of them behind one commit point. Empty batches, batches over the
+//! bound (default 1000), duplicate keys and `delete_cas` with 0 are rejected before anything is
+//! locked; a failed condition reports every failing key.
+
+#![warn(missing_docs)]
+
+mod batch;
+mod cell;
+mod clock;
+mod entry;
+mod error;
+mod index;
+mod store;
+mod sync;
+
+pub use batch::Op;
+pub use clock::GlobalIndex;
+pub use entry::{Entry, EntryRef};
+pub use error::{Conflict, Error, Expected};
+pub use store::{Pinned, Store, StoreBuilder, DEFAULT_MAX_BATCH};

@@ -1,0 +1,658 @@
+//! The public [`Store`]: single-key operations over the map of version cells.
+
+use std::borrow::Borrow;
+use std::convert::Infallible;
+use std::hash::Hash;
+use std::time::Duration;
+
+use crate::cell::{restamp, Cell, Head, Node, Version};
+use crate::clock::GlobalIndex;
+use crate::entry::{Entry, EntryRef};
+use crate::error::{Conflict, Error, Expected};
+use crate::index::{CellRef, Index, Pin};
+use crate::sync::epoch::Shared;
+use crate::sync::{Backoff, StdArc};
+
+/// The default bound on operations in one batch.
+pub const DEFAULT_MAX_BATCH: usize = 1000;
+
+/// A concurrent versioned key-value store. See the [crate docs](crate) for the consistency model.
+///
+/// Keys need `Hash + Eq + Ord + Clone` (`Ord` gives batches their one global lock order and
+/// listings their order). Values are stored behind a `std::sync::Arc` and shared with readers.
+///
+/// # Example
+/// ```
+/// use caskv::Store;
+/// let store: Store<String, String> = Store::new();
+/// let created = store.set_cas("lock".into(), "owner-1".into(), 0).unwrap(); // create-only
+/// assert!(store.set_cas("lock".into(), "owner-2".into(), 0).unwrap_err().is_conflict());
+/// store.delete_cas(&"lock".to_string(), created).unwrap();
+/// assert!(store.get("lock").is_none());
+/// ```
+pub struct Store<K, V> {
+    pub(crate) index: Index<K, V>,
+    pub(crate) clock: StdArc<GlobalIndex>,
+    pub(crate) config: Config,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) max_batch: usize,
+    pub(crate) update_attempts: u32,
+    pub(crate) update_backoff: (Duration, Duration),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_batch: DEFAULT_MAX_BATCH,
+            update_attempts: 10,
+            update_backoff: (Duration::from_micros(50), Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Configures a [`Store`].
+///
+/// # Example
+/// ```
+/// use caskv::{GlobalIndex, Store};
+/// use std::sync::Arc;
+/// let index = Arc::new(GlobalIndex::starting_after(100));
+/// let store: Store<u64, u64> = Store::builder().max_batch(16).global_index(index.clone()).build();
+/// assert_eq!(store.set(1, 1), 101);
+/// assert_eq!(index.high_water(), 101);
+/// ```
+#[derive(Debug, Default)]
+pub struct StoreBuilder {
+    config: Config,
+    clock: Option<StdArc<GlobalIndex>>,
+}
+
+impl StoreBuilder {
+    /// The most operations one batch may hold. Default [`DEFAULT_MAX_BATCH`] (1000).
+    pub fn max_batch(mut self, max: usize) -> Self {
+        self.config.max_batch = max;
+        self
+    }
+
+    /// The global index to draw from, shared with other stores or the service registry.
+    /// Default: a fresh counter starting at 1.
+    pub fn global_index(mut self, index: StdArc<GlobalIndex>) -> Self {
+        self.clock = Some(index);
+        self
+    }
+
+    /// Start a fresh counter above `high_water` (a restart). Default 0.
+    pub fn start_after(mut self, high_water: u64) -> Self {
+        self.clock = Some(StdArc::new(GlobalIndex::starting_after(high_water)));
+        self
+    }
+
+    /// Attempts [`Store::update`] makes before it gives up. Default 10 (at least 1).
+    pub fn update_attempts(mut self, attempts: u32) -> Self {
+        self.config.update_attempts = attempts.max(1);
+        self
+    }
+
+    /// The first and the largest pause between [`Store::update`] attempts; each pause doubles
+    /// up to `max` and is jittered uniformly below it. Default 50 µs and 10 ms.
+    pub fn update_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.config.update_backoff = (first, max.max(first));
+        self
+    }
+
+    /// Builds the store.
+    pub fn build<K: Hash + Eq, V>(self) -> Store<K, V> {
+        Store {
+            index: Index::new(),
+            clock: self.clock.unwrap_or_default(),
+            config: self.config,
+        }
+    }
+}
+
+/// A pinned read handle: many reads under one pin, each touching no shared memory.
+///
+/// Hold it briefly: while it lives, memory retired by writers cannot be reclaimed.
+///
+/// # Example
+/// ```
+/// use caskv::Store;
+/// let store: Store<u64, String> = Store::new();
+/// store.set(1, "one".to_string());
+/// let pinned = store.pin();
+/// let entry = pinned.get(&1).unwrap();
+/// assert_eq!(entry.value, "one");
+/// ```
+pub struct Pinned<'s, K, V> {
+    store: &'s Store<K, V>,
+    pin: Pin<'s>,
+}
+
+/// Where a single-key write stands after looking at the current version.
+enum Step<'g, V> {
+    /// Try again from a fresh look (the cell was locked or retired).
+    Retry,
+    /// Write: CAS `cell` from `raw`.
+    Write {
+        cell: CellRef<'g, V>,
+        raw: Shared<'g, Node<V>>,
+        current: Option<&'g Version<V>>,
+    },
+    /// The key is absent and the decision needs nothing written.
+    Absent,
+}
+
+impl<K, V> Store<K, V>
+where
+    K: Hash + Eq + Ord + Clone,
+{
+    /// An empty store with the default configuration.
+    pub fn new() -> Self {
+        StoreBuilder::default().build()
+    }
+
+    /// The global index this store draws from.
+    pub fn global_index(&self) -> &StdArc<GlobalIndex> {
+        &self.clock
+    }
+
+    /// Pins the current thread for a series of reads (see [`Pinned`]).
+    pub fn pin(&self) -> Pinned<'_, K, V> {
+        Pinned {
+            store: self,
+            pin: self.index.pin(),
+        }
+    }
+
+    /// The key's current entry, or `None`. Lock-free; never waits for a writer.
+    ///
+    /// ```
+    /// # use caskv::Store;
+    /// let store: Store<&str, &str> = Store::new();
+    /// store.set("k", "v");
+    /// assert_eq!(*store.get("k").unwrap().value, "v");
+    /// ```
+    pub fn get<Q>(&self, key: &Q) -> Option<Entry<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let pin = self.index.pin();
+        let cell = self.index.get(key, &pin)?;
+        cell.read(&pin.epoch).map(Entry::of)
+    }
+
+    /// Whether the key is present.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let pin = self.index.pin();
+        self.index
+            .get(key, &pin)
+            .is_some_and(|cell| cell.read(&pin.epoch).is_some())
+    }
+
+    /// Sets the key, keeping its flags if it exists (0 for a new key). Returns the new
+    /// `modify_index`.
+    ///
+    /// ```
+    /// # use caskv::Store;
+    /// let store: Store<&str, &str> = Store::new();
+    /// let a = store.set("k", "v1");
+    /// let b = store.set("k", "v2");
+    /// assert!(b > a);
+    /// assert_eq!(store.get("k").unwrap().create_index, a);
+    /// ```
+    pub fn set(&self, key: K, value: impl Into<StdArc<V>>) -> u64 {
+        match self.put(key, value, |_, current| {
+            Ok::<_, Infallible>(flags_or_kept(None, current))
+        }) {
+            Ok(index) => index,
+            // The decision above never fails.
+            Err(never) => match never {},
+        }
+    }
+
+    /// Sets the key and its flags. Returns the new `modify_index`.
+    pub fn set_with_flags(&self, key: K, value: impl Into<StdArc<V>>, flags: u64) -> u64 {
+        match self.put(key, value, |_, _| Ok::<_, Infallible>(flags)) {
+            Ok(index) => index,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Compare-and-set on the index: `expected == 0` creates only if absent; `expected == N`
+    /// updates only if the key's `modify_index` is N. Keeps existing flags.
+    ///
+    /// Fails with [`Error::Conflict`] (with the current entry) or, for N ≥ 1 on an absent key,
+    /// [`Error::NotFound`]. A failing call allocates nothing.
+    pub fn set_cas(
+        &self,
+        key: K,
+        value: impl Into<StdArc<V>>,
+        expected: u64,
+    ) -> Result<u64, Error<K, V>> {
+        self.set_cas_inner(key, value, expected, None)
+    }
+
+    /// [`set_cas`](Store::set_cas) that also sets the flags.
+    pub fn set_cas_with_flags(
+        &self,
+        key: K,
+        value: impl Into<StdArc<V>>,
+        expected: u64,
+        flags: u64,
+    ) -> Result<u64, Error<K, V>> {
+        self.set_cas_inner(key, value, expected, Some(flags))
+    }
+
+    fn set_cas_inner(
+        &self,
+        key: K,
+        value: impl Into<StdArc<V>>,
+        expected: u64,
+        flags: Option<u64>,
+    ) -> Result<u64, Error<K, V>> {
+        self.put(key, value, |key, current| {
+            check_index(key, expected, current)?;
+            Ok(flags_or_kept(flags, current))
+        })
+    }
+
+    /// Deletes the key. Returns the index the delete took; [`Error::NotFound`] if absent.
+    pub fn delete(&self, key: &K) -> Result<u64, Error<K, V>> {
+        match self.remove(key, |key, current| match current {
+            Some(_) => Ok(true),
+            None => Err(Error::NotFound(key.clone())),
+        })? {
+            Some(index) => Ok(index),
+            None => Err(Error::NotFound(key.clone())),
+        }
+    }
+
+    /// Deletes the key only if its `modify_index` is `expected` (≥ 1).
+    pub fn delete_cas(&self, key: &K, expected: u64) -> Result<u64, Error<K, V>> {
+        if expected == 0 {
+            return Err(Error::CreateOnlyDelete(key.clone()));
+        }
+        match self.remove(key, |key, current| {
+            check_index(key, expected, current)?;
+            Ok(true)
+        })? {
+            Some(index) => Ok(index),
+            None => Err(Error::NotFound(key.clone())),
+        }
+    }
+
+    /// Value-based compare-and-set: if the current value equals `expected` (`None` matches an
+    /// absent key), set it to `new` (`None` clears the key).
+    ///
+    /// Returns the index of the write, or `Ok(None)` when absent was expected and absent is
+    /// asked for (nothing to write). A failed compare is reported as [`Error::Conflict`] with
+    /// the current entry, never as a silent no-op.
+    ///
+    /// ```
+    /// # use caskv::Store;
+    /// let store: Store<&str, String> = Store::new();
+    /// store.compare_and_set("k", None, Some("a".to_string())).unwrap(); // only if absent
+    /// let err = store.compare_and_set("k", Some(&"b".to_string()), None).unwrap_err();
+    /// assert_eq!(*err.conflict().unwrap().current.as_ref().unwrap().value, "a");
+    /// ```
+    pub fn compare_and_set(
+        &self,
+        key: K,
+        expected: Option<&V>,
+        new: Option<V>,
+    ) -> Result<Option<u64>, Error<K, V>>
+    where
+        V: PartialEq,
+    {
+        let check = |key: &K, current: Option<&Version<V>>| -> Result<(), Error<K, V>> {
+            if value_matches(expected, current) {
+                Ok(())
+            } else {
+                Err(Error::Conflict(Conflict {
+                    key: key.clone(),
+                    expected: if expected.is_some() {
+                        Expected::Value
+                    } else {
+                        Expected::Absent
+                    },
+                    current: current.map(Entry::of),
+                }))
+            }
+        };
+        match new {
+            Some(value) => self
+                .put(key, value, |key, current| {
+                    check(key, current)?;
+                    Ok(flags_or_kept(None, current))
+                })
+                .map(Some),
+            None => self.remove(&key, |key, current| {
+                check(key, current)?;
+                Ok(current.is_some())
+            }),
+        }
+    }
+
+    /// Reads the key, applies `f` to its value (`None` when absent), and sets the result with a
+    /// CAS; on a conflict it retries with exponential backoff and jitter, and gives up with
+    /// [`Error::RetriesExhausted`] after the configured attempts. `f` must be pure: it may run
+    /// once per attempt.
+    ///
+    /// ```
+    /// # use caskv::Store;
+    /// let store: Store<&str, u64> = Store::new();
+    /// store.update("hits", |v| v.copied().unwrap_or(0) + 1).unwrap();
+    /// store.update("hits", |v| v.copied().unwrap_or(0) + 1).unwrap();
+    /// assert_eq!(*store.get("hits").unwrap().value, 2);
+    /// ```
+    pub fn update<F>(&self, key: K, mut f: F) -> Result<u64, Error<K, V>>
+    where
+        F: FnMut(Option<&V>) -> V,
+    {
+        let (first, max) = self.config.update_backoff;
+        let mut pause = first;
+        for attempt in 1..=self.config.update_attempts {
+            let current = self.get(&key);
+            let new = f(current.as_ref().map(|e| &*e.value));
+            let expected = current.map_or(0, |e| e.modify_index);
+            match self.set_cas_inner(key.clone(), new, expected, None) {
+                Ok(index) => return Ok(index),
+                Err(e) if e.is_conflict() || e.is_not_found() => {
+                    if attempt < self.config.update_attempts {
+                        let jittered = pause.mul_f64(fastrand::f64());
+                        std::thread::sleep(jittered);
+                        pause = (pause * 2).min(max);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::RetriesExhausted {
+            key,
+            attempts: self.config.update_attempts,
+        })
+    }
+
+    /// The keys present, sorted. Weakly consistent: a key written or deleted during the call
+    /// may or may not appear, but every key present throughout the call does.
+    pub fn keys(&self) -> Vec<K> {
+        self.keys_where(|_| true)
+    }
+
+    /// The keys present that satisfy `filter`, sorted (weakly consistent, as [`keys`](Store::keys)).
+    pub fn keys_where(&self, mut filter: impl FnMut(&K) -> bool) -> Vec<K> {
+        let pin = self.index.pin();
+        let mut keys = Vec::new();
+        self.index.for_each(&pin, |k, cell| {
+            if filter(k) && cell.read(&pin.epoch).is_some() {
+                keys.push(k.clone());
+            }
+        });
+        keys.sort_unstable();
+        keys
+    }
+
+    /// The keys present that start with `prefix`, sorted.
+    ///
+    /// ```
+    /// # use caskv::Store;
+    /// let store: Store<String, u8> = Store::new();
+    /// for k in ["b/2", "a/1", "b/1"] { store.set(k.to_string(), 0); }
+    /// assert_eq!(store.keys_with_prefix("b/"), ["b/1", "b/2"]);
+    /// ```
+    pub fn keys_with_prefix(&self, prefix: &str) -> Vec<K>
+    where
+        K: AsRef<str>,
+    {
+        self.keys_where(|k| k.as_ref().starts_with(prefix))
+    }
+
+    /// Every present entry, sorted by key (weakly consistent, as [`keys`](Store::keys)).
+    pub fn entries(&self) -> Vec<(K, Entry<V>)> {
+        let pin = self.index.pin();
+        let mut out = Vec::new();
+        self.index.for_each(&pin, |k, cell| {
+            if let Some(v) = cell.read(&pin.epoch) {
+                out.push((k.clone(), Entry::of(v)));
+            }
+        });
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// The number of keys present. Counts by a scan (O(n)) and is weakly consistent.
+    pub fn len(&self) -> usize {
+        let pin = self.index.pin();
+        let mut n = 0;
+        self.index.for_each(&pin, |_, cell| {
+            if cell.read(&pin.epoch).is_some() {
+                n += 1;
+            }
+        });
+        n
+    }
+
+    /// Whether no key is present.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Looks at the key's cell once: where a write must CAS from, or why it must retry.
+    fn observe<'g>(
+        &'g self,
+        key: &K,
+        create: bool,
+        pin: &'g Pin<'_>,
+        backoff: &mut Backoff,
+    ) -> Step<'g, V> {
+        let cell = match self.index.get(key, pin) {
+            Some(cell) => cell,
+            None if create => self.index.get_or_insert_vacant(key.clone(), pin),
+            None => return Step::Absent,
+        };
+        let (raw, head) = cell.load(&pin.epoch);
+        let current = match head {
+            Head::Retired => {
+                // Help unlink the dead cell, then start over on a fresh one.
+                self.index.unlink(key, &cell, pin);
+                return Step::Retry;
+            }
+            Head::Locked(_) => {
+                backoff.snooze();
+                return Step::Retry;
+            }
+            Head::Vacant => None,
+            Head::Present(v) => Some(v),
+        };
+        Step::Write { cell, raw, current }
+    }
+
+    /// The write path of every single-key put: `decide` sees the current version and returns
+    /// the flags to write, or the error to report. The value is moved into a node only once a
+    /// decision to write was made, and that node is reused across lost races.
+    fn put<E>(
+        &self,
+        key: K,
+        value: impl Into<StdArc<V>>,
+        mut decide: impl FnMut(&K, Option<&Version<V>>) -> Result<u64, E>,
+    ) -> Result<u64, E> {
+        let pin = self.index.pin();
+        let guard = &pin.epoch;
+        let mut backoff = Backoff::new();
+        // First decision: nothing is allocated until it says "write".
+        let mut create = false;
+        let (mut cell, mut raw, mut current, mut flags) = loop {
+            match self.observe(&key, create, &pin, &mut backoff) {
+                Step::Retry => continue,
+                Step::Absent => {
+                    decide(&key, None)?;
+                    create = true;
+                }
+                Step::Write { cell, raw, current } => {
+                    let flags = decide(&key, current)?;
+                    break (cell, raw, current, flags);
+                }
+            }
+        };
+        let mut index = self.clock.next();
+        let mut node = Version::node(
+            value.into(),
+            flags,
+            index,
+            current.map_or(index, |v| v.create_index),
+        );
+        loop {
+            match cell.swap_from(raw, node, guard) {
+                Ok(_) => {
+                    if !raw.is_null() {
+                        // SAFETY: `raw` was the head and is unlinked by our CAS; readers pinned
+                        // before now may still hold it, which the collector waits for.
+                        unsafe { guard.defer_destroy(raw) };
+                    }
+                    return Ok(index);
+                }
+                Err(back) => node = back,
+            }
+            // Lost a race: look again, decide again, restamp the same node.
+            (cell, raw, current, flags) = loop {
+                match self.observe(&key, true, &pin, &mut backoff) {
+                    Step::Retry | Step::Absent => continue,
+                    Step::Write { cell, raw, current } => {
+                        let flags = decide(&key, current)?;
+                        break (cell, raw, current, flags);
+                    }
+                }
+            };
+            index = self.clock.next();
+            restamp(
+                &mut node,
+                flags,
+                index,
+                current.map_or(index, |v| v.create_index),
+            );
+        }
+    }
+
+    /// The write path of every single-key removal: `decide` returns whether to remove (a
+    /// present key) or the error to report. Returns the index of the delete, or `None` when
+    /// the key was absent and `decide` accepted that.
+    fn remove<E>(
+        &self,
+        key: &K,
+        mut decide: impl FnMut(&K, Option<&Version<V>>) -> Result<bool, E>,
+    ) -> Result<Option<u64>, E> {
+        let pin = self.index.pin();
+        let guard = &pin.epoch;
+        let mut backoff = Backoff::new();
+        loop {
+            match self.observe(key, false, &pin, &mut backoff) {
+                Step::Retry => continue,
+                Step::Absent => {
+                    decide(key, None)?;
+                    return Ok(None);
+                }
+                Step::Write { cell, raw, current } => {
+                    if !decide(key, current)? || current.is_none() {
+                        return Ok(None);
+                    }
+                    let index = self.clock.next();
+                    if cell.retire_from(raw, guard) {
+                        self.index.unlink(key, &cell, &pin);
+                        // SAFETY: `raw` (a version) is unlinked by the retiring CAS; the
+                        // collector frees it once every reader pinned before now is gone.
+                        unsafe { guard.defer_destroy(raw) };
+                        return Ok(Some(index));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Store<(), ()> {
+    /// A builder for a configured store (the key and value types come from `build`).
+    pub fn builder() -> StoreBuilder {
+        StoreBuilder::default()
+    }
+}
+
+impl<K, V> Default for Store<K, V>
+where
+    K: Hash + Eq + Ord + Clone,
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K, V> std::fmt::Debug for Store<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("high_water", &self.clock.high_water())
+            .field("max_batch", &self.config.max_batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V> Pinned<'_, K, V>
+where
+    K: Hash + Eq + Ord + Clone,
+{
+    /// The key's current entry, borrowed: no reference count is touched.
+    pub fn get<Q>(&self, key: &Q) -> Option<EntryRef<'_, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let cell = self.store.index.get(key, &self.pin)?;
+        read_ref(&cell, &self.pin)
+    }
+}
+
+fn read_ref<'g, V>(cell: &Cell<V>, pin: &'g Pin<'_>) -> Option<EntryRef<'g, V>> {
+    cell.read(&pin.epoch).map(EntryRef::of)
+}
+
+/// Flags to write: the given ones, else the current version's, else 0.
+pub(crate) fn flags_or_kept<V>(given: Option<u64>, current: Option<&Version<V>>) -> u64 {
+    given.unwrap_or_else(|| current.map_or(0, |v| v.flags))
+}
+
+/// The index condition of `set_cas`/`delete_cas`/`check_index`: 0 means absent, N means
+/// present at `modify_index` N.
+pub(crate) fn check_index<K: Clone, V>(
+    key: &K,
+    expected: u64,
+    current: Option<&Version<V>>,
+) -> Result<(), Error<K, V>> {
+    match (expected, current) {
+        (0, None) => Ok(()),
+        (n, Some(v)) if n != 0 && v.modify_index == n => Ok(()),
+        (_, None) => Err(Error::NotFound(key.clone())),
+        (_, Some(v)) => Err(Error::Conflict(Conflict {
+            key: key.clone(),
+            expected: Expected::Index(expected),
+            current: Some(Entry::of(v)),
+        })),
+    }
+}
+
+/// The value condition of `compare_and_set`: `None` matches absent.
+pub(crate) fn value_matches<V: PartialEq>(
+    expected: Option<&V>,
+    current: Option<&Version<V>>,
+) -> bool {
+    match (expected, current) {
+        (None, None) => true,
+        (Some(e), Some(v)) => *e == *v.value,
+        _ => false,
+    }
+}
