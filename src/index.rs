@@ -95,12 +95,19 @@ mod imp {
     use std::collections::HashMap;
     use std::marker::PhantomData;
 
+    /// Under loom the epoch collector belongs to the index rather than being crossbeam's global
+    /// one: the global collector finalizes thread-locals in loom's thread teardown, which loom
+    /// cannot schedule deterministically (this is also how crossbeam-epoch's own loom tests use
+    /// it). Every pin registers a handle that ends with the pin, and dropping the index runs all
+    /// deferred frees, so loom's leak checks see every node released.
     pub(crate) struct Index<K, V> {
         map: Mutex<HashMap<K, Arc<Cell<V>>>>,
+        collector: epoch::Collector,
     }
 
     pub(crate) struct Pin<'s> {
         pub(crate) epoch: epoch::Guard,
+        _handle: epoch::LocalHandle,
         _map: PhantomData<&'s ()>,
     }
 
@@ -110,12 +117,15 @@ mod imp {
         pub(crate) fn new() -> Self {
             Index {
                 map: Mutex::new(HashMap::new()),
+                collector: epoch::Collector::new(),
             }
         }
 
         pub(crate) fn pin(&self) -> Pin<'_> {
+            let handle = self.collector.register();
             Pin {
-                epoch: epoch::pin(),
+                epoch: handle.pin(),
+                _handle: handle,
                 _map: PhantomData,
             }
         }

@@ -34,6 +34,8 @@ pub(crate) use std::sync::Arc as StdArc;
 /// `--cfg crossbeam_loom`, so this re-export needs no switch of its own.
 pub(crate) mod epoch {
     pub(crate) use crossbeam_epoch::{pin, unprotected, Atomic, Guard, Owned, Shared};
+    #[cfg(caskv_loom)]
+    pub(crate) use crossbeam_epoch::{Collector, LocalHandle};
 }
 
 /// Waits for another thread to release a per-key lock.
