@@ -26,7 +26,7 @@
 
 use std::hash::Hash;
 
-use crate::cell::{Cell, Head, Lock, Node, Txn, Version, RETIRED};
+use crate::cell::{Head, Lock, Node, Txn, Version, RETIRED};
 use crate::entry::Entry;
 use crate::error::{Conflict, Error, Expected};
 use crate::index::{CellRef, Pin};
@@ -328,8 +328,9 @@ where
             unsafe { guard.defer_destroy(held.before) };
         }
         if next.tag() == RETIRED {
-            let cell: &Cell<V> = &held.cell;
-            self.store.index.unlink(self.ops[i].key(), cell, self.pin);
+            self.store
+                .index
+                .unlink(self.ops[i].key(), &held.cell, self.pin);
         }
     }
 }

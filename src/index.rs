@@ -66,11 +66,12 @@ mod imp {
         }
 
         /// Unlinks `cell` if it is still the one linked for `key`.
-        pub(crate) fn unlink<Q>(&self, key: &Q, cell: &Cell<V>, pin: &Pin<'_>)
+        pub(crate) fn unlink<Q>(&self, key: &Q, cell: &CellRef<'_, V>, pin: &Pin<'_>)
         where
             K: Borrow<Q>,
             Q: Hash + Eq + ?Sized,
         {
+            let cell: &Cell<V> = cell;
             let _ = self
                 .map
                 .remove_if(key, |_, linked| std::ptr::eq(linked, cell), &pin.map);
@@ -95,19 +96,15 @@ mod imp {
     use std::collections::HashMap;
     use std::marker::PhantomData;
 
-    /// Under loom the epoch collector belongs to the index rather than being crossbeam's global
-    /// one: the global collector finalizes thread-locals in loom's thread teardown, which loom
-    /// cannot schedule deterministically (this is also how crossbeam-epoch's own loom tests use
-    /// it). Every pin registers a handle that ends with the pin, and dropping the index runs all
-    /// deferred frees, so loom's leak checks see every node released.
+    /// Under loom the index owns the stand-in collector (see `sync::epoch`): retired nodes are
+    /// freed when the index is dropped, after its cells.
     pub(crate) struct Index<K, V> {
         map: Mutex<HashMap<K, Arc<Cell<V>>>>,
-        collector: epoch::Collector,
+        garbage: std::sync::Arc<epoch::Garbage>,
     }
 
     pub(crate) struct Pin<'s> {
         pub(crate) epoch: epoch::Guard,
-        _handle: epoch::LocalHandle,
         _map: PhantomData<&'s ()>,
     }
 
@@ -117,15 +114,13 @@ mod imp {
         pub(crate) fn new() -> Self {
             Index {
                 map: Mutex::new(HashMap::new()),
-                collector: epoch::Collector::new(),
+                garbage: Default::default(),
             }
         }
 
         pub(crate) fn pin(&self) -> Pin<'_> {
-            let handle = self.collector.register();
             Pin {
-                epoch: handle.pin(),
-                _handle: handle,
+                epoch: epoch::Guard::new(self.garbage.clone()),
                 _map: PhantomData,
             }
         }

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::hash::Hash;
 use std::time::Duration;
 
-use crate::cell::{restamp, Cell, Head, Node, Version};
+use crate::cell::{restamp, Head, Node, Version};
 use crate::clock::GlobalIndex;
 use crate::entry::{Entry, EntryRef};
 use crate::error::{Conflict, Error, Expected};
@@ -613,12 +613,8 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let cell = self.store.index.get(key, &self.pin)?;
-        read_ref(&cell, &self.pin)
+        cell.read(&self.pin.epoch).map(EntryRef::of)
     }
-}
-
-fn read_ref<'g, V>(cell: &Cell<V>, pin: &'g Pin<'_>) -> Option<EntryRef<'g, V>> {
-    cell.read(&pin.epoch).map(EntryRef::of)
 }
 
 /// Flags to write: the given ones, else the current version's, else 0.
@@ -654,5 +650,66 @@ pub(crate) fn value_matches<V: PartialEq>(
         (None, None) => true,
         (Some(e), Some(v)) => *e == *v.value,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Small enough for Miri (`ci/miri.sh`): every path that dereferences or retires a node.
+    use super::*;
+    use crate::Op;
+
+    #[test]
+    fn set_get_delete_recreate() {
+        let store: Store<u32, String> = Store::new();
+        let a = store.set(1, "a".to_string());
+        assert_eq!(store.pin().get(&1).unwrap().value, "a");
+        let b = store.set_cas(1, "b".to_string(), a).unwrap();
+        assert!(store.set_cas(1, "c".to_string(), a).is_err());
+        store.delete_cas(&1, b).unwrap();
+        assert!(store.get(&1).is_none());
+        store.set(1, "d".to_string());
+        assert_eq!(*store.get(&1).unwrap().value, "d");
+    }
+
+    #[test]
+    fn batches_commit_and_abort() {
+        let store: Store<u32, String> = Store::new();
+        let a = store.set(1, "a".to_string());
+        let i = store
+            .batch(vec![
+                Op::set_cas(1, "b".to_string(), a),
+                Op::set(2, "x".to_string()),
+                Op::check_index(3, 0),
+            ])
+            .unwrap();
+        assert!(store
+            .batch(vec![Op::set_cas(1, "c".to_string(), a), Op::delete(2)])
+            .is_err());
+        assert_eq!(store.get(&1).unwrap().modify_index, i);
+        store.batch(vec![Op::delete(1), Op::delete(2)]).unwrap();
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn threads_race_on_one_key() {
+        let store: Store<u32, u64> = Store::new();
+        store.set(0, 0);
+        std::thread::scope(|s| {
+            for t in 0..3 {
+                let store = &store;
+                s.spawn(move || {
+                    for i in 0..20u64 {
+                        match (t + i) % 4 {
+                            0 => drop(store.delete(&0)),
+                            1 => drop(store.set(0, i)),
+                            2 => drop(store.batch(vec![Op::set(0, i), Op::set(1, i)])),
+                            _ => drop(store.get(&0)),
+                        }
+                    }
+                });
+            }
+        });
+        let _ = store.entries();
     }
 }
