@@ -241,6 +241,7 @@ struct HeldCell<'g, V> {
 struct Held<'s, 'g, K, V>
 where
     K: Hash + Eq + Ord + Clone,
+    V: Send + 'static,
 {
     store: &'s Store<K, V>,
     pin: &'g Pin<'s>,
@@ -252,6 +253,7 @@ where
 impl<'s, 'g, K, V> Held<'s, 'g, K, V>
 where
     K: Hash + Eq + Ord + Clone,
+    V: Send + 'static,
 {
     /// Locks the cell of `key`, waiting while another batch holds it.
     fn lock(&mut self, key: &K) {
@@ -338,6 +340,7 @@ where
 impl<K, V> Drop for Held<'_, '_, K, V>
 where
     K: Hash + Eq + Ord + Clone,
+    V: Send + 'static,
 {
     fn drop(&mut self) {
         let guard = &self.pin.epoch;
@@ -362,6 +365,7 @@ where
 impl<K, V> Store<K, V>
 where
     K: Hash + Eq + Ord + Clone,
+    V: Send + 'static,
 {
     /// Applies every operation or none, all at one new `modify_index`, which it returns.
     ///

@@ -10,21 +10,21 @@
 //! use caskv::{Op, Store};
 //!
 //! let store: Store<String, String> = Store::new();
-//! let index = store.set("config/app".into(), "v1".into());
+//! let index = store.set("config/app".into(), "v1".to_string());
 //!
 //! // Optimistic concurrency: update only if nobody wrote since we read.
 //! let entry = store.get("config/app").unwrap();
-//! let next = store.set_cas("config/app".into(), "v2".into(), entry.modify_index).unwrap();
+//! let next = store.set_cas("config/app".into(), "v2".to_string(), entry.modify_index).unwrap();
 //! assert!(next > index);
 //!
 //! // A stale index is a conflict that hands back the current entry.
-//! let err = store.set_cas("config/app".into(), "v3".into(), index).unwrap_err();
+//! let err = store.set_cas("config/app".into(), "v3".to_string(), index).unwrap_err();
 //! assert_eq!(err.conflict().unwrap().current_index(), Some(next));
 //!
 //! // A batch commits every operation at one index, or none of them.
 //! let at = store.batch(vec![
-//!     Op::set_cas("config/app".into(), "v3".into(), next),
-//!     Op::set_cas("config/db".into(), "pg".into(), 0),
+//!     Op::set_cas("config/app".into(), "v3".to_string(), next),
+//!     Op::set_cas("config/db".into(), "pg".to_string(), 0),
 //! ]).unwrap();
 //! assert_eq!(store.get("config/db").unwrap().modify_index, at);
 //! ```
@@ -66,6 +66,11 @@ mod error;
 mod index;
 mod store;
 mod sync;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub use batch::Op;
 pub use clock::GlobalIndex;

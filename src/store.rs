@@ -19,14 +19,16 @@ pub const DEFAULT_MAX_BATCH: usize = 1000;
 /// A concurrent versioned key-value store. See the [crate docs](crate) for the consistency model.
 ///
 /// Keys need `Hash + Eq + Ord + Clone` (`Ord` gives batches their one global lock order and
-/// listings their order). Values are stored behind a `std::sync::Arc` and shared with readers.
+/// listings their order). Values are stored behind a `std::sync::Arc` and shared with readers;
+/// they must be `Send + 'static` because a replaced version is dropped later by the epoch
+/// collector, possibly on another thread and after the store itself is gone.
 ///
 /// # Example
 /// ```
 /// use caskv::Store;
 /// let store: Store<String, String> = Store::new();
-/// let created = store.set_cas("lock".into(), "owner-1".into(), 0).unwrap(); // create-only
-/// assert!(store.set_cas("lock".into(), "owner-2".into(), 0).unwrap_err().is_conflict());
+/// let created = store.set_cas("lock".into(), "owner-1".to_string(), 0).unwrap(); // create-only
+/// assert!(store.set_cas("lock".into(), "owner-2".to_string(), 0).unwrap_err().is_conflict());
 /// store.delete_cas(&"lock".to_string(), created).unwrap();
 /// assert!(store.get("lock").is_none());
 /// ```
@@ -148,6 +150,7 @@ enum Step<'g, V> {
 impl<K, V> Store<K, V>
 where
     K: Hash + Eq + Ord + Clone,
+    V: Send + 'static,
 {
     /// An empty store with the default configuration.
     pub fn new() -> Self {
@@ -587,6 +590,7 @@ impl Store<(), ()> {
 impl<K, V> Default for Store<K, V>
 where
     K: Hash + Eq + Ord + Clone,
+    V: Send + 'static,
 {
     fn default() -> Self {
         Self::new()
@@ -605,6 +609,7 @@ impl<K, V> std::fmt::Debug for Store<K, V> {
 impl<K, V> Pinned<'_, K, V>
 where
     K: Hash + Eq + Ord + Clone,
+    V: Send + 'static,
 {
     /// The key's current entry, borrowed: no reference count is touched.
     pub fn get<Q>(&self, key: &Q) -> Option<EntryRef<'_, V>>
