@@ -246,7 +246,8 @@ where
     store: &'s Store<K, V>,
     pin: &'g Pin<'s>,
     txn: Arc<Txn>,
-    ops: &'g [Op<K, V>],
+    /// The key of each held cell, by position.
+    keys: Vec<&'g K>,
     cells: Vec<HeldCell<'g, V>>,
 }
 
@@ -330,9 +331,7 @@ where
             unsafe { guard.defer_destroy(held.before) };
         }
         if next.tag() == RETIRED {
-            self.store
-                .index
-                .unlink(self.ops[i].key(), &held.cell, self.pin);
+            self.store.index.unlink(self.keys[i], &held.cell, self.pin);
         }
     }
 }
@@ -414,7 +413,7 @@ where
             store: self,
             pin: &pin,
             txn: Arc::new(Txn::new()),
-            ops: &ops,
+            keys: ops.iter().map(Op::key).collect(),
             cells: Vec::with_capacity(ops.len()),
         };
         for op in &ops {
@@ -463,5 +462,63 @@ where
         held.txn.commit();
         drop(held); // releases every cell to its after
         Ok(index)
+    }
+
+    /// Reads several keys as one atomic snapshot: the entries all held at one instant, so the
+    /// result never shows part of a batch. Results are in the order of `keys` (a key listed
+    /// twice is read once and reported twice).
+    ///
+    /// Unlike [`get`](Store::get) this is not lock-free: it locks the keys in key order like a
+    /// batch, reads them, and releases them unchanged. It takes no index. Fails only with
+    /// [`Error::BatchTooLarge`].
+    ///
+    /// ```
+    /// use caskv::Store;
+    /// let store: Store<&str, u8> = Store::new();
+    /// store.set("a", 1);
+    /// let got = store.get_many(&["b", "a"]).unwrap();
+    /// assert!(got[0].is_none());
+    /// assert_eq!(*got[1].as_ref().unwrap().value, 1);
+    /// ```
+    pub fn get_many(&self, keys: &[K]) -> Result<Vec<Option<Entry<V>>>, Error<K, V>> {
+        if keys.len() > self.config.max_batch {
+            return Err(Error::BatchTooLarge {
+                len: keys.len(),
+                max: self.config.max_batch,
+            });
+        }
+        let mut sorted: Vec<&K> = keys.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        let pin = self.index.pin();
+        let mut held = Held {
+            store: self,
+            pin: &pin,
+            txn: Arc::new(Txn::new()),
+            keys: sorted.clone(),
+            cells: Vec::with_capacity(sorted.len()),
+        };
+        for key in &sorted {
+            held.lock(key);
+        }
+        let read: Vec<Option<Entry<V>>> = held
+            .cells
+            .iter()
+            .map(|cell| {
+                // SAFETY: `before` is kept alive by our lock and our pin.
+                match unsafe { cell.before.as_ref() } {
+                    Some(Node::Version(v)) => Some(Entry::of(v)),
+                    _ => None,
+                }
+            })
+            .collect();
+        drop(held); // never committed: every cell goes back to its before
+        Ok(keys
+            .iter()
+            .map(|k| match sorted.binary_search(&k) {
+                Ok(i) => read[i].clone(),
+                Err(_) => None,
+            })
+            .collect())
     }
 }

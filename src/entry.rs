@@ -13,7 +13,7 @@ use crate::sync::StdArc;
 /// let entry = store.get("k").unwrap();
 /// assert_eq!((*entry.value, entry.flags, entry.modify_index, entry.create_index), (7, 3, index, index));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Entry<V> {
     /// The value, shared with the store.
@@ -40,6 +40,18 @@ pub struct EntryRef<'g, V> {
     /// The index of the write that created the key.
     pub create_index: u64,
     shared: &'g StdArc<V>,
+}
+
+impl<V> Clone for Entry<V> {
+    /// Shares the value: clones the `Arc`, never `V`.
+    fn clone(&self) -> Self {
+        Entry {
+            value: self.value.clone(),
+            flags: self.flags,
+            modify_index: self.modify_index,
+            create_index: self.create_index,
+        }
+    }
 }
 
 impl<V> Entry<V> {

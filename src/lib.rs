@@ -64,8 +64,14 @@ mod clock;
 mod entry;
 mod error;
 mod index;
+mod registry;
 mod store;
 mod sync;
+
+#[cfg(feature = "server")]
+pub mod cli;
+#[cfg(feature = "server")]
+pub mod server;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
@@ -76,4 +82,7 @@ pub use batch::Op;
 pub use clock::GlobalIndex;
 pub use entry::{Entry, EntryRef};
 pub use error::{Conflict, Error, Expected};
+pub use registry::{
+    Registration, Registry, RegistryError, Service, ServiceEntry, DEFAULT_SERVICE_TTL,
+};
 pub use store::{Pinned, Store, StoreBuilder, DEFAULT_MAX_BATCH};

@@ -1,0 +1,530 @@
+//! The command line: `caskv serve` and a small client (`caskv kv …`, `caskv service …`) for
+//! people who live in a terminal.
+//!
+//! Client exit codes: 0 success, 1 any other failure (connection, bad request, server error),
+//! 3 not found, 4 CAS conflict. Errors print as one line on stderr.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use crate::server::{ConnLimits, Limits};
+
+/// Exit code: the key or service does not exist.
+pub const EXIT_NOT_FOUND: u8 = 3;
+/// Exit code: a CAS condition failed.
+pub const EXIT_CONFLICT: u8 = 4;
+
+/// caskv: a lock-free versioned key-value store with compare-and-swap.
+#[derive(Parser, Debug)]
+#[command(name = "caskv", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the HTTP server.
+    Serve(ServeArgs),
+    /// Read and write keys on a running server.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Register and look up services on a running server.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+/// When a write is acknowledged relative to fsync (used with `--data-dir`).
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Fsync {
+    Always,
+    Everysec,
+    Never,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CASKV_ADDR", default_value = "127.0.0.1:8500")]
+    addr: SocketAddr,
+    /// Directory for the log and snapshots; without it the store lives in memory only.
+    #[arg(long, env = "CASKV_DATA_DIR")]
+    data_dir: Option<std::path::PathBuf>,
+    /// Durability of acknowledged writes (with --data-dir).
+    #[arg(long, env = "CASKV_FSYNC", value_enum, default_value = "everysec")]
+    fsync: Fsync,
+    /// Time a service registration lives without a heartbeat.
+    #[arg(long, env = "CASKV_SERVICE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    service_ttl: Duration,
+    /// Longest key or service name, in bytes.
+    #[arg(long, env = "CASKV_MAX_KEY_BYTES", default_value_t = 512)]
+    max_key_bytes: usize,
+    /// Longest value, in bytes.
+    #[arg(long, env = "CASKV_MAX_VALUE_BYTES", default_value_t = 512 * 1024)]
+    max_value_bytes: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "CASKV_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Most operations in one batch.
+    #[arg(long, env = "CASKV_MAX_BATCH", default_value_t = 1000)]
+    max_batch: usize,
+    /// Most connections served at once.
+    #[arg(long, env = "CASKV_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Time a client has to send a request head.
+    #[arg(long, env = "CASKV_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// Time a client has to send a request body.
+    #[arg(long, env = "CASKV_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    body_timeout: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Remote {
+    /// The server's address.
+    #[arg(
+        long,
+        env = "CASKV_ADDR",
+        default_value = "127.0.0.1:8500",
+        global = true
+    )]
+    addr: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum KvCommand {
+    /// Print a key's value (or its metadata as JSON).
+    Get {
+        key: String,
+        /// Print value, flags and indices as JSON.
+        #[arg(long)]
+        metadata: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Set a key; prints the new modify_index.
+    Put {
+        key: String,
+        value: String,
+        /// Only if the key's modify_index is N (0: only if absent).
+        #[arg(long)]
+        cas: Option<u64>,
+        /// Opaque flags to store with the value.
+        #[arg(long)]
+        flags: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a key; prints the index of the delete.
+    Delete {
+        key: String,
+        /// Only if the key's modify_index is N.
+        #[arg(long)]
+        cas: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List keys, one per line, sorted.
+    List {
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceCommand {
+    /// Register (or replace) a service; prints the new modify_index.
+    Register {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        address: String,
+        #[arg(long)]
+        port: u16,
+        /// A tag (repeat for several).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Metadata as key=value (repeat for several).
+        #[arg(long = "meta", value_parser = parse_meta)]
+        meta: Vec<(String, String)>,
+        /// Only if the registration's modify_index is N (0: only if absent).
+        #[arg(long)]
+        cas: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print a service as JSON.
+    Get {
+        name: String,
+        /// Include indices and expiry.
+        #[arg(long)]
+        metadata: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print live services as JSON.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove a service; prints the index of the removal.
+    Deregister {
+        name: String,
+        /// Only if the registration's modify_index is N.
+        #[arg(long)]
+        cas: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Renew a service's TTL; prints the new expiry.
+    Heartbeat {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+fn parse_meta(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("'{s}' is not key=value"))
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Kv(cmd) => client(kv(cmd)),
+        Command::Service(cmd) => client(service(cmd)),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(dir) = &args.data_dir {
+        eprintln!(
+            "caskv: --data-dir {} (fsync {:?}): persistence is not available in this build yet; \
+             run without --data-dir for the in-memory store",
+            dir.display(),
+            args.fsync
+        );
+        return ExitCode::from(2);
+    }
+    let limits = Limits {
+        max_key_bytes: args.max_key_bytes,
+        max_value_bytes: args.max_value_bytes,
+        max_body_bytes: args.max_body_bytes,
+        max_batch: args.max_batch,
+    };
+    let conn = ConnLimits {
+        max_connections: args.max_connections.max(1),
+        header_timeout: args.header_timeout,
+        body_timeout: args.body_timeout,
+        ..ConnLimits::default()
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("caskv: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::server::run(
+        args.addr,
+        limits,
+        args.service_ttl,
+        conn,
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("caskv: cannot serve on {}: {e}", args.addr);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A failed client call: the line to print and the exit code.
+struct Failure(String, u8);
+
+type Outcome = Result<String, Failure>;
+
+fn client(outcome: Outcome) -> ExitCode {
+    match outcome {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(Failure(line, code)) => {
+            eprintln!("caskv: {line}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Percent-encodes a key for a URL path, keeping `/` as the separator it is in keys.
+fn encode_path(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn encode_query(value: &str) -> String {
+    encode_path(value).replace('/', "%2F")
+}
+
+/// Sends one request and returns the JSON body of a 2xx, or the one-line failure.
+fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+    let base = if remote.addr.starts_with("http://") || remote.addr.starts_with("https://") {
+        remote.addr.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{}", remote.addr)
+    };
+    let url = format!("{base}{path}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let sent = match (method, body) {
+        ("GET", _) => agent.get(&url).call(),
+        ("DELETE", _) => agent.delete(&url).call(),
+        ("PUT", Some(b)) => agent.put(&url).send_json(b),
+        ("POST", Some(b)) => agent.post(&url).send_json(b),
+        ("PUT", None) => agent.put(&url).send_empty(),
+        _ => agent.post(&url).send_empty(),
+    };
+    let mut response = sent.map_err(|e| Failure(format!("cannot reach {base}: {e}"), 1))?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| Failure(format!("cannot read the response from {base}: {e}"), 1))?;
+    let json: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if (200..300).contains(&status) {
+        return Ok(json);
+    }
+    let message = json
+        .get("message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("HTTP {status}: {json}"));
+    let code = match status {
+        404 => EXIT_NOT_FOUND,
+        409 => EXIT_CONFLICT,
+        _ => 1,
+    };
+    Err(Failure(message, code))
+}
+
+fn field(v: &Value, name: &str) -> String {
+    match v.get(name) {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
+fn kv(cmd: KvCommand) -> Outcome {
+    match cmd {
+        KvCommand::Get {
+            key,
+            metadata,
+            remote,
+        } => {
+            let path = format!(
+                "/kv/{}{}",
+                encode_path(&key),
+                if metadata { "?metadata=true" } else { "" }
+            );
+            let v = call(&remote, "GET", &path, None)?;
+            Ok(if metadata {
+                pretty(&v)
+            } else {
+                field(&v, "value")
+            })
+        }
+        KvCommand::Put {
+            key,
+            value,
+            cas,
+            flags,
+            remote,
+        } => {
+            let mut body = json!({ "value": value });
+            if let Some(c) = cas {
+                body["cas"] = json!(c);
+            }
+            if let Some(f) = flags {
+                body["flags"] = json!(f);
+            }
+            let v = call(
+                &remote,
+                "PUT",
+                &format!("/kv/{}", encode_path(&key)),
+                Some(body),
+            )?;
+            Ok(field(&v, "modify_index"))
+        }
+        KvCommand::Delete { key, cas, remote } => {
+            let query = cas.map(|c| format!("?cas={c}")).unwrap_or_default();
+            let v = call(
+                &remote,
+                "DELETE",
+                &format!("/kv/{}{query}", encode_path(&key)),
+                None,
+            )?;
+            Ok(field(&v, "modify_index"))
+        }
+        KvCommand::List { prefix, remote } => {
+            let query = prefix
+                .map(|p| format!("?prefix={}", encode_query(&p)))
+                .unwrap_or_default();
+            let v = call(&remote, "GET", &format!("/kv/{query}"), None)?;
+            let keys: Vec<String> = v
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(keys.join("\n"))
+        }
+    }
+}
+
+fn service(cmd: ServiceCommand) -> Outcome {
+    match cmd {
+        ServiceCommand::Register {
+            name,
+            address,
+            port,
+            tags,
+            meta,
+            cas,
+            remote,
+        } => {
+            let mut body = json!({ "name": name, "address": address, "port": port });
+            if !tags.is_empty() {
+                body["tags"] = json!(tags);
+            }
+            if !meta.is_empty() {
+                body["meta"] = json!(meta
+                    .into_iter()
+                    .collect::<std::collections::BTreeMap<_, _>>());
+            }
+            if let Some(c) = cas {
+                body["cas"] = json!(c);
+            }
+            let v = call(&remote, "POST", "/services", Some(body))?;
+            Ok(field(&v, "modify_index"))
+        }
+        ServiceCommand::Get {
+            name,
+            metadata,
+            remote,
+        } => {
+            let path = format!(
+                "/services/{}{}",
+                encode_query(&name),
+                if metadata { "?metadata=true" } else { "" }
+            );
+            Ok(pretty(&call(&remote, "GET", &path, None)?))
+        }
+        ServiceCommand::List { remote } => Ok(pretty(&call(&remote, "GET", "/services", None)?)),
+        ServiceCommand::Deregister { name, cas, remote } => {
+            let query = cas.map(|c| format!("?cas={c}")).unwrap_or_default();
+            let v = call(
+                &remote,
+                "DELETE",
+                &format!("/services/{}{query}", encode_query(&name)),
+                None,
+            )?;
+            Ok(field(&v, "modify_index"))
+        }
+        ServiceCommand::Heartbeat { name, remote } => {
+            let v = call(
+                &remote,
+                "PUT",
+                &format!("/services/{}/heartbeat", encode_query(&name)),
+                None,
+            )?;
+            Ok(field(&v, "expires_at"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_keep_slashes_and_escape_the_rest() {
+        assert_eq!(encode_path("locks/my-resource"), "locks/my-resource");
+        assert_eq!(encode_path("a b?c#d%"), "a%20b%3Fc%23d%25");
+        assert_eq!(encode_path("é"), "%C3%A9");
+        assert_eq!(encode_query("a/b"), "a%2Fb");
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        Cli::try_parse_from([
+            "caskv",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--service-ttl",
+            "2s",
+        ])
+        .unwrap();
+        Cli::try_parse_from([
+            "caskv", "kv", "put", "k", "v", "--cas", "0", "--addr", "x:1",
+        ])
+        .unwrap();
+        Cli::try_parse_from([
+            "caskv",
+            "service",
+            "register",
+            "--name",
+            "w",
+            "--address",
+            "a",
+            "--port",
+            "80",
+            "--meta",
+            "a=b",
+        ])
+        .unwrap();
+        assert!(Cli::try_parse_from(["caskv", "kv", "put", "k", "v", "--cas", "abc"]).is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! Request extractors that turn every kind of malformed input into an [`ApiError`] with the
+//! SPEC's JSON body, instead of axum's plain-text rejections.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::AppState;
+
+/// A JSON body, parsed whatever the `Content-Type` (curl users forget it), with the body limit
+/// and the body timeout mapped to 413 and 408.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(body_error)?;
+        if bytes.is_empty() {
+            return Err(ApiError::BadRequest(
+                "the request body is empty; a JSON object is required".into(),
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
+fn body_error(e: BytesRejection) -> ApiError {
+    let text = e.body_text();
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::TooLarge("the request body exceeds the body limit".into());
+    }
+    // The body timeout surfaces as a body read error naming the timeout.
+    if text.to_ascii_lowercase().contains("timed out")
+        || text.to_ascii_lowercase().contains("timeout")
+    {
+        return ApiError::Timeout;
+    }
+    ApiError::BadRequest(format!("could not read the request body: {text}"))
+}
+
+/// The query string as name → value (the last occurrence wins), decoded.
+pub struct Params(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| Params(q))
+            .map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))
+    }
+}
+
+impl Params {
+    /// `?cas=N`: absent → `None`; not a u64 → 400.
+    pub fn cas(&self) -> Result<Option<u64>, ApiError> {
+        match self.0.get("cas") {
+            None => Ok(None),
+            Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "invalid cas '{v}': expected a non-negative integer"
+                ))
+            }),
+        }
+    }
+
+    /// `?metadata=true|false|1|0` (or bare `?metadata`).
+    pub fn metadata(&self) -> Result<bool, ApiError> {
+        match self.0.get("metadata").map(String::as_str) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("") => Ok(true),
+            Some(v) => Err(ApiError::BadRequest(format!(
+                "invalid metadata '{v}': expected true or false"
+            ))),
+        }
+    }
+}
+
+/// The `{*key}` or `{name}` path segment, percent-decoded and checked against the key bounds.
+pub struct KeyPath(pub String);
+
+impl FromRequestParts<AppState> for KeyPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Path(key) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(path_error)?;
+        state.limits.check_key(&key)?;
+        Ok(KeyPath(key))
+    }
+}
+
+fn path_error(e: PathRejection) -> ApiError {
+    ApiError::BadRequest(format!("invalid key in path: {}", e.body_text()))
+}

@@ -1,0 +1,287 @@
+//! The KV endpoints: `/kv/…` and `/batch/kv/…` (SPEC §3).
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use super::extract::{JsonBody, KeyPath, Params};
+use super::metrics::Op as Metric;
+use super::{metered, AppState};
+use crate::{Entry, Op};
+
+/// `PUT /kv/{key}` body.
+#[derive(Deserialize)]
+pub struct PutBody {
+    value: String,
+    cas: Option<u64>,
+    flags: Option<u64>,
+}
+
+fn entry_json(key: &str, e: &Entry<String>, metadata: bool) -> Value {
+    if metadata {
+        json!({
+            "key": key,
+            "value": *e.value,
+            "modify_index": e.modify_index,
+            "create_index": e.create_index,
+            "flags": e.flags,
+        })
+    } else {
+        json!({"key": key, "value": *e.value})
+    }
+}
+
+/// `GET /kv/` and `GET /kv`: the sorted keys, `?prefix=` filters.
+pub async fn list(State(state): State<AppState>, params: Result<Params, ApiError>) -> Response {
+    metered(&state, Metric::KvList, async {
+        let params = params?;
+        let keys = match params.0.get("prefix") {
+            Some(p) => state.store.keys_with_prefix(p),
+            None => state.store.keys(),
+        };
+        Ok(Json(keys).into_response())
+    })
+    .await
+}
+
+/// `GET /kv/{key}` (`?metadata=true`).
+pub async fn get(
+    State(state): State<AppState>,
+    key: Result<KeyPath, ApiError>,
+    params: Result<Params, ApiError>,
+) -> Response {
+    metered(&state, Metric::KvGet, async {
+        let KeyPath(key) = key?;
+        let metadata = params?.metadata()?;
+        match state.store.get(key.as_str()) {
+            Some(e) => Ok(Json(entry_json(&key, &e, metadata)).into_response()),
+            None => Err(ApiError::KeyNotFound(key)),
+        }
+    })
+    .await
+}
+
+/// `PUT /kv/{key}` body `{"value", "cas"?, "flags"?}`.
+pub async fn put(
+    State(state): State<AppState>,
+    key: Result<KeyPath, ApiError>,
+    body: Result<JsonBody<PutBody>, ApiError>,
+) -> Response {
+    metered(&state, Metric::KvSet, async {
+        let KeyPath(key) = key?;
+        let JsonBody(body) = body?;
+        state.limits.check_value(&key, &body.value)?;
+        let store = &state.store;
+        let result = match (body.cas, body.flags) {
+            (None, None) => Ok(store.set(key.clone(), body.value)),
+            (None, Some(f)) => Ok(store.set_with_flags(key.clone(), body.value, f)),
+            (Some(cas), None) => store.set_cas(key.clone(), body.value, cas),
+            (Some(cas), Some(f)) => store.set_cas_with_flags(key.clone(), body.value, cas, f),
+        };
+        let index = result.map_err(|e| ApiError::from_store(e, "key"))?;
+        Ok(Json(json!({"message": "key set", "key": key, "modify_index": index})).into_response())
+    })
+    .await
+}
+
+/// `DELETE /kv/{key}` (`?cas=N`).
+pub async fn delete(
+    State(state): State<AppState>,
+    key: Result<KeyPath, ApiError>,
+    params: Result<Params, ApiError>,
+) -> Response {
+    metered(&state, Metric::KvDelete, async {
+        let KeyPath(key) = key?;
+        let cas = params?.cas()?;
+        let result = match cas {
+            None => state.store.delete(&key),
+            Some(n) => state.store.delete_cas(&key, n),
+        };
+        let index = result.map_err(|e| ApiError::from_store(e, "key"))?;
+        Ok(
+            Json(json!({"message": "key deleted", "key": key, "modify_index": index}))
+                .into_response(),
+        )
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct KeysBody {
+    keys: Vec<String>,
+}
+
+#[derive(Deserialize)]
+pub struct ItemsBody {
+    items: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+pub struct SetCasBody {
+    items: BTreeMap<String, String>,
+    expected_indices: BTreeMap<String, u64>,
+}
+
+#[derive(Deserialize)]
+pub struct DeleteCasBody {
+    keys: Vec<String>,
+    expected_indices: BTreeMap<String, u64>,
+}
+
+fn check_keys<'a>(
+    state: &AppState,
+    keys: impl ExactSizeIterator<Item = &'a String>,
+) -> Result<(), ApiError> {
+    state.limits.check_batch(keys.len())?;
+    for k in keys {
+        state.limits.check_key(k)?;
+    }
+    Ok(())
+}
+
+fn expected_for(expected: &BTreeMap<String, u64>, key: &str) -> Result<u64, ApiError> {
+    expected.get(key).copied().ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "key '{key}' has no expected index in expected_indices"
+        ))
+    })
+}
+
+/// `POST /batch/kv/get` `{"keys": [...]}`: one atomic snapshot of the keys.
+pub async fn batch_get(
+    State(state): State<AppState>,
+    body: Result<JsonBody<KeysBody>, ApiError>,
+) -> Response {
+    metered(&state, Metric::BatchGet, async {
+        let JsonBody(body) = body?;
+        check_keys(&state, body.keys.iter())?;
+        let read = state
+            .store
+            .get_many(&body.keys)
+            .map_err(|e| ApiError::from_store(e, "key"))?;
+        let mut found = Map::new();
+        let mut not_found = Vec::new();
+        for (key, entry) in body.keys.iter().zip(read) {
+            match entry {
+                Some(e) => {
+                    found.insert(
+                        key.clone(),
+                        json!({"value": *e.value, "modify_index": e.modify_index, "create_index": e.create_index, "flags": e.flags}),
+                    );
+                }
+                None if !not_found.contains(key) => not_found.push(key.clone()),
+                None => {}
+            }
+        }
+        Ok(Json(json!({"found": found, "not_found": not_found})).into_response())
+    })
+    .await
+}
+
+fn run_batch(state: &AppState, ops: Vec<Op<String, String>>) -> Result<u64, ApiError> {
+    state
+        .store
+        .batch(ops)
+        .map_err(|e| ApiError::from_store(e, "key"))
+}
+
+/// `POST /batch/kv/set` `{"items": {k: v}}`.
+pub async fn batch_set(
+    State(state): State<AppState>,
+    body: Result<JsonBody<ItemsBody>, ApiError>,
+) -> Response {
+    metered(&state, Metric::BatchSet, async {
+        let JsonBody(body) = body?;
+        check_keys(&state, body.items.keys())?;
+        for (k, v) in &body.items {
+            state.limits.check_value(k, v)?;
+        }
+        let keys: Vec<String> = body.items.keys().cloned().collect();
+        let ops = body.items.into_iter().map(|(k, v)| Op::set(k, v)).collect();
+        let index = run_batch(&state, ops)?;
+        Ok(Json(json!({"message": "keys set", "keys": keys, "count": keys.len(), "modify_index": index})).into_response())
+    })
+    .await
+}
+
+/// `POST /batch/kv/delete` `{"keys": [...]}`: every key must exist.
+pub async fn batch_delete(
+    State(state): State<AppState>,
+    body: Result<JsonBody<KeysBody>, ApiError>,
+) -> Response {
+    metered(&state, Metric::BatchDelete, async {
+        let JsonBody(body) = body?;
+        check_keys(&state, body.keys.iter())?;
+        let ops = body.keys.iter().cloned().map(Op::delete).collect();
+        let index = run_batch(&state, ops)?;
+        let mut keys = body.keys;
+        keys.sort();
+        Ok(Json(json!({"message": "keys deleted", "keys": keys, "count": keys.len(), "modify_index": index})).into_response())
+    })
+    .await
+}
+
+/// `POST /batch/kv/set-cas` `{"items": {k: v}, "expected_indices": {k: n}}` (0 = create-only).
+pub async fn batch_set_cas(
+    State(state): State<AppState>,
+    body: Result<JsonBody<SetCasBody>, ApiError>,
+) -> Response {
+    metered(&state, Metric::BatchSetCas, async {
+        let JsonBody(body) = body?;
+        check_keys(&state, body.items.keys())?;
+        let mut ops = Vec::with_capacity(body.items.len());
+        for (k, v) in &body.items {
+            state.limits.check_value(k, v)?;
+            ops.push(Op::set_cas(
+                k.clone(),
+                v.clone(),
+                expected_for(&body.expected_indices, k)?,
+            ));
+        }
+        if let Some(extra) = body
+            .expected_indices
+            .keys()
+            .find(|k| !body.items.contains_key(*k))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "expected_indices names '{extra}', which is not in items"
+            )));
+        }
+        let index = run_batch(&state, ops)?;
+        let new_indices: Map<String, Value> = body
+            .items
+            .keys()
+            .map(|k| (k.clone(), json!(index)))
+            .collect();
+        Ok(Json(
+            json!({"message": "keys set", "new_indices": new_indices, "count": new_indices.len()}),
+        )
+        .into_response())
+    })
+    .await
+}
+
+/// `POST /batch/kv/delete-cas` `{"keys": [...], "expected_indices": {k: n}}`.
+pub async fn batch_delete_cas(
+    State(state): State<AppState>,
+    body: Result<JsonBody<DeleteCasBody>, ApiError>,
+) -> Response {
+    metered(&state, Metric::BatchDeleteCas, async {
+        let JsonBody(body) = body?;
+        check_keys(&state, body.keys.iter())?;
+        let mut ops = Vec::with_capacity(body.keys.len());
+        for k in &body.keys {
+            ops.push(Op::delete_cas(k.clone(), expected_for(&body.expected_indices, k)?));
+        }
+        let index = run_batch(&state, ops)?;
+        let mut keys = body.keys;
+        keys.sort();
+        Ok(Json(json!({"message": "keys deleted", "keys": keys, "count": keys.len(), "modify_index": index})).into_response())
+    })
+    .await
+}

@@ -1,0 +1,305 @@
+//! `caskv serve`: the HTTP API of SPEC §3 on hyper/tokio.
+//!
+//! [`router`] builds the whole API once (tests drive it on a real listener); [`serve`] runs the
+//! connection loop: a bound on concurrent connections, a header-read timeout (hyper's, with a
+//! timer installed), a body timeout, and graceful shutdown that lets in-flight requests finish.
+
+mod error;
+mod extract;
+mod kv;
+mod limits;
+pub mod metrics;
+mod services;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower_http::timeout::RequestBodyTimeoutLayer;
+
+pub use error::ApiError;
+pub use limits::Limits;
+use metrics::{Metrics, Op as Metric, Status};
+
+use crate::{GlobalIndex, Registry, Store};
+
+/// Everything a handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The KV store.
+    pub store: Arc<Store<String, String>>,
+    /// The service registry (sharing the store's global index).
+    pub registry: Arc<Registry>,
+    /// Operation counters and latency histograms.
+    pub metrics: Arc<Metrics>,
+    /// Size bounds.
+    pub limits: Limits,
+}
+
+impl AppState {
+    /// A fresh in-memory state with these bounds and service TTL.
+    pub fn new(limits: Limits, service_ttl: Duration) -> Self {
+        let index = Arc::new(GlobalIndex::new());
+        let store = Store::builder()
+            .global_index(index.clone())
+            .max_batch(limits.max_batch)
+            .build();
+        AppState {
+            store: Arc::new(store),
+            registry: Arc::new(Registry::new(index, service_ttl)),
+            metrics: Arc::new(Metrics::new()),
+            limits,
+        }
+    }
+}
+
+/// Connection-level settings of [`serve`].
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    /// Most connections served at once; further ones wait in the listen backlog. Default 1024.
+    pub max_connections: usize,
+    /// Time a client has to send a complete request head. Default 10 s.
+    pub header_timeout: Duration,
+    /// Time a client has to send a complete request body. Default 30 s.
+    pub body_timeout: Duration,
+    /// Time in-flight requests get to finish on shutdown. Default 10 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs a handler body, counts it under `op`, and turns its error into the SPEC's response.
+pub(crate) async fn metered(
+    state: &AppState,
+    op: Metric,
+    work: impl Future<Output = Result<Response, ApiError>>,
+) -> Response {
+    let start = Instant::now();
+    let result = work.await;
+    let status = match &result {
+        Ok(_) => Status::Success,
+        Err(e) => e.status(),
+    };
+    state.metrics.record(op, status, start.elapsed());
+    match result {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The whole API, with its body limit and body timeout.
+pub fn router(state: AppState, body_timeout: Duration) -> Router {
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(prometheus))
+        .route("/kv", get(kv::list))
+        .route("/kv/", get(kv::list))
+        .route("/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/batch/kv/get", post(kv::batch_get))
+        .route("/batch/kv/set", post(kv::batch_set))
+        .route("/batch/kv/delete", post(kv::batch_delete))
+        .route("/batch/kv/set-cas", post(kv::batch_set_cas))
+        .route("/batch/kv/delete-cas", post(kv::batch_delete_cas))
+        .route("/services", get(services::list).post(services::register))
+        .route("/services/", get(services::list))
+        .route(
+            "/services/{name}",
+            get(services::get).delete(services::deregister),
+        )
+        .route("/services/{name}/heartbeat", put(services::heartbeat))
+        .route("/register", put(services::register))
+        .route(
+            "/deregister/{name}",
+            axum::routing::delete(services::deregister),
+        )
+        .route("/heartbeat/{name}", put(services::heartbeat))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_oversized,
+        ))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
+        .with_state(state)
+}
+
+async fn health() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn prometheus(State(state): State<AppState>) -> Response {
+    let gauges = [
+        (
+            "kv_entries",
+            "Keys present in the KV store.",
+            state.store.len() as u64,
+        ),
+        (
+            "services_registered",
+            "Live service registrations.",
+            state.registry.len() as u64,
+        ),
+        (
+            "caskv_index_high_water",
+            "The last index handed out.",
+            state.store.global_index().high_water(),
+        ),
+    ];
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&gauges),
+    )
+        .into_response()
+}
+
+async fn no_route(method: Method, uri: axum::http::Uri) -> Response {
+    ApiError::NoRoute(format!("no route for {method} {}", uri.path())).into_response()
+}
+
+async fn wrong_method(method: Method, uri: axum::http::Uri) -> Response {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path())).into_response()
+}
+
+/// Refuses a body whose declared length is over the limit before reading any of it.
+async fn refuse_oversized(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > state.limits.max_body_bytes as u64 => ApiError::TooLarge(format!(
+            "the body is {len} bytes, over the limit of {}",
+            state.limits.max_body_bytes
+        ))
+        .into_response(),
+        _ => next.run(req).await,
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish
+/// (up to `conn.shutdown_grace`).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    conn: ConnLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(conn.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(conn.header_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        // Wait for a free connection slot before accepting: excess clients queue in the backlog.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for in-flight requests");
+    if tokio::time::timeout(conn.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period over; closing remaining connections");
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        () = terminate => {},
+    }
+}
+
+/// Binds `addr` and serves the in-memory API until SIGINT/SIGTERM.
+pub async fn run(
+    addr: SocketAddr,
+    limits: Limits,
+    service_ttl: Duration,
+    conn: ConnLimits,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    let state = AppState::new(limits, service_ttl);
+    let reaper = tokio::spawn(reap_services(state.registry.clone()));
+    tracing::info!(addr = %listener.local_addr()?, "caskv serving (in memory)");
+    let app = router(state, conn.body_timeout);
+    serve(listener, app, conn, shutdown_signal()).await;
+    reaper.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Expires services in the background, once a second (reads also expire lazily).
+pub async fn reap_services(registry: Arc<Registry>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let reaped = registry.reap_expired();
+        if reaped > 0 {
+            tracing::info!(reaped, "expired services removed");
+        }
+    }
+}

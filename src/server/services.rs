@@ -1,0 +1,153 @@
+//! The service registry endpoints (SPEC §3), with Konsul's route aliases.
+
+use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::extract::{JsonBody, KeyPath, Params};
+use super::metrics::Op as Metric;
+use super::{metered, AppState};
+use crate::{Service, ServiceEntry};
+
+/// A registration body: the service plus an optional `cas`.
+#[derive(Deserialize)]
+pub struct RegisterBody {
+    #[serde(flatten)]
+    service: Service,
+    cas: Option<u64>,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn metadata_json(e: &ServiceEntry) -> serde_json::Value {
+    json!({
+        "service": e.service,
+        "expires_at": rfc3339(e.expires_at),
+        "modify_index": e.modify_index,
+        "create_index": e.create_index,
+    })
+}
+
+/// `POST /services` and `PUT /register`.
+pub async fn register(
+    State(state): State<AppState>,
+    body: Result<JsonBody<RegisterBody>, ApiError>,
+) -> Response {
+    metered(&state, Metric::Register, async {
+        let JsonBody(body) = body?;
+        let service = body.service;
+        state.limits.check_key(&service.name)?;
+        if service.address.is_empty() {
+            return Err(ApiError::BadRequest("the service address is empty".into()));
+        }
+        let bytes = service.address.len()
+            + service.tags.iter().map(String::len).sum::<usize>()
+            + service
+                .meta
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if bytes > state.limits.max_value_bytes {
+            return Err(ApiError::TooLarge(format!(
+                "service '{}' is {bytes} bytes, over the limit of {}",
+                service.name, state.limits.max_value_bytes
+            )));
+        }
+        let index = state
+            .registry
+            .register(service.clone(), body.cas)
+            .map_err(|e| ApiError::from_store(e, "service"))?;
+        Ok(Json(
+            json!({"message": "service registered", "service": service, "modify_index": index}),
+        )
+        .into_response())
+    })
+    .await
+}
+
+/// `GET /services` and `GET /services/`: live services, sorted by name.
+pub async fn list(State(state): State<AppState>) -> Response {
+    metered(&state, Metric::ServiceList, async {
+        let services: Vec<Service> = state
+            .registry
+            .list()
+            .into_iter()
+            .map(|e| e.service)
+            .collect();
+        Ok(Json(services).into_response())
+    })
+    .await
+}
+
+/// `GET /services/{name}` (`?metadata=true`).
+pub async fn get(
+    State(state): State<AppState>,
+    name: Result<KeyPath, ApiError>,
+    params: Result<Params, ApiError>,
+) -> Response {
+    metered(&state, Metric::ServiceGet, async {
+        let KeyPath(name) = name?;
+        let metadata = params?.metadata()?;
+        let entry = state
+            .registry
+            .get(&name)
+            .ok_or(ApiError::ServiceNotFound(name))?;
+        if metadata {
+            Ok(Json(metadata_json(&entry)).into_response())
+        } else {
+            Ok(Json(entry.service).into_response())
+        }
+    })
+    .await
+}
+
+/// `DELETE /services/{name}` (`?cas=N`) and `DELETE /deregister/{name}`.
+pub async fn deregister(
+    State(state): State<AppState>,
+    name: Result<KeyPath, ApiError>,
+    params: Result<Params, ApiError>,
+) -> Response {
+    metered(&state, Metric::Deregister, async {
+        let KeyPath(name) = name?;
+        let cas = params?.cas()?;
+        if cas == Some(0) {
+            return Err(ApiError::BadRequest(
+                "cas=0 on deregister: create-only has no meaning for a removal".into(),
+            ));
+        }
+        let index = state
+            .registry
+            .deregister(&name, cas)
+            .map_err(|e| ApiError::from_store(e, "service"))?;
+        Ok(
+            Json(json!({"message": "service deregistered", "name": name, "modify_index": index}))
+                .into_response(),
+        )
+    })
+    .await
+}
+
+/// `PUT /services/{name}/heartbeat` and `PUT /heartbeat/{name}`.
+pub async fn heartbeat(State(state): State<AppState>, name: Result<KeyPath, ApiError>) -> Response {
+    metered(&state, Metric::Heartbeat, async {
+        let KeyPath(name) = name?;
+        let entry = state
+            .registry
+            .heartbeat(&name)
+            .map_err(|e| ApiError::from_store(e, "service"))?;
+        Ok(Json(json!({
+            "message": "heartbeat updated",
+            "service": entry.service,
+            "expires_at": rfc3339(entry.expires_at),
+        }))
+        .into_response())
+    })
+    .await
+}
