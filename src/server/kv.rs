@@ -49,6 +49,19 @@ pub async fn list(State(state): State<AppState>, params: Result<Params, ApiError
     .await
 }
 
+/// `PUT /kv/` and `DELETE /kv/`: a write needs a key.
+pub async fn empty_key(State(state): State<AppState>, method: axum::http::Method) -> Response {
+    let op = if method == axum::http::Method::PUT {
+        Metric::KvSet
+    } else {
+        Metric::KvDelete
+    };
+    metered(&state, op, async {
+        Err(ApiError::BadRequest("the key is empty".into()))
+    })
+    .await
+}
+
 /// `GET /kv/{key}` (`?metadata=true`).
 pub async fn get(
     State(state): State<AppState>,

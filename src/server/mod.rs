@@ -115,8 +115,14 @@ pub fn router(state: AppState, body_timeout: Duration) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(prometheus))
-        .route("/kv", get(kv::list))
-        .route("/kv/", get(kv::list))
+        .route(
+            "/kv",
+            get(kv::list).put(kv::empty_key).delete(kv::empty_key),
+        )
+        .route(
+            "/kv/",
+            get(kv::list).put(kv::empty_key).delete(kv::empty_key),
+        )
         .route("/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/batch/kv/get", post(kv::batch_get))
         .route("/batch/kv/set", post(kv::batch_set))
