@@ -233,7 +233,9 @@ where
     /// updates only if the key's `modify_index` is N. Keeps existing flags.
     ///
     /// Fails with [`Error::Conflict`] (with the current entry) or, for N ≥ 1 on an absent key,
-    /// [`Error::NotFound`]. A failing call allocates nothing.
+    /// [`Error::NotFound`]. A call whose condition fails at its first look allocates nothing and
+    /// takes no index; one that first passes, loses a race to another writer and then fails has
+    /// consumed an index (a gap in the sequence, never a reuse).
     pub fn set_cas(
         &self,
         key: K,

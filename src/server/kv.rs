@@ -131,19 +131,55 @@ pub struct KeysBody {
 
 #[derive(Deserialize)]
 pub struct ItemsBody {
+    #[serde(deserialize_with = "unique_keys")]
     items: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
 pub struct SetCasBody {
+    #[serde(deserialize_with = "unique_keys")]
     items: BTreeMap<String, String>,
+    #[serde(deserialize_with = "unique_keys")]
     expected_indices: BTreeMap<String, u64>,
 }
 
 #[derive(Deserialize)]
 pub struct DeleteCasBody {
     keys: Vec<String>,
+    #[serde(deserialize_with = "unique_keys")]
     expected_indices: BTreeMap<String, u64>,
+}
+
+/// A JSON object whose member names must be distinct: the same key twice in one batch is a
+/// bad request (SPEC §2), not "the last one wins".
+fn unique_keys<'de, D, T>(deserializer: D) -> Result<BTreeMap<String, T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Unique<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Unique<T> {
+        type Value = BTreeMap<String, T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of keys")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, T>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!(
+                        "key '{k}' appears more than once in the batch"
+                    )));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_map(Unique(std::marker::PhantomData))
 }
 
 fn check_keys<'a>(
