@@ -232,6 +232,13 @@ pub async fn batch_get(
     .await
 }
 
+/// The body of a batch that wrote `keys` at `index`: `{"message","keys","count","modify_index"}`.
+fn keys_response(message: &str, mut keys: Vec<String>, index: u64) -> Response {
+    keys.sort();
+    Json(json!({"message": message, "count": keys.len(), "keys": keys, "modify_index": index}))
+        .into_response()
+}
+
 fn run_batch(state: &AppState, ops: Vec<Op<String, String>>) -> Result<u64, ApiError> {
     state
         .store
@@ -253,7 +260,7 @@ pub async fn batch_set(
         let keys: Vec<String> = body.items.keys().cloned().collect();
         let ops = body.items.into_iter().map(|(k, v)| Op::set(k, v)).collect();
         let index = run_batch(&state, ops)?;
-        Ok(Json(json!({"message": "keys set", "keys": keys, "count": keys.len(), "modify_index": index})).into_response())
+        Ok(keys_response("keys set", keys, index))
     })
     .await
 }
@@ -268,9 +275,7 @@ pub async fn batch_delete(
         check_keys(&state, body.keys.iter())?;
         let ops = body.keys.iter().cloned().map(Op::delete).collect();
         let index = run_batch(&state, ops)?;
-        let mut keys = body.keys;
-        keys.sort();
-        Ok(Json(json!({"message": "keys deleted", "keys": keys, "count": keys.len(), "modify_index": index})).into_response())
+        Ok(keys_response("keys deleted", body.keys, index))
     })
     .await
 }
@@ -325,12 +330,13 @@ pub async fn batch_delete_cas(
         check_keys(&state, body.keys.iter())?;
         let mut ops = Vec::with_capacity(body.keys.len());
         for k in &body.keys {
-            ops.push(Op::delete_cas(k.clone(), expected_for(&body.expected_indices, k)?));
+            ops.push(Op::delete_cas(
+                k.clone(),
+                expected_for(&body.expected_indices, k)?,
+            ));
         }
         let index = run_batch(&state, ops)?;
-        let mut keys = body.keys;
-        keys.sort();
-        Ok(Json(json!({"message": "keys deleted", "keys": keys, "count": keys.len(), "modify_index": index})).into_response())
+        Ok(keys_response("keys deleted", body.keys, index))
     })
     .await
 }
