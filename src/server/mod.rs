@@ -22,13 +22,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 pub use error::ApiError;
 pub use limits::Limits;
@@ -109,9 +109,10 @@ pub(crate) async fn metered(
     }
 }
 
-/// The whole API, with its body limit and body timeout.
+/// The whole API, with its body limit and body deadline.
 pub fn router(state: AppState, body_timeout: Duration) -> Router {
     let body_limit = state.limits.max_body_bytes;
+    let buffer = middleware::from_fn_with_state((body_limit, body_timeout), buffer_body);
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(prometheus))
@@ -144,12 +145,14 @@ pub fn router(state: AppState, body_timeout: Duration) -> Router {
         .route("/heartbeat/{name}", put(services::heartbeat))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        // Layers run outermost (last added) first: refuse an oversized Content-Length, then read
+        // the body whole under its deadline, then route.
+        .layer(buffer)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             refuse_oversized,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .with_state(state)
 }
 
@@ -207,6 +210,40 @@ async fn refuse_oversized(State(state): State<AppState>, req: Request, next: Nex
     }
 }
 
+/// Reads every request body whole, before routing, under one deadline and the body limit.
+///
+/// - One deadline for the whole body (not per chunk): a client dripping a byte now and then
+///   gets its 408 after `body_timeout` instead of holding a connection slot for as long as it
+///   likes.
+/// - Every body is consumed, even by handlers that ignore it (GET, DELETE, heartbeat), so
+///   hyper can keep the connection alive instead of closing it after the response.
+/// - A body over the limit is a 413 as soon as the limit is crossed (a declared
+///   `Content-Length` over it was already refused by [`refuse_oversized`]).
+async fn buffer_body(
+    State((limit, deadline)): State<(usize, Duration)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let collected = tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await;
+    let bytes = match collected {
+        Err(_) => return ApiError::Timeout.into_response(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return ApiError::TooLarge(format!(
+                "the request body exceeds the limit of {limit} bytes"
+            ))
+            .into_response()
+        }
+        Ok(Err(e)) => {
+            return ApiError::BadRequest(format!("could not read the request body: {e}"))
+                .into_response()
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish
 /// (up to `conn.shutdown_grace`).
 pub async fn serve(
@@ -218,9 +255,12 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(conn.max_connections));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
+    // half_close: a client that shuts down its write side after a complete request still gets
+    // its response (hyper's default treats the half-close as an abort).
     http.timer(TokioTimer::new())
         .header_read_timeout(conn.header_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        .half_close(true);
     tokio::pin!(shutdown);
     loop {
         // Wait for a free connection slot before accepting: excess clients queue in the backlog.
