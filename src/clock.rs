@@ -29,30 +29,55 @@ pub struct GlobalIndex {
 }
 
 impl GlobalIndex {
+    /// Indices stay below this bound (2^63). A counter starts below it, so even at a billion
+    /// writes a second it would take 292 years to reach it, and the `u64` never wraps: an index
+    /// is never reused.
+    pub const LIMIT: u64 = 1 << 63;
+
     /// A counter whose first index is 1.
     pub fn new() -> Self {
-        Self::starting_after(0)
+        GlobalIndex {
+            last: AtomicU64::new(0),
+        }
     }
 
     /// A counter whose first index is `high_water + 1`: restart a store above every index it
     /// handed out before.
+    ///
+    /// # Panics
+    /// If `high_water >= GlobalIndex::LIMIT` (no index this crate hands out is that large; use
+    /// [`try_starting_after`](GlobalIndex::try_starting_after) for a value read from outside).
     pub fn starting_after(high_water: u64) -> Self {
-        GlobalIndex {
-            last: AtomicU64::new(high_water),
+        match Self::try_starting_after(high_water) {
+            Some(index) => index,
+            None => panic!(
+                "caskv: high-water mark {high_water} is not below GlobalIndex::LIMIT ({})",
+                Self::LIMIT
+            ),
         }
     }
 
-    /// Takes the next index.
+    /// A counter whose first index is `high_water + 1`, or `None` if `high_water` is not below
+    /// [`GlobalIndex::LIMIT`].
     ///
-    /// # Panics
-    /// Never in practice: it would take 584 years at a billion writes per second to exhaust
-    /// `u64`. The counter saturates rather than wrap, so an index is never reused.
+    /// ```
+    /// use caskv::GlobalIndex;
+    /// assert!(GlobalIndex::try_starting_after(u64::MAX).is_none());
+    /// assert_eq!(GlobalIndex::try_starting_after(7).unwrap().next(), 8);
+    /// ```
+    pub fn try_starting_after(high_water: u64) -> Option<Self> {
+        (high_water < Self::LIMIT).then(|| GlobalIndex {
+            last: AtomicU64::new(high_water),
+        })
+    }
+
+    /// Takes the next index.
     pub fn next(&self) -> u64 {
         // Relaxed is enough for uniqueness and monotonicity: both follow from the single
         // modification order of this one atomic. Callers that need the index ordered after a
         // cell they loaded get that from the cell's Acquire load, which is sequenced before this.
-        let prev = self.last.fetch_add(1, Ordering::Relaxed);
-        prev.saturating_add(1)
+        // No wrap: the counter starts below LIMIT (2^63) and would need 2^63 more calls.
+        self.last.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The last index handed out: the high-water mark to persist.

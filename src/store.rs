@@ -87,6 +87,9 @@ impl StoreBuilder {
     }
 
     /// Start a fresh counter above `high_water` (a restart). Default 0.
+    ///
+    /// # Panics
+    /// If `high_water >= GlobalIndex::LIMIT` (2^63); see [`GlobalIndex::try_starting_after`].
     pub fn start_after(mut self, high_water: u64) -> Self {
         self.clock = Some(StdArc::new(GlobalIndex::starting_after(high_water)));
         self
