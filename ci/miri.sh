@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the core unit tests (src/) under Miri on the real crossbeam-epoch collector, with several
+# Runs the core unit tests (src/) and the linearizability checker (tests/) under Miri on the real crossbeam-epoch collector, with several
 # seeds. Skips, saying so, when no nightly toolchain with Miri can be had.
 #
 # Tree Borrows, not Stacked Borrows: crossbeam-epoch 0.9 itself fails Stacked Borrows
@@ -21,5 +21,10 @@ for seed in $seeds; do
   echo "miri: seed $seed"
   MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-disable-isolation -Zmiri-seed=$seed" \
     cargo +nightly miri test --lib --no-default-features
+  # The linearizability checker, on its hand-written histories and on two short recorded
+  # histories of the real store per model.
+  MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-disable-isolation -Zmiri-seed=$seed" \
+    CASKV_LIN_ROUNDS=2 cargo +nightly miri test --no-default-features --test linearizability -- \
+    hand_written single_key_operations_are_linearizable histories_with_batches
 done
-echo "miri: core unit tests passed with seeds: $seeds"
+echo "miri: core unit tests and the linearizability checker passed with seeds: $seeds"
