@@ -250,7 +250,8 @@ fn spin_until(done: impl Fn() -> bool) {
     let mut spins = 0u32;
     while !done() {
         spins += 1;
-        if spins % 256 == 0 {
+        if spins == 256 {
+            spins = 0;
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();
