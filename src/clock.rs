@@ -29,9 +29,9 @@ pub struct GlobalIndex {
 }
 
 impl GlobalIndex {
-    /// Indices stay below this bound (2^63). A counter starts below it, so even at a billion
-    /// writes a second it would take 292 years to reach it, and the `u64` never wraps: an index
-    /// is never reused.
+    /// The bound (2^63) a counter must *start* below. Indices handed out after such a start
+    /// may pass it, but reaching `u64::MAX` from there takes another 2^63 writes (292 years at a
+    /// billion a second), so the `u64` never wraps and an index is never reused.
     pub const LIMIT: u64 = 1 << 63;
 
     /// A counter whose first index is 1.
