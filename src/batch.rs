@@ -27,9 +27,10 @@
 use std::hash::Hash;
 
 use crate::cell::{Head, Lock, Node, Txn, Version, RETIRED};
-use crate::entry::Entry;
+use crate::entry::{Entry, EntryRef};
 use crate::error::{Conflict, Error, Expected};
 use crate::index::{CellRef, Pin};
+use crate::journal::{Mutation, Written};
 use crate::store::{check_index, flags_or_kept, value_matches, Store};
 use crate::sync::epoch::{Atomic, Owned, Shared};
 use crate::sync::{Arc, Backoff, Ordering, StdArc};
@@ -272,7 +273,7 @@ where
                     self.store.index.unlink(key, &cell, self.pin);
                     continue;
                 }
-                Head::Locked(_) => {
+                Head::Locked(_) | Head::Unlogged(_) => {
                     backoff.snooze();
                     continue;
                 }
@@ -383,7 +384,15 @@ where
     /// assert_eq!(err.conflicts().len(), 2); // every failure, and nothing applied
     /// assert_eq!(*store.get("a").unwrap().value, "1");
     /// ```
-    pub fn batch(&self, mut ops: Vec<Op<K, V>>) -> Result<u64, Error<K, V>>
+    pub fn batch(&self, ops: Vec<Op<K, V>>) -> Result<u64, Error<K, V>>
+    where
+        V: PartialEq,
+    {
+        Ok(self.write_batch(ops)?.index)
+    }
+
+    /// `batch` with the journal ticket.
+    pub(crate) fn write_batch(&self, mut ops: Vec<Op<K, V>>) -> Result<Written, Error<K, V>>
     where
         V: PartialEq,
     {
@@ -460,8 +469,36 @@ where
             }
         }
         held.txn.commit();
+        // Journal while every key is still held: its next writer waits for the release.
+        let ticket = self.journal.as_ref().map(|journal| {
+            let writes: Vec<(&K, Option<EntryRef<'_, V>>)> = ops
+                .iter()
+                .zip(&held.cells)
+                .filter_map(|(op, held_cell)| {
+                    // SAFETY: the lock node is ours, published, and not retired while we hold it.
+                    let Node::Locked(l) = (unsafe { held_cell.lock.deref() }) else {
+                        return None;
+                    };
+                    // Relaxed: we stored `after` ourselves on this thread.
+                    let after = l.after.load(Ordering::Relaxed, guard);
+                    if after == held_cell.before {
+                        return None; // only checked: nothing written
+                    }
+                    // SAFETY: `after` is ours (see the commit loop), live while we hold the lock.
+                    match unsafe { after.as_ref() } {
+                        Some(Node::Version(v)) => Some((op.key(), Some(EntryRef::of(v)))),
+                        Some(Node::Locked(_)) => None,
+                        None => Some((op.key(), None)),
+                    }
+                })
+                .collect();
+            journal.record(Mutation::Batch {
+                index,
+                writes: &writes,
+            })
+        });
         drop(held); // releases every cell to its after
-        Ok(index)
+        Ok(Written { index, ticket })
     }
 
     /// Reads several keys as one atomic snapshot: the entries all held at one instant, so the

@@ -9,6 +9,7 @@
 //! | null, tag [`RETIRED`] | **terminal**: the key was deleted through this cell | absent |
 //! | `Node::Version` | a committed version | that version |
 //! | `Node::Locked` | held by a batch in flight | `before` until the batch's one status word flips to committed, then `after` |
+//! | any of the above, tag [`UNLOGGED`] | **settling** (journaled stores only): written, its journal record not yet taken | what it would see untagged |
 //!
 //! # Transitions
 //! - Single-key write: load `head` (Acquire), decide from what it shows, take an index from the
@@ -21,9 +22,18 @@
 //!   loses the re-create.
 //! - Batch: CAS `head` to a `Locked` node naming the transaction and the `before` it replaced;
 //!   only the lock holder changes a `Locked` head again, with a plain store (see `batch.rs`).
+//! - Journaled store (see [`crate::journal`]): a single-key write or delete installs its head
+//!   tagged [`UNLOGGED`], hands the mutation to the journal, then clears the tag with a plain
+//!   store ([`Cell::settle`]); a batch hands its record over while it still holds its locks.
+//!   Every writer treats a settling head like a locked one and waits, so per key the journal
+//!   receives mutations in the order they were applied. A deleted cell is unlinked only after
+//!   it settled, so a re-create on a fresh cell cannot reach the journal before the delete.
 //!
 //! # Invariants
-//! - `RETIRED` is terminal, and a cell is unlinked from the index only once it is `RETIRED`.
+//! - `RETIRED` is terminal, and a cell is unlinked from the index only once it is `RETIRED`
+//!   and settled.
+//! - Only the writer that installed an `UNLOGGED` head changes it again (to the same head
+//!   untagged); nobody else CASes from a settling head.
 //! - A node pointed to by `head` (or by a published `Locked` node's `before`/`after`) is freed
 //!   only through the epoch collector, after it was unlinked, so a pinned reader can always
 //!   dereference what it loaded.
@@ -36,6 +46,10 @@ use crate::sync::{Arc, AtomicU8, Ordering, StdArc};
 
 /// Tag of a null `head`: a cell whose key was deleted through it. Terminal.
 pub(crate) const RETIRED: usize = 1;
+
+/// Tag of a head (a version, or `RETIRED`) whose journal record has not been taken yet.
+/// Readers ignore it; writers wait until it is cleared. Never set on an unjournaled store.
+pub(crate) const UNLOGGED: usize = 2;
 
 /// One key's state. See the module docs for the layout and its transitions.
 pub(crate) struct Cell<V> {
@@ -107,6 +121,9 @@ pub(crate) enum Head<'g, V> {
     Present(&'g Version<V>),
     /// Held by a batch in flight; `visible` is what a reader sees now.
     Locked(Option<&'g Version<V>>),
+    /// Written but not yet journaled (a journaled store only): readers see `visible`, writers
+    /// wait for the writer that installed it to settle it.
+    Unlogged(Option<&'g Version<V>>),
     /// Terminal: unlink the cell and use a fresh one.
     Retired,
 }
@@ -131,7 +148,7 @@ impl<V> Cell<V> {
     pub(crate) fn read<'g>(&self, guard: &'g Guard) -> Option<&'g Version<V>> {
         match self.load(guard).1 {
             Head::Present(v) => Some(v),
-            Head::Locked(visible) => visible,
+            Head::Locked(visible) | Head::Unlogged(visible) => visible,
             Head::Vacant | Head::Retired => None,
         }
     }
@@ -154,23 +171,45 @@ impl<V> Cell<V> {
         }
     }
 
-    /// CAS the head from `current` to `RETIRED`. Returns whether this call retired the cell.
-    pub(crate) fn retire_from<'g>(&self, current: Shared<'g, Node<V>>, guard: &'g Guard) -> bool {
-        let retired = Shared::null().with_tag(RETIRED);
+    /// CAS the head from `current` to `RETIRED` (plus `extra_tag`, [`UNLOGGED`] on a
+    /// journaled store). Returns whether this call retired the cell.
+    pub(crate) fn retire_from<'g>(
+        &self,
+        current: Shared<'g, Node<V>>,
+        extra_tag: usize,
+        guard: &'g Guard,
+    ) -> bool {
+        let retired = Shared::null().with_tag(RETIRED | extra_tag);
         // AcqRel: as in `swap_from`; a reader that sees RETIRED must not see the key again
         // through this cell, and the Release orders our earlier index take before it.
         self.head
             .compare_exchange(current, retired, Ordering::AcqRel, Ordering::Acquire, guard)
             .is_ok()
     }
+
+    /// Clears the [`UNLOGGED`] tag of the head this thread installed as `installed`, once the
+    /// journal has the record. Only the installer calls this (module invariants), so a plain
+    /// store suffices.
+    pub(crate) fn settle(&self, installed: Shared<'_, Node<V>>) {
+        debug_assert!(installed.tag() & UNLOGGED != 0, "settling a settled head");
+        // Release: pairs with the Acquire in `load`, so a writer that sees the settled head
+        // also sees everything the journal did while the key was settling.
+        self.head.store(
+            installed.with_tag(installed.tag() & !UNLOGGED),
+            Ordering::Release,
+        );
+    }
 }
 
 fn classify<'g, V>(raw: Shared<'g, Node<V>>, guard: &'g Guard) -> Head<'g, V> {
     // SAFETY: `raw` was loaded from a head under `guard`; nodes are freed only through the
     // epoch collector after being unlinked (module invariants), so it is valid for 'g.
+    let unlogged = raw.tag() & UNLOGGED != 0;
     match unsafe { raw.as_ref() } {
-        None if raw.tag() == RETIRED => Head::Retired,
+        None if unlogged => Head::Unlogged(None),
+        None if raw.tag() & RETIRED != 0 => Head::Retired,
         None => Head::Vacant,
+        Some(Node::Version(v)) if unlogged => Head::Unlogged(Some(v)),
         Some(Node::Version(v)) => Head::Present(v),
         Some(Node::Locked(lock)) => Head::Locked(lock.visible(guard)),
     }
@@ -213,6 +252,26 @@ impl<V> Drop for Cell<V> {
                 drop(head.into_owned());
             }
         }
+    }
+}
+
+/// Settles a head this thread installed tagged [`UNLOGGED`] when dropped: after the journal
+/// took the record, or while unwinding from a journal that panicked, so the key never stays
+/// settling (and its writers never wait) forever.
+pub(crate) struct Settling<'c, 'g, V> {
+    cell: &'c Cell<V>,
+    installed: Shared<'g, Node<V>>,
+}
+
+impl<'c, 'g, V> Settling<'c, 'g, V> {
+    pub(crate) fn new(cell: &'c Cell<V>, installed: Shared<'g, Node<V>>) -> Self {
+        Settling { cell, installed }
+    }
+}
+
+impl<V> Drop for Settling<'_, '_, V> {
+    fn drop(&mut self) {
+        self.cell.settle(self.installed);
     }
 }
 

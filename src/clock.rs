@@ -1,7 +1,16 @@
 //! The global index: one counter that orders every mutation of a store and of the service
 //! registry that shares it.
 
+use std::sync::OnceLock;
+
 use crate::sync::{AtomicU64, Ordering};
+
+/// Makes an index durable before it is handed out: a persistent store's reservation of index
+/// ranges in its log, so that no index is handed out twice, not even across a crash.
+pub(crate) trait Reserve: Send + Sync {
+    /// Returns once `index` is covered by a durable reservation. Cheap when it already is.
+    fn cover(&self, index: u64);
+}
 
 /// The source of `modify_index` and `create_index` values.
 ///
@@ -22,10 +31,20 @@ use crate::sync::{AtomicU64, Ordering};
 /// assert_eq!(index.next(), 43);
 /// assert_eq!(index.high_water(), 43);
 /// ```
-#[derive(Debug)]
 pub struct GlobalIndex {
     /// The last index handed out (0 before the first).
     last: AtomicU64,
+    /// A persistent store's reservation; unset for an in-memory counter.
+    reserve: OnceLock<Box<dyn Reserve>>,
+}
+
+impl std::fmt::Debug for GlobalIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlobalIndex")
+            .field("last", &self.high_water())
+            .field("persistent", &self.reserve.get().is_some())
+            .finish()
+    }
 }
 
 impl GlobalIndex {
@@ -38,6 +57,7 @@ impl GlobalIndex {
     pub fn new() -> Self {
         GlobalIndex {
             last: AtomicU64::new(0),
+            reserve: OnceLock::new(),
         }
     }
 
@@ -68,6 +88,7 @@ impl GlobalIndex {
     pub fn try_starting_after(high_water: u64) -> Option<Self> {
         (high_water < Self::LIMIT).then(|| GlobalIndex {
             last: AtomicU64::new(high_water),
+            reserve: OnceLock::new(),
         })
     }
 
@@ -77,7 +98,17 @@ impl GlobalIndex {
         // modification order of this one atomic. Callers that need the index ordered after a
         // cell they loaded get that from the cell's Acquire load, which is sequenced before this.
         // No wrap: the counter starts below LIMIT (2^63) and would need 2^63 more calls.
-        self.last.fetch_add(1, Ordering::Relaxed) + 1
+        let index = self.last.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(reserve) = self.reserve.get() {
+            reserve.cover(index);
+        }
+        index
+    }
+
+    /// Makes every later index durable before it is handed out (a persistent store).
+    pub(crate) fn set_reserve(&self, reserve: Box<dyn Reserve>) {
+        // Set once, right after recovery and before the counter is shared.
+        let _ = self.reserve.set(reserve);
     }
 
     /// The last index handed out: the high-water mark to persist.

@@ -51,6 +51,63 @@ pub enum Error<K, V> {
         /// Attempts made.
         attempts: u32,
     },
+    /// A persistent store's log failed (a write or an fsync returned an error): the write was
+    /// refused, or was applied in memory but is not durable and was not acknowledged. Every
+    /// later write fails the same way until the data directory is opened again.
+    Storage(StorageError),
+    /// A persistent store cannot log an entry (or batch) this large.
+    EntryTooLarge {
+        /// Encoded bytes of the key and value (or of the whole batch).
+        len: usize,
+        /// The bound ([`persist::MAX_ENTRY_BYTES`](crate::persist::MAX_ENTRY_BYTES) per entry).
+        max: usize,
+    },
+}
+
+/// The log of a persistent store failed; see [`Error::Storage`]. Cloning shares the cause.
+///
+/// # Example
+/// ```
+/// use caskv::StorageError;
+/// let e = StorageError::from(std::io::Error::other("disk full"));
+/// assert!(e.to_string().contains("disk full"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct StorageError(std::sync::Arc<std::io::Error>);
+
+impl StorageError {
+    /// The I/O error the log met.
+    pub fn io(&self) -> &std::io::Error {
+        &self.0
+    }
+}
+
+impl From<std::io::Error> for StorageError {
+    fn from(e: std::io::Error) -> Self {
+        StorageError(std::sync::Arc::new(e))
+    }
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the log failed, writes are refused until restart: {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+impl<K, V> From<StorageError> for Error<K, V> {
+    fn from(e: StorageError) -> Self {
+        Error::Storage(e)
+    }
 }
 
 /// One failed condition: what the caller expected of `key` and what it found.
@@ -111,6 +168,7 @@ impl<K, V> Error<K, V> {
                 | Error::BatchTooLarge { .. }
                 | Error::DuplicateKey(_)
                 | Error::CreateOnlyDelete(_)
+                | Error::EntryTooLarge { .. }
         )
     }
 
@@ -186,6 +244,10 @@ impl<K: fmt::Display, V> fmt::Display for Error<K, V> {
                     f,
                     "update of key '{key}' gave up after {attempts} conflicting attempts"
                 )
+            }
+            Error::Storage(e) => e.fmt(f),
+            Error::EntryTooLarge { len, max } => {
+                write!(f, "{len} bytes to log exceed the limit of {max}")
             }
         }
     }

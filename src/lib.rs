@@ -64,6 +64,8 @@ mod clock;
 mod entry;
 mod error;
 mod index;
+mod journal;
+pub mod persist;
 mod registry;
 mod store;
 mod sync;
@@ -81,7 +83,8 @@ pub struct ReadmeDoctests;
 pub use batch::Op;
 pub use clock::GlobalIndex;
 pub use entry::{Entry, EntryRef};
-pub use error::{Conflict, Error, Expected};
+pub use error::{Conflict, Error, Expected, StorageError};
+pub use journal::{Journal, Mutation};
 pub use registry::{
     Registration, Registry, RegistryError, Service, ServiceEntry, DEFAULT_SERVICE_TTL,
 };

@@ -15,6 +15,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::journal::Written;
+use crate::persist::codec::wire::{self, Reader};
+use crate::persist::{Codec, DecodeError};
 use crate::sync::{AtomicU64, Ordering, StdArc as Arc};
 use crate::{Entry, Error, GlobalIndex, Store};
 
@@ -56,6 +59,19 @@ pub struct Registration {
 impl Registration {
     /// The deadline value of a registration a reaper has claimed.
     const REAPING: u64 = 0;
+
+    /// A registration recovered from disk, expiring at `expires_at_ms` (ms since the epoch).
+    pub(crate) fn restored(service: Service, expires_at_ms: u64) -> Self {
+        Registration {
+            service,
+            expires_at_ms: AtomicU64::new(expires_at_ms.max(1)),
+        }
+    }
+
+    /// The deadline in milliseconds since the Unix epoch.
+    pub(crate) fn expires_at_ms(&self) -> u64 {
+        self.deadline()
+    }
 
     /// The registered service.
     pub fn service(&self) -> &Service {
@@ -126,10 +142,17 @@ impl Registry {
     /// A registry drawing indices from `index` (share the KV store's), with registrations
     /// living `ttl` unless renewed.
     pub fn new(index: Arc<GlobalIndex>, ttl: Duration) -> Self {
-        Registry {
-            store: Store::builder().global_index(index).build(),
-            ttl,
-        }
+        Registry::with_store(Store::builder().global_index(index).build(), ttl)
+    }
+
+    /// A registry over a store built elsewhere (a persistent one, with a journal).
+    pub(crate) fn with_store(store: Store<String, Registration>, ttl: Duration) -> Self {
+        Registry { store, ttl }
+    }
+
+    /// The store of registrations.
+    pub(crate) fn store(&self) -> &Store<String, Registration> {
+        &self.store
     }
 
     /// The TTL of new registrations and heartbeats.
@@ -183,6 +206,15 @@ impl Registry {
     /// `Some(n)` only if the current registration's `modify_index` is n. Returns the new index.
     /// The TTL starts afresh.
     pub fn register(&self, service: Service, cas: Option<u64>) -> Result<u64, RegistryError> {
+        Ok(self.register_written(service, cas)?.index)
+    }
+
+    /// `register` with the journal ticket.
+    pub(crate) fn register_written(
+        &self,
+        service: Service,
+        cas: Option<u64>,
+    ) -> Result<Written, RegistryError> {
         let now = now_ms();
         let name = service.name.clone();
         let _ = self.live(&name, now); // an expired registration counts as absent
@@ -191,8 +223,8 @@ impl Registry {
             expires_at_ms: AtomicU64::new(self.deadline_from(now)),
         };
         match cas {
-            None => Ok(self.store.set(name, registration)),
-            Some(expected) => self.store.set_cas(name, registration, expected),
+            None => Ok(self.store.write_set(name, registration, None)),
+            Some(expected) => self.store.write_set_cas(name, registration, expected, None),
         }
     }
 
@@ -221,15 +253,21 @@ impl Registry {
     /// Removes a service. `cas: Some(n)` only if its `modify_index` is n (n ≥ 1).
     /// Returns the index the removal took.
     pub fn deregister(&self, name: &str, cas: Option<u64>) -> Result<u64, RegistryError> {
+        Ok(self.deregister_written(name, cas)?.index)
+    }
+
+    /// `deregister` with the journal ticket.
+    pub(crate) fn deregister_written(
+        &self,
+        name: &str,
+        cas: Option<u64>,
+    ) -> Result<Written, RegistryError> {
         let now = now_ms();
         let key = name.to_string();
         if self.live(name, now).is_none() {
             return Err(Error::NotFound(key));
         }
-        match cas {
-            None => self.store.delete(&key),
-            Some(expected) => self.store.delete_cas(&key, expected),
-        }
+        self.store.write_delete(&key, cas)
     }
 
     /// Renews the TTL of a live registration without changing its `modify_index`.
@@ -281,6 +319,49 @@ impl Registry {
     /// Whether no registration is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A registration in the log: the service, then its deadline (ms since the Unix epoch).
+impl Codec for Registration {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let s = &self.service;
+        wire::put_bytes(out, s.name.as_bytes());
+        wire::put_bytes(out, s.address.as_bytes());
+        out.extend_from_slice(&s.port.to_le_bytes());
+        out.extend_from_slice(&(s.tags.len() as u32).to_le_bytes());
+        for tag in &s.tags {
+            wire::put_bytes(out, tag.as_bytes());
+        }
+        out.extend_from_slice(&(s.meta.len() as u32).to_le_bytes());
+        for (k, v) in &s.meta {
+            wire::put_bytes(out, k.as_bytes());
+            wire::put_bytes(out, v.as_bytes());
+        }
+        wire::put_u64(out, self.deadline());
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let name = r.string()?;
+        let address = r.string()?;
+        let port = r.u16()?;
+        let tags = (0..r.u32()?)
+            .map(|_| r.string())
+            .collect::<Result<Vec<_>, _>>()?;
+        let meta = (0..r.u32()?)
+            .map(|_| Ok((r.string()?, r.string()?)))
+            .collect::<Result<BTreeMap<_, _>, DecodeError>>()?;
+        let deadline = r.u64()?;
+        r.finish()?;
+        let service = Service {
+            name,
+            address,
+            port,
+            tags,
+            meta,
+        };
+        Ok(Registration::restored(service, deadline))
     }
 }
 

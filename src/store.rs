@@ -5,11 +5,12 @@ use std::convert::Infallible;
 use std::hash::Hash;
 use std::time::Duration;
 
-use crate::cell::{restamp, Head, Node, Version};
+use crate::cell::{restamp, Head, Node, Settling, Version, RETIRED, UNLOGGED};
 use crate::clock::GlobalIndex;
 use crate::entry::{Entry, EntryRef};
 use crate::error::{Conflict, Error, Expected};
 use crate::index::{CellRef, Index, Pin};
+use crate::journal::{Journal, Mutation, Written};
 use crate::sync::epoch::Shared;
 use crate::sync::{Backoff, StdArc};
 
@@ -36,6 +37,8 @@ pub struct Store<K, V> {
     pub(crate) index: Index<K, V>,
     pub(crate) clock: StdArc<GlobalIndex>,
     pub(crate) config: Config,
+    /// Where committed mutations go, in per-key order (see [`crate::journal`]).
+    pub(crate) journal: Option<Box<dyn Journal<K, V>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +117,17 @@ impl StoreBuilder {
             index: Index::new(),
             clock: self.clock.unwrap_or_default(),
             config: self.config,
+            journal: None,
+        }
+    }
+
+    /// Builds a store that hands every committed mutation to `journal`, in per-key order
+    /// (see [`Journal`]). Writers of a key wait while its previous mutation is being recorded,
+    /// so single-key writes are no longer lock-free; reads still never wait.
+    pub fn build_journaled<K: Hash + Eq, V>(self, journal: Box<dyn Journal<K, V>>) -> Store<K, V> {
+        Store {
+            journal: Some(journal),
+            ..self.build()
         }
     }
 }
@@ -215,21 +229,12 @@ where
     /// assert_eq!(store.get("k").unwrap().create_index, a);
     /// ```
     pub fn set(&self, key: K, value: impl Into<StdArc<V>>) -> u64 {
-        match self.put(key, value, |_, current| {
-            Ok::<_, Infallible>(flags_or_kept(None, current))
-        }) {
-            Ok(index) => index,
-            // The decision above never fails.
-            Err(never) => match never {},
-        }
+        self.write_set(key, value, None).index
     }
 
     /// Sets the key and its flags. Returns the new `modify_index`.
     pub fn set_with_flags(&self, key: K, value: impl Into<StdArc<V>>, flags: u64) -> u64 {
-        match self.put(key, value, |_, _| Ok::<_, Infallible>(flags)) {
-            Ok(index) => index,
-            Err(never) => match never {},
-        }
+        self.write_set(key, value, Some(flags)).index
     }
 
     /// Compare-and-set on the index: `expected == 0` creates only if absent; `expected == N`
@@ -245,7 +250,7 @@ where
         value: impl Into<StdArc<V>>,
         expected: u64,
     ) -> Result<u64, Error<K, V>> {
-        self.set_cas_inner(key, value, expected, None)
+        Ok(self.write_set_cas(key, value, expected, None)?.index)
     }
 
     /// [`set_cas`](Store::set_cas) that also sets the flags.
@@ -256,45 +261,17 @@ where
         expected: u64,
         flags: u64,
     ) -> Result<u64, Error<K, V>> {
-        self.set_cas_inner(key, value, expected, Some(flags))
-    }
-
-    fn set_cas_inner(
-        &self,
-        key: K,
-        value: impl Into<StdArc<V>>,
-        expected: u64,
-        flags: Option<u64>,
-    ) -> Result<u64, Error<K, V>> {
-        self.put(key, value, |key, current| {
-            check_index(key, expected, current)?;
-            Ok(flags_or_kept(flags, current))
-        })
+        Ok(self.write_set_cas(key, value, expected, Some(flags))?.index)
     }
 
     /// Deletes the key. Returns the index the delete took; [`Error::NotFound`] if absent.
     pub fn delete(&self, key: &K) -> Result<u64, Error<K, V>> {
-        match self.remove(key, |key, current| match current {
-            Some(_) => Ok(true),
-            None => Err(Error::NotFound(key.clone())),
-        })? {
-            Some(index) => Ok(index),
-            None => Err(Error::NotFound(key.clone())),
-        }
+        Ok(self.write_delete(key, None)?.index)
     }
 
     /// Deletes the key only if its `modify_index` is `expected` (≥ 1).
     pub fn delete_cas(&self, key: &K, expected: u64) -> Result<u64, Error<K, V>> {
-        if expected == 0 {
-            return Err(Error::CreateOnlyDelete(key.clone()));
-        }
-        match self.remove(key, |key, current| {
-            check_index(key, expected, current)?;
-            Ok(true)
-        })? {
-            Some(index) => Ok(index),
-            None => Err(Error::NotFound(key.clone())),
-        }
+        Ok(self.write_delete(key, Some(expected))?.index)
     }
 
     /// Value-based compare-and-set: if the current value equals `expected` (`None` matches an
@@ -317,6 +294,68 @@ where
         expected: Option<&V>,
         new: Option<V>,
     ) -> Result<Option<u64>, Error<K, V>>
+    where
+        V: PartialEq,
+    {
+        Ok(self
+            .write_compare_and_set(key, expected, new)?
+            .map(|w| w.index))
+    }
+
+    /// `set`/`set_with_flags` with the journal ticket.
+    pub(crate) fn write_set(
+        &self,
+        key: K,
+        value: impl Into<StdArc<V>>,
+        flags: Option<u64>,
+    ) -> Written {
+        match self.put(key, value, |_, current| {
+            Ok::<_, Infallible>(flags_or_kept(flags, current))
+        }) {
+            Ok(written) => written,
+            // The decision above never fails.
+            Err(never) => match never {},
+        }
+    }
+
+    /// `set_cas`/`set_cas_with_flags` with the journal ticket.
+    pub(crate) fn write_set_cas(
+        &self,
+        key: K,
+        value: impl Into<StdArc<V>>,
+        expected: u64,
+        flags: Option<u64>,
+    ) -> Result<Written, Error<K, V>> {
+        self.put(key, value, |key, current| {
+            check_index(key, expected, current)?;
+            Ok(flags_or_kept(flags, current))
+        })
+    }
+
+    /// `delete` (`expected: None`) and `delete_cas` with the journal ticket.
+    pub(crate) fn write_delete(
+        &self,
+        key: &K,
+        expected: Option<u64>,
+    ) -> Result<Written, Error<K, V>> {
+        if expected == Some(0) {
+            return Err(Error::CreateOnlyDelete(key.clone()));
+        }
+        let removed = self.remove(key, |key, current| match (expected, current) {
+            (Some(n), _) => check_index(key, n, current).map(|()| true),
+            (None, Some(_)) => Ok(true),
+            (None, None) => Err(Error::NotFound(key.clone())),
+        })?;
+        removed.ok_or_else(|| Error::NotFound(key.clone()))
+    }
+
+    /// `compare_and_set` with the journal ticket.
+    pub(crate) fn write_compare_and_set(
+        &self,
+        key: K,
+        expected: Option<&V>,
+        new: Option<V>,
+    ) -> Result<Option<Written>, Error<K, V>>
     where
         V: PartialEq,
     {
@@ -361,7 +400,15 @@ where
     /// store.update("hits", |v| v.copied().unwrap_or(0) + 1).unwrap();
     /// assert_eq!(*store.get("hits").unwrap().value, 2);
     /// ```
-    pub fn update<F>(&self, key: K, mut f: F) -> Result<u64, Error<K, V>>
+    pub fn update<F>(&self, key: K, f: F) -> Result<u64, Error<K, V>>
+    where
+        F: FnMut(Option<&V>) -> V,
+    {
+        Ok(self.write_update(key, f)?.index)
+    }
+
+    /// `update` with the journal ticket.
+    pub(crate) fn write_update<F>(&self, key: K, mut f: F) -> Result<Written, Error<K, V>>
     where
         F: FnMut(Option<&V>) -> V,
     {
@@ -371,8 +418,8 @@ where
             let current = self.get(&key);
             let new = f(current.as_ref().map(|e| &*e.value));
             let expected = current.map_or(0, |e| e.modify_index);
-            match self.set_cas_inner(key.clone(), new, expected, None) {
-                Ok(index) => return Ok(index),
+            match self.write_set_cas(key.clone(), new, expected, None) {
+                Ok(written) => return Ok(written),
                 Err(e) if e.is_conflict() || e.is_not_found() => {
                     if attempt < self.config.update_attempts {
                         let jittered = pause.mul_f64(fastrand::f64());
@@ -453,6 +500,44 @@ where
         self.len() == 0
     }
 
+    /// Calls `f` with every present entry whose head is settled: a key being written by a batch
+    /// or being journaled is waited for, so every version passed to `f` has reached the journal.
+    /// Weakly consistent like [`entries`](Store::entries); unsorted. (A snapshot's scan.)
+    pub(crate) fn for_each_settled(&self, mut f: impl FnMut(&K, EntryRef<'_, V>)) {
+        let pin = self.index.pin();
+        self.index.for_each(&pin, |k, cell| {
+            let mut backoff = Backoff::new();
+            loop {
+                match cell.load(&pin.epoch).1 {
+                    Head::Locked(_) | Head::Unlogged(_) => backoff.snooze(),
+                    Head::Present(v) => return f(k, EntryRef::of(v)),
+                    Head::Vacant | Head::Retired => return,
+                }
+            }
+        });
+    }
+
+    /// Installs a recovered version for a key that has none yet, bypassing the journal (it came
+    /// from there). Returns `false` if the key already had a value. For recovery, before the
+    /// store is shared.
+    pub(crate) fn restore(
+        &self,
+        key: K,
+        value: V,
+        flags: u64,
+        modify_index: u64,
+        create_index: u64,
+    ) -> bool {
+        let pin = self.index.pin();
+        let cell = self.index.get_or_insert_vacant(key, &pin);
+        let (raw, head) = cell.load(&pin.epoch);
+        if !matches!(head, Head::Vacant) {
+            return false;
+        }
+        let node = Version::node(StdArc::new(value), flags, modify_index, create_index);
+        cell.swap_from(raw, node, &pin.epoch).is_ok()
+    }
+
     /// Looks at the key's cell once: where a write must CAS from, or why it must retry.
     fn observe<'g>(
         &'g self,
@@ -473,7 +558,8 @@ where
                 self.index.unlink(key, &cell, pin);
                 return Step::Retry;
             }
-            Head::Locked(_) => {
+            Head::Locked(_) | Head::Unlogged(_) => {
+                // A batch holds the key, or a write to it is being journaled: wait.
                 backoff.snooze();
                 return Step::Retry;
             }
@@ -491,7 +577,7 @@ where
         key: K,
         value: impl Into<StdArc<V>>,
         mut decide: impl FnMut(&K, Option<&Version<V>>) -> Result<u64, E>,
-    ) -> Result<u64, E> {
+    ) -> Result<Written, E> {
         let pin = self.index.pin();
         let guard = &pin.epoch;
         let mut backoff = Backoff::new();
@@ -517,15 +603,28 @@ where
             index,
             current.map_or(index, |v| v.create_index),
         );
+        if self.journal.is_some() {
+            node = node.with_tag(UNLOGGED);
+        }
         loop {
             match cell.swap_from(raw, node, guard) {
-                Ok(_) => {
+                Ok(installed) => {
                     if !raw.is_null() {
                         // SAFETY: `raw` was the head and is unlinked by our CAS; readers pinned
                         // before now may still hold it, which the collector waits for.
                         unsafe { guard.defer_destroy(raw) };
                     }
-                    return Ok(index);
+                    let ticket = self.journal.as_ref().map(|journal| {
+                        let _settle = Settling::new(&cell, installed);
+                        // SAFETY: `installed` is the head we just published; only we may
+                        // replace it (it is settling), so it is live while we are pinned.
+                        let entry = match unsafe { installed.deref() } {
+                            Node::Version(v) => EntryRef::of(v),
+                            Node::Locked(_) => unreachable!("a put installs a version"),
+                        };
+                        journal.record(Mutation::Set { key: &key, entry })
+                    });
+                    return Ok(Written { index, ticket });
                 }
                 Err(back) => node = back,
             }
@@ -556,7 +655,7 @@ where
         &self,
         key: &K,
         mut decide: impl FnMut(&K, Option<&Version<V>>) -> Result<bool, E>,
-    ) -> Result<Option<u64>, E> {
+    ) -> Result<Option<Written>, E> {
         let pin = self.index.pin();
         let guard = &pin.epoch;
         let mut backoff = Backoff::new();
@@ -572,12 +671,20 @@ where
                         return Ok(None);
                     }
                     let index = self.clock.next();
-                    if cell.retire_from(raw, guard) {
+                    let tag = if self.journal.is_some() { UNLOGGED } else { 0 };
+                    if cell.retire_from(raw, tag, guard) {
+                        let ticket = self.journal.as_ref().map(|journal| {
+                            let retired = Shared::null().with_tag(RETIRED | UNLOGGED);
+                            let _settle = Settling::new(&cell, retired);
+                            journal.record(Mutation::Delete { key, index })
+                        });
+                        // Only once settled: a re-create on a fresh cell must not reach the
+                        // journal before this delete.
                         self.index.unlink(key, &cell, &pin);
                         // SAFETY: `raw` (a version) is unlinked by the retiring CAS; the
                         // collector frees it once every reader pinned before now is gone.
                         unsafe { guard.defer_destroy(raw) };
-                        return Ok(Some(index));
+                        return Ok(Some(Written { index, ticket }));
                     }
                 }
             }

@@ -1,0 +1,686 @@
+//! Persistence: a store (and service registry) that survives restarts and crashes.
+//!
+//! [`Persistent::open`] recovers a data directory into memory and from then on hands every
+//! committed mutation to a checksummed, append-only log through the store's
+//! [`Journal`](crate::Journal) hook, in per-key memory order. Memory stays the source of truth
+//! for reads. Snapshots compact the log in the background without stopping writers.
+//!
+//! # Guarantees
+//! - A write whose [`Pending::wait`] returned `Ok` survives a process crash under every
+//!   [`FsyncPolicy`], and a power loss under [`FsyncPolicy::Always`] (see the policy's table).
+//! - Recovery restores every key with its value, flags and both indices, and the state it
+//!   restores is a prefix of the log: per key, exactly the mutations up to some point, in the
+//!   order they were applied.
+//! - The global index resumes above every index ever handed out, even one whose write was lost
+//!   (indices are reserved durably in blocks before they are handed out), so an index is never
+//!   reused, not even across a crash.
+//! - A torn tail is truncated with a log line; any other damage stops [`Persistent::open`] with
+//!   a [`PersistError`] naming the file and byte offset. A directory written by a newer format
+//!   is refused.
+//!
+//! Reads can return a write that is not yet durable (as in Redis): a write is applied in memory
+//! first and logged right after, and only its acknowledgement waits for the disk.
+//!
+//! # Example
+//! ```
+//! use caskv::persist::{Options, Persistent};
+//!
+//! let dir = std::env::temp_dir().join(format!("caskv-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! let db: Persistent<String, String> = Persistent::open(&dir, Options::default())?;
+//! let index = db.set("greeting".into(), "hello".to_string())?.wait()?;
+//! drop(db);
+//!
+//! let db: Persistent<String, String> = Persistent::open(&dir, Options::default())?;
+//! let entry = db.store().get("greeting").unwrap();
+//! assert_eq!((entry.value.as_str(), entry.modify_index), ("hello", index));
+//! assert!(db.set("greeting".into(), "again".to_string())?.wait()? > index);
+//! # drop(db);
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub(crate) mod codec;
+mod error;
+pub(crate) mod frame;
+mod journal;
+pub(crate) mod log;
+mod record;
+mod recover;
+mod reserve;
+mod snapshot;
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::hash::Hash;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use codec::{Codec, DecodeError};
+pub use error::PersistError;
+pub use log::FsyncPolicy;
+pub use recover::RecoveryReport;
+pub use snapshot::SnapshotReport;
+
+use crate::error::StorageError;
+use crate::journal::Written;
+use crate::{Error, GlobalIndex, Op, Registration, Registry, RegistryError, Service, Store};
+use journal::LogJournal;
+use log::{CreateSegment, Level, Log};
+use record::Space;
+use reserve::Reservation;
+
+/// How a data directory is opened.
+///
+/// # Example
+/// ```
+/// use caskv::persist::{FsyncPolicy, Options};
+/// let options = Options::default().fsync(FsyncPolicy::EverySec).snapshot_after_bytes(256 << 20);
+/// assert_eq!(options.fsync_policy(), FsyncPolicy::EverySec);
+/// ```
+#[derive(Clone)]
+pub struct Options {
+    fsync: FsyncPolicy,
+    snapshot_after_bytes: u64,
+    max_batch: usize,
+    service_ttl: Duration,
+    tick: Duration,
+    create_segment: CreateSegment,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            fsync: FsyncPolicy::Always,
+            snapshot_after_bytes: 64 << 20,
+            max_batch: crate::DEFAULT_MAX_BATCH,
+            service_ttl: crate::DEFAULT_SERVICE_TTL,
+            tick: Duration::from_secs(1),
+            create_segment: Arc::new(log::create_file),
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("fsync", &self.fsync)
+            .field("snapshot_after_bytes", &self.snapshot_after_bytes)
+            .field("max_batch", &self.max_batch)
+            .field("service_ttl", &self.service_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Options {
+    /// When writes are acknowledged. Default [`FsyncPolicy::Always`].
+    pub fn fsync(mut self, policy: FsyncPolicy) -> Self {
+        self.fsync = policy;
+        self
+    }
+
+    /// The fsync policy set.
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        self.fsync
+    }
+
+    /// Take a snapshot (and drop the log it covers) once this many log bytes were written since
+    /// the last one. Default 64 MiB; 0 turns automatic snapshots off.
+    pub fn snapshot_after_bytes(mut self, bytes: u64) -> Self {
+        self.snapshot_after_bytes = bytes;
+        self
+    }
+
+    /// The most operations one batch may hold. Default 1000.
+    pub fn max_batch(mut self, max: usize) -> Self {
+        self.max_batch = max;
+        self
+    }
+
+    /// The TTL of service registrations. Default 30 s.
+    pub fn service_ttl(mut self, ttl: Duration) -> Self {
+        self.service_ttl = ttl;
+        self
+    }
+
+    #[cfg(test)]
+    pub(crate) fn create_segment(mut self, create: CreateSegment) -> Self {
+        self.create_segment = create;
+        self
+    }
+
+    #[cfg(test)]
+    pub(crate) fn tick(mut self, tick: Duration) -> Self {
+        self.tick = tick;
+        self
+    }
+}
+
+/// The largest key plus value one write may log (16 MiB), and the most a whole batch may log
+/// (60 MiB): a record must fit the log's 64 MiB frame.
+pub const MAX_ENTRY_BYTES: usize = 16 << 20;
+const MAX_BATCH_BYTES: usize = 60 << 20;
+
+/// A write applied in memory and logged, whose durability is still to be waited for.
+///
+/// # Example
+/// ```
+/// # use caskv::persist::{Options, Persistent};
+/// # let dir = std::env::temp_dir().join(format!("caskv-pending-{}", std::process::id()));
+/// # let _ = std::fs::remove_dir_all(&dir);
+/// let db: Persistent<String, u64> = Persistent::open(&dir, Options::default())?;
+/// // Pipelining: issue several writes, then wait for the last; one fsync can cover them all.
+/// let pending: Vec<_> = (0..10u64)
+///     .map(|i| db.set(format!("k{i}"), i))
+///     .collect::<Result<_, _>>()?;
+/// for p in pending {
+///     p.wait()?;
+/// }
+/// # drop(db);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "a write is acknowledged as durable only once `wait` returns Ok"]
+pub struct Pending<T> {
+    value: T,
+    ticket: Option<u64>,
+    log: Arc<Log>,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Pending<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("value", &self.value)
+            .field("durable", &self.is_durable())
+            .finish()
+    }
+}
+
+impl<T> Pending<T> {
+    /// Blocks until the write is durable under the store's [`FsyncPolicy`]; returns what the
+    /// write returned (its index). An error means the log failed: the write is not durable.
+    pub fn wait(self) -> Result<T, StorageError> {
+        if let Some(ticket) = self.ticket {
+            self.log.wait(ticket, self.log.ack_level())?;
+        }
+        Ok(self.value)
+    }
+
+    /// Whether [`wait`](Pending::wait) would return at once.
+    pub fn is_durable(&self) -> bool {
+        self.ticket
+            .is_none_or(|t| self.log.is_done(t, self.log.ack_level()))
+    }
+}
+
+/// A persistent KV store and service registry in one data directory.
+///
+/// Reads go through [`store`](Persistent::store) and [`registry`](Persistent::registry).
+/// Writes go through the methods here, which refuse to write once the log has failed and return
+/// a [`Pending`] to wait on. Writes made directly through `store()` or `registry()` are logged
+/// too, in the same per-key order, but their callers cannot wait for them; a background thread
+/// flushes them within about a second.
+///
+/// Dropping it flushes and fsyncs the log and stops its background thread.
+pub struct Persistent<K, V> {
+    inner: Arc<Inner<K, V>>,
+    stop: Option<mpsc::Sender<()>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+/// What the store, the background thread and the snapshotter share.
+pub(crate) struct Inner<K, V> {
+    pub(crate) store: Arc<Store<K, V>>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) log: Arc<Log>,
+    reservation: Arc<Reservation>,
+    dir: PathBuf,
+    options: Options,
+    /// One snapshot at a time.
+    snapshotting: Mutex<()>,
+    /// Log position at the last snapshot's rotation.
+    snapshot_base: AtomicU64,
+    /// Bytes of the recovered log not yet covered by a snapshot.
+    recovered_bytes: AtomicU64,
+    report: RecoveryReport,
+    /// Holds the directory's OS lock for as long as it is open.
+    _lock: File,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl<K, V> Persistent<K, V>
+where
+    K: Codec + Hash + Eq + Ord + Clone + Send + Sync + 'static,
+    V: Codec + Send + Sync + 'static,
+{
+    /// Opens (creating if needed) the data directory `dir`: takes its lock, recovers the
+    /// latest snapshot and the log after it, and starts a new log segment.
+    ///
+    /// Fails if another process has the directory open, if a file is corrupt (naming it and
+    /// the offset), if it was written by a newer format, or on an I/O error.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Self, PersistError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(PersistError::io(&dir))?;
+        let lock_path = dir.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(PersistError::io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(PersistError::Locked { path: lock_path })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(PersistError::io(&lock_path)(e)),
+        }
+
+        let recovered = recover::recover(&dir)?;
+        let log = Arc::new(
+            Log::create(
+                &dir,
+                recovered.last_segment + 1,
+                options.fsync,
+                options.create_segment.clone(),
+            )
+            .map_err(PersistError::io(&dir))?,
+        );
+        let clock = Arc::new(
+            GlobalIndex::try_starting_after(recovered.high_water).ok_or_else(|| {
+                PersistError::Corrupt {
+                    file: dir.clone(),
+                    offset: 0,
+                    reason: format!(
+                        "high-water mark {} is beyond the index space",
+                        recovered.high_water
+                    ),
+                }
+            })?,
+        );
+        let reservation = Arc::new(Reservation::new(log.clone(), recovered.high_water));
+        clock.set_reserve(Box::new(reservation.clone()));
+
+        let store: Store<K, V> = Store::builder()
+            .global_index(clock.clone())
+            .max_batch(options.max_batch)
+            .build_journaled(Box::new(LogJournal::<K, V>::new(log.clone(), Space::Kv)));
+        for (key, v) in recovered.kv {
+            let key = K::decode(&key).map_err(|source| PersistError::Decode {
+                what: "key",
+                source,
+            })?;
+            let value = V::decode(&v.value).map_err(|source| PersistError::Decode {
+                what: "value",
+                source,
+            })?;
+            store.restore(key, value, v.flags, v.modify_index, v.create_index);
+        }
+
+        let services: Store<String, Registration> = Store::builder()
+            .global_index(clock)
+            .build_journaled(Box::new(LogJournal::<String, Registration>::new(
+                log.clone(),
+                Space::Services,
+            )));
+        // A restart grants every registration a fresh TTL: heartbeats are not logged, so the
+        // recorded deadline of a live service may be long past.
+        let renewed = now_ms().saturating_add(options.service_ttl.as_millis() as u64);
+        for (name, v) in recovered.services {
+            let name = String::decode(&name).map_err(|source| PersistError::Decode {
+                what: "key",
+                source,
+            })?;
+            let reg = Registration::decode(&v.value).map_err(|source| PersistError::Decode {
+                what: "value",
+                source,
+            })?;
+            let reg =
+                Registration::restored(reg.service().clone(), reg.expires_at_ms().max(renewed));
+            services.restore(name, reg, v.flags, v.modify_index, v.create_index);
+        }
+        let registry = Registry::with_store(services, options.service_ttl);
+
+        let mut report = recovered.report;
+        report.high_water = recovered.high_water;
+        if report.truncated_bytes > 0 || report.records > 0 || report.snapshot.is_some() {
+            tracing::info!(
+                dir = %dir.display(),
+                snapshot_entries = report.snapshot_entries,
+                segments = report.segments,
+                records = report.records,
+                truncated_bytes = report.truncated_bytes,
+                high_water = report.high_water,
+                elapsed = ?report.elapsed,
+                "caskv: recovered the data directory"
+            );
+        }
+        let inner = Arc::new(Inner {
+            store: Arc::new(store),
+            registry: Arc::new(registry),
+            log,
+            reservation,
+            dir,
+            snapshotting: Mutex::new(()),
+            snapshot_base: AtomicU64::new(0),
+            recovered_bytes: AtomicU64::new(recovered.log_bytes),
+            report,
+            _lock: lock,
+            options,
+        });
+        let (stop, stopped) = mpsc::channel();
+        let worker = {
+            let shared = inner.clone();
+            std::thread::Builder::new()
+                .name("caskv-log".into())
+                .spawn(move || background(&shared, &stopped))
+                .map_err(PersistError::io(&inner.dir))?
+        };
+        Ok(Persistent {
+            inner,
+            stop: Some(stop),
+            worker: Some(worker),
+        })
+    }
+
+    /// The KV store, for reads (writes through it are logged but cannot be waited for).
+    pub fn store(&self) -> &Store<K, V> {
+        &self.inner.store
+    }
+
+    /// The service registry, for reads and heartbeats.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// What opening the directory recovered.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.inner.report
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Shared handles for the server, which waits for durability off its async threads.
+    #[cfg(feature = "server")]
+    pub(crate) fn handles(&self) -> (Arc<Store<K, V>>, Arc<Registry>, Arc<Log>) {
+        (
+            self.inner.store.clone(),
+            self.inner.registry.clone(),
+            self.inner.log.clone(),
+        )
+    }
+
+    /// Refuses a write once the log has failed.
+    fn check(&self) -> Result<(), StorageError> {
+        match self.inner.log.failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn pending<T>(&self, value: T, written: Option<Written>) -> Pending<T> {
+        Pending {
+            value,
+            ticket: written.and_then(|w| w.ticket),
+            log: self.inner.log.clone(),
+        }
+    }
+
+    fn check_size(key: &K, value: Option<&V>) -> Result<usize, Error<K, V>> {
+        let len = key.encoded_len() + value.map_or(0, Codec::encoded_len);
+        if len > MAX_ENTRY_BYTES {
+            return Err(Error::EntryTooLarge {
+                len,
+                max: MAX_ENTRY_BYTES,
+            });
+        }
+        Ok(len)
+    }
+
+    /// [`Store::set`], logged. Returns the index once [`Pending::wait`]ed.
+    pub fn set(&self, key: K, value: impl Into<Arc<V>>) -> Result<Pending<u64>, Error<K, V>> {
+        self.set_inner(key, value.into(), None)
+    }
+
+    /// [`Store::set_with_flags`], logged.
+    pub fn set_with_flags(
+        &self,
+        key: K,
+        value: impl Into<Arc<V>>,
+        flags: u64,
+    ) -> Result<Pending<u64>, Error<K, V>> {
+        self.set_inner(key, value.into(), Some(flags))
+    }
+
+    fn set_inner(
+        &self,
+        key: K,
+        value: Arc<V>,
+        flags: Option<u64>,
+    ) -> Result<Pending<u64>, Error<K, V>> {
+        self.check()?;
+        Self::check_size(&key, Some(&value))?;
+        let w = self.inner.store.write_set(key, value, flags);
+        Ok(self.pending(w.index, Some(w)))
+    }
+
+    /// [`Store::set_cas`], logged.
+    pub fn set_cas(
+        &self,
+        key: K,
+        value: impl Into<Arc<V>>,
+        expected: u64,
+    ) -> Result<Pending<u64>, Error<K, V>> {
+        self.set_cas_inner(key, value.into(), expected, None)
+    }
+
+    /// [`Store::set_cas_with_flags`], logged.
+    pub fn set_cas_with_flags(
+        &self,
+        key: K,
+        value: impl Into<Arc<V>>,
+        expected: u64,
+        flags: u64,
+    ) -> Result<Pending<u64>, Error<K, V>> {
+        self.set_cas_inner(key, value.into(), expected, Some(flags))
+    }
+
+    fn set_cas_inner(
+        &self,
+        key: K,
+        value: Arc<V>,
+        expected: u64,
+        flags: Option<u64>,
+    ) -> Result<Pending<u64>, Error<K, V>> {
+        self.check()?;
+        Self::check_size(&key, Some(&value))?;
+        let w = self
+            .inner
+            .store
+            .write_set_cas(key, value, expected, flags)?;
+        Ok(self.pending(w.index, Some(w)))
+    }
+
+    /// [`Store::delete`], logged.
+    pub fn delete(&self, key: &K) -> Result<Pending<u64>, Error<K, V>> {
+        self.check()?;
+        Self::check_size(key, None)?;
+        let w = self.inner.store.write_delete(key, None)?;
+        Ok(self.pending(w.index, Some(w)))
+    }
+
+    /// [`Store::delete_cas`], logged.
+    pub fn delete_cas(&self, key: &K, expected: u64) -> Result<Pending<u64>, Error<K, V>> {
+        self.check()?;
+        Self::check_size(key, None)?;
+        let w = self.inner.store.write_delete(key, Some(expected))?;
+        Ok(self.pending(w.index, Some(w)))
+    }
+
+    /// [`Store::compare_and_set`], logged.
+    pub fn compare_and_set(
+        &self,
+        key: K,
+        expected: Option<&V>,
+        new: Option<V>,
+    ) -> Result<Pending<Option<u64>>, Error<K, V>>
+    where
+        V: PartialEq,
+    {
+        self.check()?;
+        Self::check_size(&key, new.as_ref())?;
+        let w = self.inner.store.write_compare_and_set(key, expected, new)?;
+        Ok(self.pending(w.map(|w| w.index), w))
+    }
+
+    /// [`Store::update`], logged.
+    pub fn update<F>(&self, key: K, f: F) -> Result<Pending<u64>, Error<K, V>>
+    where
+        F: FnMut(Option<&V>) -> V,
+    {
+        self.check()?;
+        Self::check_size(&key, None)?;
+        let w = self.inner.store.write_update(key, f)?;
+        Ok(self.pending(w.index, Some(w)))
+    }
+
+    /// [`Store::batch`], logged as one record.
+    pub fn batch(&self, ops: Vec<Op<K, V>>) -> Result<Pending<u64>, Error<K, V>>
+    where
+        V: PartialEq,
+    {
+        self.check()?;
+        let mut total = 0;
+        for op in &ops {
+            let value = match op {
+                Op::Set { value, .. } | Op::SetCas { value, .. } => Some(&**value),
+                Op::CompareAndSet { new, .. } => new.as_deref(),
+                _ => None,
+            };
+            total += Self::check_size(op.key(), value)?;
+        }
+        if total > MAX_BATCH_BYTES {
+            return Err(Error::EntryTooLarge {
+                len: total,
+                max: MAX_BATCH_BYTES,
+            });
+        }
+        let w = self.inner.store.write_batch(ops)?;
+        Ok(self.pending(w.index, Some(w)))
+    }
+
+    /// [`Registry::register`], logged.
+    pub fn register(
+        &self,
+        service: Service,
+        cas: Option<u64>,
+    ) -> Result<Pending<u64>, RegistryError> {
+        self.check()?;
+        let w = self.inner.registry.register_written(service, cas)?;
+        Ok(self.pending(w.index, Some(w)))
+    }
+
+    /// [`Registry::deregister`], logged.
+    pub fn deregister(&self, name: &str, cas: Option<u64>) -> Result<Pending<u64>, RegistryError> {
+        self.check()?;
+        let w = self.inner.registry.deregister_written(name, cas)?;
+        Ok(self.pending(w.index, Some(w)))
+    }
+
+    /// Writes a snapshot now and drops the log it covers. Writers keep going meanwhile.
+    pub fn snapshot(&self) -> Result<SnapshotReport, PersistError> {
+        self.inner.snapshot()
+    }
+
+    /// Flushes and fsyncs everything logged so far (whatever the policy).
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.inner.log.flush_all(Level::Synced)
+    }
+}
+
+impl<K, V> Inner<K, V>
+where
+    K: Codec + Hash + Eq + Ord + Clone + Send + Sync + 'static,
+    V: Codec + Send + Sync + 'static,
+{
+    fn snapshot_due(&self) -> bool {
+        let every = self.options.snapshot_after_bytes;
+        // Relaxed: counters read by the one background thread and the snapshotter.
+        let since = self.log.appended() - self.snapshot_base.load(Ordering::Relaxed)
+            + self.recovered_bytes.load(Ordering::Relaxed);
+        every > 0 && since >= every
+    }
+
+    pub(crate) fn snapshot(&self) -> Result<SnapshotReport, PersistError> {
+        let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+        let report = snapshot::write(self)?;
+        // Relaxed: see `snapshot_due`.
+        self.snapshot_base
+            .store(report.log_position, Ordering::Relaxed);
+        self.recovered_bytes.store(0, Ordering::Relaxed);
+        Ok(report)
+    }
+}
+
+/// The background thread: periodic flush (and fsync for `everysec`), automatic snapshots.
+fn background<K, V>(inner: &Inner<K, V>, stop: &mpsc::Receiver<()>)
+where
+    K: Codec + Hash + Eq + Ord + Clone + Send + Sync + 'static,
+    V: Codec + Send + Sync + 'static,
+{
+    let level = match inner.options.fsync {
+        FsyncPolicy::Always | FsyncPolicy::EverySec => Level::Synced,
+        FsyncPolicy::Never => Level::Written,
+    };
+    loop {
+        match stop.recv_timeout(inner.options.tick) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        if inner.log.failure().is_some() {
+            continue;
+        }
+        // Errors poison the log and are logged there.
+        let _ = inner.log.flush_all(level);
+        if inner.snapshot_due() {
+            if let Err(e) = inner.snapshot() {
+                tracing::error!(error = %e, "caskv: background snapshot failed");
+            }
+        }
+    }
+}
+
+impl<K, V> Drop for Persistent<K, V> {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+        if self.inner.log.failure().is_none() {
+            if let Err(e) = self.inner.log.flush_all(Level::Synced) {
+                tracing::error!(error = %e, "caskv: final log flush failed");
+            }
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for Persistent<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persistent")
+            .field("dir", &self.inner.dir)
+            .field("fsync", &self.inner.options.fsync)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,325 @@
+//! What a log record or snapshot record says: the payload inside a frame (`frame.rs`).
+//!
+//! Every payload starts with a kind byte. Mutations carry the **resulting** version (value,
+//! flags, both indices), never the operation, so replaying a key's last record restores it
+//! exactly whatever came before.
+//!
+//! | kind | fields (little-endian; `bytes` = u32 length + bytes) |
+//! |---|---|
+//! | 1 set | space u8, modify_index u64, create_index u64, flags u64, key bytes, value bytes |
+//! | 2 delete | space u8, index u64, key bytes |
+//! | 3 batch | space u8, index u64, count u32, then per key: 1 + create u64 + flags u64 + key + value (set) or 0 + key (delete) |
+//! | 4 reserve | through u64: no index up to `through` may be handed out again |
+//! | 5 snapshot head | high_water u64 (snapshots only, first record) |
+//! | 6 snapshot end | entries u64 (snapshots only, last record) |
+//! | 7 synced | through u64: this segment is durable up to that file offset (see `log.rs`) |
+
+use super::codec::wire::{self, Reader};
+use super::codec::DecodeError;
+
+/// Which store of a data directory a record belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Space {
+    /// The KV store.
+    Kv = 0,
+    /// The service registry.
+    Services = 1,
+}
+
+impl Space {
+    fn from_u8(b: u8) -> Result<Self, DecodeError> {
+        match b {
+            0 => Ok(Space::Kv),
+            1 => Ok(Space::Services),
+            other => Err(DecodeError::new(format!("unknown space {other}"))),
+        }
+    }
+}
+
+const SET: u8 = 1;
+const DELETE: u8 = 2;
+const BATCH: u8 = 3;
+const RESERVE: u8 = 4;
+const SNAPSHOT_HEAD: u8 = 5;
+const SNAPSHOT_END: u8 = 6;
+const SYNCED: u8 = 7;
+
+/// A key's version as recorded (key and value still encoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawVersion<'a> {
+    pub(crate) value: &'a [u8],
+    pub(crate) flags: u64,
+    pub(crate) modify_index: u64,
+    pub(crate) create_index: u64,
+}
+
+/// One decoded record.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Record<'a> {
+    /// Keys of `space` now hold these versions (`None`: deleted), all written at `index`.
+    Writes {
+        space: Space,
+        index: u64,
+        writes: Vec<(&'a [u8], Option<RawVersion<'a>>)>,
+    },
+    /// Indices up to `through` are reserved.
+    Reserve { through: u64 },
+    /// A snapshot's first record.
+    SnapshotHead { high_water: u64 },
+    /// A snapshot's last record.
+    SnapshotEnd { entries: u64 },
+    /// The segment holding this record is durable up to file offset `through`.
+    Synced { through: u64 },
+}
+
+/// Appends a set record's payload.
+pub(crate) fn encode_set(
+    out: &mut Vec<u8>,
+    space: Space,
+    key: impl FnOnce(&mut Vec<u8>),
+    value: impl FnOnce(&mut Vec<u8>),
+    flags: u64,
+    modify_index: u64,
+    create_index: u64,
+) {
+    out.push(SET);
+    out.push(space as u8);
+    wire::put_u64(out, modify_index);
+    wire::put_u64(out, create_index);
+    wire::put_u64(out, flags);
+    wire::put_with(out, key);
+    wire::put_with(out, value);
+}
+
+/// Appends a delete record's payload.
+pub(crate) fn encode_delete(
+    out: &mut Vec<u8>,
+    space: Space,
+    key: impl FnOnce(&mut Vec<u8>),
+    index: u64,
+) {
+    out.push(DELETE);
+    out.push(space as u8);
+    wire::put_u64(out, index);
+    wire::put_with(out, key);
+}
+
+/// Appends a batch record's header; follow with `count` calls of [`encode_batch_item`].
+pub(crate) fn encode_batch_head(out: &mut Vec<u8>, space: Space, index: u64, count: u32) {
+    out.push(BATCH);
+    out.push(space as u8);
+    wire::put_u64(out, index);
+    out.extend_from_slice(&count.to_le_bytes());
+}
+
+/// Appends one key of a batch: `version` is `(value, flags, create_index)` or `None` for a
+/// delete.
+pub(crate) fn encode_batch_item(
+    out: &mut Vec<u8>,
+    key: impl FnOnce(&mut Vec<u8>),
+    version: Option<(&dyn Fn(&mut Vec<u8>), u64, u64)>,
+) {
+    match version {
+        Some((value, flags, create_index)) => {
+            out.push(1);
+            wire::put_u64(out, create_index);
+            wire::put_u64(out, flags);
+            wire::put_with(out, key);
+            wire::put_with(out, value);
+        }
+        None => {
+            out.push(0);
+            wire::put_with(out, key);
+        }
+    }
+}
+
+/// Appends a reserve record's payload.
+pub(crate) fn encode_reserve(out: &mut Vec<u8>, through: u64) {
+    out.push(RESERVE);
+    wire::put_u64(out, through);
+}
+
+/// Appends a snapshot head.
+pub(crate) fn encode_snapshot_head(out: &mut Vec<u8>, high_water: u64) {
+    out.push(SNAPSHOT_HEAD);
+    wire::put_u64(out, high_water);
+}
+
+/// Appends a snapshot end.
+pub(crate) fn encode_snapshot_end(out: &mut Vec<u8>, entries: u64) {
+    out.push(SNAPSHOT_END);
+    wire::put_u64(out, entries);
+}
+
+/// Appends a sync marker.
+pub(crate) fn encode_synced(out: &mut Vec<u8>, through: u64) {
+    out.push(SYNCED);
+    wire::put_u64(out, through);
+}
+
+/// Decodes one payload. The frame's checksum already passed, so an error here means a record
+/// this version does not understand or a writer bug, and is reported as corruption.
+pub(crate) fn decode(payload: &[u8]) -> Result<Record<'_>, DecodeError> {
+    let mut r = Reader::new(payload);
+    let record = match r.u8()? {
+        SET => {
+            let space = Space::from_u8(r.u8()?)?;
+            let modify_index = r.u64()?;
+            let create_index = r.u64()?;
+            let flags = r.u64()?;
+            let key = r.bytes()?;
+            let value = r.bytes()?;
+            Record::Writes {
+                space,
+                index: modify_index,
+                writes: vec![(
+                    key,
+                    Some(RawVersion {
+                        value,
+                        flags,
+                        modify_index,
+                        create_index,
+                    }),
+                )],
+            }
+        }
+        DELETE => {
+            let space = Space::from_u8(r.u8()?)?;
+            let index = r.u64()?;
+            let key = r.bytes()?;
+            Record::Writes {
+                space,
+                index,
+                writes: vec![(key, None)],
+            }
+        }
+        BATCH => {
+            let space = Space::from_u8(r.u8()?)?;
+            let index = r.u64()?;
+            let count = r.u32()?;
+            // Each item takes at least 5 bytes: never trust `count` for an allocation.
+            let mut writes = Vec::with_capacity((count as usize).min(payload.len() / 5));
+            for _ in 0..count {
+                let item = match r.u8()? {
+                    1 => {
+                        let create_index = r.u64()?;
+                        let flags = r.u64()?;
+                        let key = r.bytes()?;
+                        let value = r.bytes()?;
+                        let version = RawVersion {
+                            value,
+                            flags,
+                            modify_index: index,
+                            create_index,
+                        };
+                        (key, Some(version))
+                    }
+                    0 => (r.bytes()?, None),
+                    other => return Err(DecodeError::new(format!("bad batch item tag {other}"))),
+                };
+                writes.push(item);
+            }
+            Record::Writes {
+                space,
+                index,
+                writes,
+            }
+        }
+        RESERVE => Record::Reserve { through: r.u64()? },
+        SNAPSHOT_HEAD => Record::SnapshotHead {
+            high_water: r.u64()?,
+        },
+        SNAPSHOT_END => Record::SnapshotEnd { entries: r.u64()? },
+        SYNCED => Record::Synced { through: r.u64()? },
+        other => return Err(DecodeError::new(format!("unknown record kind {other}"))),
+    };
+    r.finish()?;
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(bytes: &'static [u8]) -> impl FnOnce(&mut Vec<u8>) {
+        move |out: &mut Vec<u8>| out.extend_from_slice(bytes)
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let mut out = Vec::new();
+        encode_set(&mut out, Space::Kv, put(b"k"), put(b"value"), 3, 9, 4);
+        assert_eq!(
+            decode(&out).unwrap(),
+            Record::Writes {
+                space: Space::Kv,
+                index: 9,
+                writes: vec![(
+                    &b"k"[..],
+                    Some(RawVersion {
+                        value: b"value",
+                        flags: 3,
+                        modify_index: 9,
+                        create_index: 4
+                    })
+                )]
+            }
+        );
+
+        out.clear();
+        encode_delete(&mut out, Space::Services, put(b"web"), 12);
+        assert_eq!(
+            decode(&out).unwrap(),
+            Record::Writes {
+                space: Space::Services,
+                index: 12,
+                writes: vec![(&b"web"[..], None)]
+            }
+        );
+
+        out.clear();
+        encode_batch_head(&mut out, Space::Kv, 20, 2);
+        let value = |o: &mut Vec<u8>| o.extend_from_slice(b"x");
+        encode_batch_item(&mut out, put(b"a"), Some((&value, 0, 20)));
+        encode_batch_item(&mut out, put(b"b"), None);
+        let Record::Writes { index, writes, .. } = decode(&out).unwrap() else {
+            panic!("a batch decodes as writes");
+        };
+        assert_eq!(index, 20);
+        assert_eq!(writes.len(), 2);
+        assert_eq!(writes[0].1.as_ref().unwrap().modify_index, 20);
+        assert_eq!(writes[1], (&b"b"[..], None));
+
+        for (encode, expected) in [
+            (
+                encode_reserve as fn(&mut Vec<u8>, u64),
+                Record::Reserve { through: 7 },
+            ),
+            (encode_snapshot_head, Record::SnapshotHead { high_water: 7 }),
+            (encode_snapshot_end, Record::SnapshotEnd { entries: 7 }),
+            (encode_synced, Record::Synced { through: 7 }),
+        ] {
+            out.clear();
+            encode(&mut out, 7);
+            assert_eq!(decode(&out).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors_not_panics() {
+        let mut out = Vec::new();
+        encode_set(&mut out, Space::Kv, put(b"key"), put(b"value"), 0, 1, 1);
+        for cut in 0..out.len() {
+            assert!(decode(&out[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = out.clone();
+        trailing.push(0);
+        assert!(decode(&trailing).is_err());
+        assert!(decode(&[99]).is_err());
+        // A batch that claims four billion items allocates nothing up front.
+        let mut huge = Vec::new();
+        encode_batch_head(&mut huge, Space::Kv, 1, u32::MAX);
+        assert!(decode(&huge).is_err());
+    }
+}
