@@ -337,6 +337,27 @@ pub(crate) fn scan(body: &[u8], tail_may_be_torn: bool) -> Scan<'_> {
     }
 }
 
+/// The valid records after the damaged record at `at`: found by the same search that tells a
+/// torn tail from corruption (starting past the damaged record's own extent when its length is
+/// intact), each one skipped whole once found. Recovery reads the sync markers among them.
+pub(crate) fn salvage(body: &[u8], at: usize) -> Vec<(usize, &[u8])> {
+    let mut p = match record_at(body, at) {
+        Ok(payload) => at + RECORD_OVERHEAD + payload.len(),
+        Err(damage) => damage.search_from,
+    };
+    let mut found = Vec::new();
+    while p + RECORD_OVERHEAD < body.len() {
+        match record_at(body, p) {
+            Ok(payload) => {
+                found.push((p, payload));
+                p += RECORD_OVERHEAD + payload.len();
+            }
+            Err(_) => p += 1,
+        }
+    }
+    found
+}
+
 /// Whether a complete, valid record starts at any offset from `from` on.
 fn valid_record_from(body: &[u8], from: usize) -> bool {
     // A record needs its header and at least one payload byte.

@@ -326,9 +326,21 @@ fn replay_segment(
     let torn_at = match scan.end {
         ScanEnd::Clean => None,
         ScanEnd::TornTail { at, .. } => Some(at),
-        // Damage past the last sync marker is in data never known durable: a torn tail,
-        // whatever shape the crash left it in.
-        ScanEnd::Corrupt { at, .. } if last && offset(at) >= synced_through => Some(at),
+        ScanEnd::Corrupt { at, reason } if last => {
+            // Intact markers after the damage still tell how far the file was synced.
+            for (_, payload) in frame::salvage(body, at) {
+                if let Ok(Record::Synced { through }) = record::decode(payload) {
+                    synced_through = synced_through.max(through);
+                }
+            }
+            // Damage in data never known durable is a torn tail, whatever shape the crash left
+            // it in (pages of an unsynced write reach the disk in any order).
+            if offset(at) >= synced_through {
+                Some(at)
+            } else {
+                return Err(corrupt(path, offset(at), reason));
+            }
+        }
         ScanEnd::Corrupt { at, reason } => return Err(corrupt(path, offset(at), reason)),
     };
     if let Some(at) = torn_at {

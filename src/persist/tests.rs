@@ -1,1 +1,647 @@
+//! Persistence tests that need the crate's insides: a file stand-in that loses unsynced bytes
+//! (power loss), recovery of a log cut at every byte and with every byte damaged, snapshots
+//! racing writers, reopen round trips.
 
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::log::{segment_path, SegmentFile};
+use super::*;
+use crate::Op;
+
+type Db = Persistent<String, String>;
+
+/// The state a reader would compare: key → (value, flags, modify_index, create_index).
+type State = BTreeMap<String, (String, u64, u64, u64)>;
+
+fn state_of(store: &Store<String, String>) -> State {
+    store
+        .entries()
+        .into_iter()
+        .map(|(k, e)| {
+            let v = (*e.value).clone();
+            (k, (v, e.flags, e.modify_index, e.create_index))
+        })
+        .collect()
+}
+
+fn recovered_state(rec: &recover::Recovered) -> State {
+    rec.kv
+        .iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8(k.clone()).unwrap(),
+                (
+                    String::from_utf8(v.value.clone()).unwrap(),
+                    v.flags,
+                    v.modify_index,
+                    v.create_index,
+                ),
+            )
+        })
+        .collect()
+}
+
+fn options() -> Options {
+    Options::default().snapshot_after_bytes(0)
+}
+
+#[test]
+fn reopen_restores_every_entry_with_its_indices_and_resumes_above_the_high_water() {
+    let dir = tempfile::tempdir().unwrap();
+    let before;
+    let deleted_at;
+    {
+        let db: Db = Persistent::open(dir.path(), options()).unwrap();
+        let a = db.set("a".into(), "1".to_string()).unwrap().wait().unwrap();
+        db.set_with_flags("b".into(), "2".to_string(), 7)
+            .unwrap()
+            .wait()
+            .unwrap();
+        db.set_cas("a".into(), "1b".to_string(), a)
+            .unwrap()
+            .wait()
+            .unwrap();
+        db.batch(vec![
+            Op::set("c".into(), "3".to_string()),
+            Op::delete("b".into()),
+            Op::check_index("zz".into(), 0),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+        db.compare_and_set("d".into(), None, Some("4".to_string()))
+            .unwrap()
+            .wait()
+            .unwrap();
+        db.update("a".into(), |v| format!("{}!", v.unwrap()))
+            .unwrap()
+            .wait()
+            .unwrap();
+        db.register(
+            Service {
+                name: "web".into(),
+                address: "10.0.0.1".into(),
+                port: 80,
+                tags: vec!["v1".into()],
+                meta: [("zone".to_string(), "a".to_string())].into(),
+            },
+            Some(0),
+        )
+        .unwrap()
+        .wait()
+        .unwrap();
+        // A delete at the highest index: that index must not be handed out again.
+        deleted_at = db.delete(&"d".to_string()).unwrap().wait().unwrap();
+        before = state_of(db.store());
+    }
+    let db: Db = Persistent::open(dir.path(), options()).unwrap();
+    assert_eq!(state_of(db.store()), before);
+    assert_eq!(
+        db.store().get("a").unwrap().value.as_str(),
+        "1b!",
+        "last write wins"
+    );
+    let web = db.registry().get("web").unwrap();
+    assert_eq!((web.service.port, web.service.tags.len()), (80, 1));
+    assert!(db.recovery().records > 0);
+    let next = db.set("e".into(), "5".to_string()).unwrap().wait().unwrap();
+    assert!(
+        next > deleted_at,
+        "{next} must be above the deleted {deleted_at}"
+    );
+}
+
+#[test]
+fn a_second_process_is_refused_and_a_newer_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db: Db = Persistent::open(dir.path(), options()).unwrap();
+    match Persistent::<String, String>::open(dir.path(), options()) {
+        Err(PersistError::Locked { .. }) => {}
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    drop(db);
+    // Rewrite the first segment's header as version 2, with a correct checksum.
+    let seg = segment_path(dir.path(), 1);
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[..20]);
+    let masked = (crc.rotate_right(15)).wrapping_add(0xa282_ead8);
+    bytes[20..24].copy_from_slice(&masked.to_le_bytes());
+    fs::write(&seg, &bytes).unwrap();
+    match Persistent::<String, String>::open(dir.path(), options()) {
+        Err(PersistError::NewerFormat {
+            found: 2,
+            supported: 1,
+            ..
+        }) => {}
+        other => panic!("expected NewerFormat, got {other:?}"),
+    }
+}
+
+#[test]
+fn corruption_before_the_tail_names_the_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db: Db = Persistent::open(dir.path(), options()).unwrap();
+        for i in 0..20 {
+            db.set(format!("k{i}"), "x".repeat(50))
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+    }
+    let seg = segment_path(dir.path(), 1);
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[100] ^= 0x10;
+    fs::write(&seg, &bytes).unwrap();
+    let err = Persistent::<String, String>::open(dir.path(), options()).unwrap_err();
+    let PersistError::Corrupt { file, offset, .. } = &err else {
+        panic!("expected Corrupt, got {err:?}");
+    };
+    assert_eq!(file, &seg);
+    assert!(*offset <= 100, "damage at 100 reported at {offset}");
+    let message = err.to_string();
+    assert!(message.contains("log-0000000000000001.caskv") && message.contains("offset"));
+}
+
+/// Writes a small log of varied operations; returns the segment's bytes and the state after
+/// each operation (the states a clean prefix can give).
+fn small_log() -> (Vec<u8>, Vec<State>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut states = vec![State::new()];
+    {
+        let db: Db = Persistent::open(dir.path(), options()).unwrap();
+        let step = |db: &Db, states: &mut Vec<State>| states.push(state_of(db.store()));
+        let a = db
+            .set("a".into(), "one".to_string())
+            .unwrap()
+            .wait()
+            .unwrap();
+        step(&db, &mut states);
+        db.set_with_flags("b".into(), "two".to_string(), 3)
+            .unwrap()
+            .wait()
+            .unwrap();
+        step(&db, &mut states);
+        db.set_cas("a".into(), "uno".to_string(), a)
+            .unwrap()
+            .wait()
+            .unwrap();
+        step(&db, &mut states);
+        db.batch(vec![
+            Op::set("c".into(), "three".to_string()),
+            Op::delete("b".into()),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+        step(&db, &mut states);
+        db.delete(&"a".to_string()).unwrap().wait().unwrap();
+        step(&db, &mut states);
+        db.set("a".into(), "again".to_string())
+            .unwrap()
+            .wait()
+            .unwrap();
+        step(&db, &mut states);
+    }
+    let bytes = fs::read(segment_path(dir.path(), 1)).unwrap();
+    (bytes, states)
+}
+
+fn recover_bytes(bytes: &[u8]) -> Result<State, PersistError> {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(segment_path(dir.path(), 1), bytes).unwrap();
+    recover::recover(dir.path()).map(|rec| recovered_state(&rec))
+}
+
+#[test]
+fn a_log_cut_at_every_byte_recovers_a_clean_prefix() {
+    let (bytes, states) = small_log();
+    let mut last_prefix = 0;
+    for cut in 0..=bytes.len() {
+        let state = recover_bytes(&bytes[..cut])
+            .unwrap_or_else(|e| panic!("cut at {cut}: a cut log is a torn tail, got {e}"));
+        let prefix = states
+            .iter()
+            .position(|s| *s == state)
+            .unwrap_or_else(|| panic!("cut at {cut}: {state:?} is no prefix state"));
+        assert!(prefix >= last_prefix, "cut at {cut}: the prefix went back");
+        last_prefix = prefix;
+    }
+    assert_eq!(
+        last_prefix,
+        states.len() - 1,
+        "the whole log gives the final state"
+    );
+}
+
+#[test]
+fn a_log_with_any_bit_flipped_recovers_a_clean_prefix_or_refuses() {
+    let (bytes, states) = small_log();
+    let (mut prefixes, mut refusals) = (0, 0);
+    for at in 0..bytes.len() {
+        for bit in [at % 8, (at + 3) % 8] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 1 << bit;
+            match recover_bytes(&damaged) {
+                Ok(state) => {
+                    assert!(
+                        states.contains(&state),
+                        "flip of bit {bit} at {at}: {state:?} is no prefix state"
+                    );
+                    prefixes += 1;
+                }
+                Err(PersistError::Corrupt { offset, .. }) => {
+                    assert!(offset <= at as u64, "flip at {at} reported at {offset}");
+                    refusals += 1;
+                }
+                Err(e) => panic!("flip of bit {bit} at {at}: unexpected {e}"),
+            }
+        }
+    }
+    // Both outcomes occur: damage in synced records refuses, damage in the last is a torn tail.
+    assert!(
+        prefixes > 0 && refusals > 0,
+        "{prefixes} prefixes, {refusals} refusals"
+    );
+}
+
+/// A segment file that reaches the "disk" only when synced: on a power cut everything written
+/// since the last sync is lost, except a torn part the test chooses.
+struct LossyFile {
+    path: PathBuf,
+    file: fs::File,
+    disk: Arc<Disk>,
+}
+
+#[derive(Default)]
+struct Disk {
+    /// Per segment: bytes written, bytes synced.
+    files: Mutex<HashMap<PathBuf, (u64, u64)>>,
+    cut: AtomicBool,
+}
+
+impl Disk {
+    fn dead() -> std::io::Error {
+        std::io::Error::other("power cut")
+    }
+
+    fn creator(disk: &Arc<Disk>) -> log::CreateSegment {
+        let disk = disk.clone();
+        Arc::new(move |path: &Path| {
+            let file = log::create_file(path)?;
+            drop(file);
+            let file = fs::OpenOptions::new().append(true).open(path)?;
+            disk.files
+                .lock()
+                .unwrap()
+                .insert(path.to_path_buf(), (0, 0));
+            Ok(Box::new(LossyFile {
+                path: path.to_path_buf(),
+                file,
+                disk: disk.clone(),
+            }) as Box<dyn SegmentFile>)
+        })
+    }
+
+    /// Cuts the power: nothing more reaches any file, and each file keeps what was synced plus
+    /// `torn(unsynced)` more bytes, with the first kept unsynced page zeroed when `hole`.
+    fn power_cut(&self, mut torn: impl FnMut(u64) -> u64, hole: bool) {
+        // Under the lock every append and sync holds: none is half done.
+        let files = self.files.lock().unwrap();
+        self.cut.store(true, Ordering::SeqCst);
+        for (path, (written, synced)) in files.iter() {
+            let keep = synced + torn(written - synced).min(written - synced);
+            let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+            f.set_len(keep).unwrap();
+            if hole && keep > *synced {
+                let mut bytes = fs::read(path).unwrap();
+                let from = *synced as usize;
+                let to = (from + 64).min(keep as usize);
+                bytes[from..to].fill(0);
+                fs::write(path, &bytes).unwrap();
+            }
+        }
+    }
+}
+
+impl SegmentFile for LossyFile {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut files = self.disk.files.lock().unwrap();
+        if self.disk.cut.load(Ordering::SeqCst) {
+            return Err(Disk::dead());
+        }
+        self.file.write_all(bytes)?;
+        files.get_mut(&self.path).unwrap().0 += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        let mut files = self.disk.files.lock().unwrap();
+        if self.disk.cut.load(Ordering::SeqCst) {
+            return Err(Disk::dead());
+        }
+        self.file.sync_data()?;
+        let f = files.get_mut(&self.path).unwrap();
+        f.1 = f.0;
+        Ok(())
+    }
+}
+
+/// What the writers had acknowledged: per key, every (index, value, when), oldest first.
+type Acked = HashMap<String, Vec<(u64, String, Instant)>>;
+
+/// Four writers, each CASing its own eight keys (with a two-key batch now and then), until the
+/// power is cut. Returns what was acknowledged and when the cut happened.
+fn run_until_power_cut(
+    dir: &Path,
+    policy: FsyncPolicy,
+    tick: Duration,
+    run_for: Duration,
+    torn: impl FnMut(u64) -> u64,
+    hole: bool,
+) -> (Acked, Instant) {
+    let disk = Arc::new(Disk::default());
+    let db: Db = Persistent::open(
+        dir,
+        options()
+            .fsync(policy)
+            .tick(tick)
+            .create_segment(Disk::creator(&disk)),
+    )
+    .unwrap();
+    let stop = AtomicBool::new(false);
+    let acked = Mutex::new(Acked::new());
+    let cut_at = std::thread::scope(|s| {
+        for t in 0..4 {
+            let (db, stop, acked) = (&db, &stop, &acked);
+            s.spawn(move || {
+                let mut mine: HashMap<String, u64> = HashMap::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let key = format!("t{t}-k{}", i % 8);
+                    let value = format!("{t}:{i}");
+                    let expected = mine.get(&key).copied().unwrap_or(0);
+                    let result = if i % 5 == 0 {
+                        let other = format!("t{t}-k{}", (i + 1) % 8);
+                        let other_expected = mine.get(&other).copied().unwrap_or(0);
+                        db.batch(vec![
+                            Op::set_cas(key.clone(), value.clone(), expected),
+                            Op::set_cas(other.clone(), value.clone(), other_expected),
+                        ])
+                        .map(|p| (p, Some(other)))
+                    } else {
+                        db.set_cas(key.clone(), value.clone(), expected)
+                            .map(|p| (p, None))
+                    };
+                    let Ok((pending, other)) = result else { break };
+                    let Ok(index) = pending.wait() else { break };
+                    let now = Instant::now();
+                    let mut acked = acked.lock().unwrap();
+                    for k in std::iter::once(key).chain(other) {
+                        mine.insert(k.clone(), index);
+                        acked
+                            .entry(k)
+                            .or_default()
+                            .push((index, value.clone(), now));
+                    }
+                }
+            });
+        }
+        std::thread::sleep(run_for);
+        let cut_at = Instant::now();
+        disk.power_cut(torn, hole);
+        stop.store(true, Ordering::SeqCst);
+        cut_at
+    });
+    drop(db);
+    (acked.into_inner().unwrap(), cut_at)
+}
+
+/// Checks the recovered store against acknowledgements older than `window` before the cut.
+fn check_survivors(dir: &Path, acked: &Acked, cut_at: Instant, window: Duration) -> usize {
+    let db: Db = Persistent::open(dir, options()).unwrap();
+    let mut checked = 0;
+    for (key, acks) in acked {
+        // The newest acknowledgement older than the window must have survived (or been
+        // overwritten by a later write of the same key).
+        let Some((index, value, _)) = acks
+            .iter()
+            .rev()
+            .find(|(_, _, when)| cut_at.duration_since(*when) >= window)
+        else {
+            continue;
+        };
+        let entry = db.store().get(key.as_str());
+        let entry = entry.unwrap_or_else(|| panic!("{key} acknowledged at {index} was lost"));
+        assert!(
+            entry.modify_index >= *index,
+            "{key}: acknowledged {index}, recovered {}",
+            entry.modify_index
+        );
+        if entry.modify_index == *index {
+            assert_eq!(&*entry.value, value);
+        }
+        checked += 1;
+    }
+    let max_acked = acked.values().flatten().map(|a| a.0).max().unwrap_or(0);
+    let next = db
+        .set("after".into(), String::new())
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(
+        next > max_acked,
+        "index {next} reused (acknowledged up to {max_acked})"
+    );
+    checked
+}
+
+#[test]
+fn power_loss_with_always_loses_no_acknowledged_write() {
+    for (round, hole) in [(0u64, false), (1, true), (2, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = fastrand::Rng::with_seed(round);
+        let (acked, cut_at) = run_until_power_cut(
+            dir.path(),
+            FsyncPolicy::Always,
+            Duration::from_millis(50),
+            Duration::from_millis(300),
+            |unsynced| rng.u64(0..=unsynced),
+            hole,
+        );
+        assert!(!acked.is_empty());
+        let checked = check_survivors(dir.path(), &acked, cut_at, Duration::ZERO);
+        assert_eq!(checked, acked.len());
+    }
+}
+
+#[test]
+fn power_loss_with_everysec_loses_at_most_the_last_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let tick = Duration::from_millis(50);
+    let (acked, cut_at) = run_until_power_cut(
+        dir.path(),
+        FsyncPolicy::EverySec,
+        tick,
+        Duration::from_millis(1500),
+        |_| 0,
+        false,
+    );
+    // The background fsync runs every tick; allow ten ticks for a loaded machine.
+    let checked = check_survivors(dir.path(), &acked, cut_at, tick * 10);
+    assert!(checked > 0, "every acknowledgement fell inside the window");
+}
+
+#[test]
+fn power_loss_with_never_recovers_a_consistent_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let (acked, _) = run_until_power_cut(
+        dir.path(),
+        FsyncPolicy::Never,
+        Duration::from_millis(50),
+        Duration::from_millis(300),
+        |unsynced| rng.u64(0..=unsynced),
+        true,
+    );
+    let db: Db = Persistent::open(dir.path(), options()).unwrap();
+    for (key, entry) in db.store().entries() {
+        // Writer t's values are "t:i"; a recovered value names a write that was made.
+        let (t, _) = entry.value.split_once(':').unwrap();
+        assert!(
+            key.starts_with(&format!("t{t}-")),
+            "{key} holds {}",
+            entry.value
+        );
+    }
+    let max_acked = acked.values().flatten().map(|a| a.0).max().unwrap_or(0);
+    // Never does not promise the writes, but the index still never goes back.
+    let next = db
+        .set("after".into(), String::new())
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(next > max_acked);
+}
+
+#[test]
+fn snapshots_racing_writers_restore_the_same_state_key_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let before;
+    {
+        let db: Db = Persistent::open(dir.path(), options()).unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for t in 0..3u64 {
+                let (db, stop) = (&db, &stop);
+                s.spawn(move || {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        i += 1;
+                        let key = format!("k{}", (i * 7 + t) % 50);
+                        let _ = match i % 6 {
+                            0 => db.delete(&key).map(drop),
+                            1 => db
+                                .batch(vec![
+                                    Op::set(key, format!("{t}:{i}")),
+                                    Op::set(format!("b{}", i % 10), format!("{t}:{i}")),
+                                ])
+                                .map(drop),
+                            _ => db.set(key, format!("{t}:{i}")).map(drop),
+                        };
+                    }
+                });
+            }
+            let mut snapshots = 0;
+            let started = Instant::now();
+            while snapshots < 5 || started.elapsed() < Duration::from_millis(300) {
+                let report = db.snapshot().unwrap();
+                assert!(report.path.exists());
+                snapshots += 1;
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+        db.sync().unwrap();
+        before = state_of(db.store());
+        assert!(!before.is_empty());
+    }
+    let db: Db = Persistent::open(dir.path(), options()).unwrap();
+    assert!(db.recovery().snapshot.is_some());
+    assert_eq!(state_of(db.store()), before);
+    // Only the latest snapshot and the segments after it remain.
+    let listing = recover::list(dir.path()).unwrap();
+    assert_eq!(listing.snapshots.len(), 1);
+    assert!(listing.segments.iter().all(|s| *s >= listing.snapshots[0]));
+}
+
+#[test]
+fn automatic_snapshots_compact_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = options()
+        .snapshot_after_bytes(4096)
+        .tick(Duration::from_millis(10));
+    let before;
+    {
+        let db: Db = Persistent::open(dir.path(), options.clone()).unwrap();
+        for i in 0..400 {
+            db.set(format!("k{}", i % 20), format!("{i:0100}"))
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while recover::list(dir.path()).unwrap().snapshots.is_empty() {
+            assert!(Instant::now() < deadline, "no automatic snapshot");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        before = state_of(db.store());
+    }
+    let log_bytes: u64 = recover::list(dir.path())
+        .unwrap()
+        .segments
+        .iter()
+        .map(|s| fs::metadata(segment_path(dir.path(), *s)).unwrap().len())
+        .sum();
+    assert!(
+        log_bytes < 400 * 100,
+        "the log was not compacted: {log_bytes} bytes"
+    );
+    let db: Db = Persistent::open(dir.path(), options).unwrap();
+    assert_eq!(state_of(db.store()), before);
+}
+
+#[test]
+fn a_failed_fsync_is_never_acknowledged_and_refuses_later_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(Disk::default());
+    let db: Db =
+        Persistent::open(dir.path(), options().create_segment(Disk::creator(&disk))).unwrap();
+    db.set("a".into(), "1".to_string()).unwrap().wait().unwrap();
+    disk.cut.store(true, Ordering::SeqCst);
+    let pending = db.set("b".into(), "2".to_string()).unwrap();
+    assert!(
+        pending.wait().is_err(),
+        "a write whose fsync failed was acknowledged"
+    );
+    let refused = db.set("c".into(), "3".to_string()).unwrap_err();
+    assert!(matches!(refused, Error::Storage(_)), "{refused}");
+    assert!(db.store().get("c").is_none(), "a refused write was applied");
+}
+
+#[test]
+fn oversized_entries_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let db: Db = Persistent::open(dir.path(), options()).unwrap();
+    let big = "x".repeat(MAX_ENTRY_BYTES + 1);
+    let err = db.set("k".into(), big).unwrap_err();
+    assert!(err.is_invalid_argument(), "{err}");
+    assert!(db.store().get("k").is_none());
+}
