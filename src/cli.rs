@@ -11,7 +11,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
-use crate::server::{ConnLimits, Limits};
+use crate::persist::FsyncPolicy;
+use crate::server::{AppState, ConnLimits, Limits};
 
 /// Exit code: the key or service does not exist.
 pub const EXIT_NOT_FOUND: u8 = 3;
@@ -55,7 +56,7 @@ struct ServeArgs {
     #[arg(long, env = "CASKV_DATA_DIR")]
     data_dir: Option<std::path::PathBuf>,
     /// Durability of acknowledged writes (with --data-dir).
-    #[arg(long, env = "CASKV_FSYNC", value_enum, default_value = "everysec")]
+    #[arg(long, env = "CASKV_FSYNC", value_enum, default_value = "always")]
     fsync: Fsync,
     /// Time a service registration lives without a heartbeat.
     #[arg(long, env = "CASKV_SERVICE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -215,15 +216,6 @@ fn serve(args: ServeArgs) -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Some(dir) = &args.data_dir {
-        eprintln!(
-            "caskv: --data-dir {} (fsync {:?}): persistence is not available in this build yet; \
-             run without --data-dir for the in-memory store",
-            dir.display(),
-            args.fsync
-        );
-        return ExitCode::from(2);
-    }
     let limits = Limits {
         max_key_bytes: args.max_key_bytes,
         max_value_bytes: args.max_value_bytes,
@@ -236,6 +228,23 @@ fn serve(args: ServeArgs) -> ExitCode {
         body_timeout: args.body_timeout,
         ..ConnLimits::default()
     };
+    let state = match &args.data_dir {
+        None => AppState::new(limits, args.service_ttl),
+        Some(dir) => {
+            let fsync = match args.fsync {
+                Fsync::Always => FsyncPolicy::Always,
+                Fsync::Everysec => FsyncPolicy::EverySec,
+                Fsync::Never => FsyncPolicy::Never,
+            };
+            match AppState::open(dir, fsync, limits, args.service_ttl) {
+                Ok(state) => state,
+                Err(e) => {
+                    eprintln!("caskv: cannot open the data directory: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -246,12 +255,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(crate::server::run(
-        args.addr,
-        limits,
-        args.service_ttl,
-        conn,
-    )) {
+    match runtime.block_on(crate::server::run(args.addr, state, conn)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("caskv: cannot serve on {}: {e}", args.addr);

@@ -93,11 +93,21 @@ impl Server {
     /// be taken between finding it and binding it, so a server that dies early is retried on
     /// another port.
     fn start_with(extra: &[&str]) -> Server {
+        Server::start_full(extra, &[])
+    }
+
+    /// Starts a server configured from the environment.
+    fn start_env(env: &[(&str, &str)]) -> Server {
+        Server::start_full(&[], env)
+    }
+
+    fn start_full(extra: &[&str], env: &[(&str, &str)]) -> Server {
         for _attempt in 0..5 {
             let addr = format!("127.0.0.1:{}", free_port());
             let child = caskv()
                 .args(["serve", "--addr", &addr])
                 .args(extra)
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -904,44 +914,75 @@ fn server_rejections_exit_1_with_one_line() {
 }
 
 #[test]
-fn serve_with_data_dir_is_refused_with_exit_2() {
-    let dir: PathBuf = std::env::temp_dir().join(format!(
-        "caskv-cli-test-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
+fn serve_with_a_data_dir_keeps_every_write_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let mut srv = Server::start_with(&["--data-dir", data, "--fsync", "always"]);
+    let a = srv.run(&["kv", "put", "k", "v1"]).index();
+    let b = srv
+        .run(&["kv", "put", "k", "v2", "--cas", &a.to_string()])
+        .index();
+    srv.run(&["kv", "put", "gone", "x"]).index();
+    let deleted = srv.run(&["kv", "delete", "gone"]).index();
+    srv.run(&[
+        "service",
+        "register",
+        "--name",
+        "web",
+        "--address",
+        "10.0.0.1",
+        "--port",
+        "80",
+    ])
+    .index();
+    signal(&srv.pid(), "-TERM");
+    let status = wait_timeout(&mut srv.child, Duration::from_secs(10)).expect("exit on SIGTERM");
+    assert_eq!(status.code(), Some(0));
+
+    // The same directory from the environment, with another policy: the state is back.
+    let srv = Server::start_env(&[("CASKV_DATA_DIR", data), ("CASKV_FSYNC", "everysec")]);
+    let entry = srv.run(&["kv", "get", "k", "--metadata"]).json();
+    assert_eq!(entry["value"], "v2");
+    assert_eq!(entry["modify_index"], b);
+    assert_eq!(entry["create_index"], a);
+    srv.run(&["kv", "get", "gone"]).fails(3, &[]);
+    assert_eq!(srv.run(&["service", "get", "web"]).json()["port"], 80);
+    let next = srv.run(&["kv", "put", "k2", "v"]).index();
+    assert!(
+        next > deleted,
+        "index {next} not above the deleted {deleted}"
+    );
+}
+
+#[test]
+fn serve_with_a_corrupt_data_dir_exits_2_naming_the_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = dir.path().join("log-0000000000000001.caskv");
+    std::fs::write(&segment, b"this is not a caskv log, and it is long enough").unwrap();
     let mut child = caskv()
         .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
+        .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    // It must refuse at once, not start serving.
     let status = wait_timeout(&mut child, Duration::from_secs(10));
     if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();
-        panic!("serve --data-dir kept running");
+        panic!("serve with a corrupt data dir kept running");
     }
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("--data-dir"), "{stderr:?}");
-    assert!(stderr.contains("persistence"), "{stderr:?}");
-    assert!(
-        stderr.contains(&dir.display().to_string()),
-        "names the directory: {stderr:?}"
+    assert!(stderr.contains("log-0000000000000001.caskv"), "{stderr:?}");
+    assert!(stderr.contains("offset 0"), "{stderr:?}");
+    assert!(!stderr.contains("panicked"), "{stderr:?}");
+    // Nothing was changed: the damaged file is left for the operator.
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        b"this is not a caskv log, and it is long enough"
     );
-    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
-    assert!(!dir.exists(), "nothing is created in {}", dir.display());
-
-    // The same from the environment.
-    let r = run(caskv()
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .env("CASKV_DATA_DIR", &dir));
-    assert_eq!(r.code, Some(2), "{:?}", r.stderr);
-    assert!(r.stderr.contains("persistence"), "{:?}", r.stderr);
 }
 
 #[test]

@@ -166,6 +166,11 @@ impl Log {
         })
     }
 
+    /// The fsync policy.
+    pub(crate) fn policy(&self) -> FsyncPolicy {
+        self.policy
+    }
+
     /// What a writer waits for under this log's policy.
     pub(crate) fn ack_level(&self) -> Level {
         match self.policy {

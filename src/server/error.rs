@@ -40,6 +40,8 @@ pub enum ApiError {
     NoRoute(String),
     /// 405: the route exists, the method does not.
     MethodNotAllowed(String),
+    /// 503: the data directory's log failed; writes are refused until restart.
+    Storage(String),
 }
 
 /// One failing key of a batch.
@@ -95,6 +97,10 @@ impl ApiError {
             Error::CreateOnlyDelete(k) => ApiError::BadRequest(format!(
                 "cas=0 on delete of '{k}': create-only has no meaning for delete"
             )),
+            Error::Storage(e) => ApiError::Storage(e.to_string()),
+            Error::EntryTooLarge { len, max } => {
+                ApiError::TooLarge(format!("{len} bytes exceed the log's limit of {max}"))
+            }
             other => ApiError::BadRequest(other_message(&other)),
         }
     }
@@ -214,6 +220,10 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed(message) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": "method not allowed", "message": message}),
+            ),
+            ApiError::Storage(message) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "storage unavailable", "message": message}),
             ),
         };
         (status, Json(body)).into_response()

@@ -89,14 +89,14 @@ pub async fn put(
         let KeyPath(key) = key?;
         let JsonBody(body) = body?;
         state.limits.check_value(&key, &body.value)?;
+        state.writable()?;
         let store = &state.store;
-        let result = match (body.cas, body.flags) {
-            (None, None) => Ok(store.set(key.clone(), body.value)),
-            (None, Some(f)) => Ok(store.set_with_flags(key.clone(), body.value, f)),
-            (Some(cas), None) => store.set_cas(key.clone(), body.value, cas),
-            (Some(cas), Some(f)) => store.set_cas_with_flags(key.clone(), body.value, cas, f),
+        let result = match body.cas {
+            None => Ok(store.write_set(key.clone(), body.value, body.flags)),
+            Some(cas) => store.write_set_cas(key.clone(), body.value, cas, body.flags),
         };
-        let index = result.map_err(|e| ApiError::from_store(e, "key"))?;
+        let written = result.map_err(|e| ApiError::from_store(e, "key"))?;
+        let index = state.ack(written).await?;
         Ok(Json(json!({"message": "key set", "key": key, "modify_index": index})).into_response())
     })
     .await
@@ -111,11 +111,12 @@ pub async fn delete(
     metered(&state, Metric::KvDelete, async {
         let KeyPath(key) = key?;
         let cas = params?.cas()?;
-        let result = match cas {
-            None => state.store.delete(&key),
-            Some(n) => state.store.delete_cas(&key, n),
-        };
-        let index = result.map_err(|e| ApiError::from_store(e, "key"))?;
+        state.writable()?;
+        let written = state
+            .store
+            .write_delete(&key, cas)
+            .map_err(|e| ApiError::from_store(e, "key"))?;
+        let index = state.ack(written).await?;
         Ok(
             Json(json!({"message": "key deleted", "key": key, "modify_index": index}))
                 .into_response(),
@@ -239,11 +240,13 @@ fn keys_response(message: &str, mut keys: Vec<String>, index: u64) -> Response {
         .into_response()
 }
 
-fn run_batch(state: &AppState, ops: Vec<Op<String, String>>) -> Result<u64, ApiError> {
-    state
+async fn run_batch(state: &AppState, ops: Vec<Op<String, String>>) -> Result<u64, ApiError> {
+    state.writable()?;
+    let written = state
         .store
-        .batch(ops)
-        .map_err(|e| ApiError::from_store(e, "key"))
+        .write_batch(ops)
+        .map_err(|e| ApiError::from_store(e, "key"))?;
+    state.ack(written).await
 }
 
 /// `POST /batch/kv/set` `{"items": {k: v}}`.
@@ -259,7 +262,7 @@ pub async fn batch_set(
         }
         let keys: Vec<String> = body.items.keys().cloned().collect();
         let ops = body.items.into_iter().map(|(k, v)| Op::set(k, v)).collect();
-        let index = run_batch(&state, ops)?;
+        let index = run_batch(&state, ops).await?;
         Ok(keys_response("keys set", keys, index))
     })
     .await
@@ -274,7 +277,7 @@ pub async fn batch_delete(
         let JsonBody(body) = body?;
         check_keys(&state, body.keys.iter())?;
         let ops = body.keys.iter().cloned().map(Op::delete).collect();
-        let index = run_batch(&state, ops)?;
+        let index = run_batch(&state, ops).await?;
         Ok(keys_response("keys deleted", body.keys, index))
     })
     .await
@@ -306,7 +309,7 @@ pub async fn batch_set_cas(
                 "expected_indices names '{extra}', which is not in items"
             )));
         }
-        let index = run_batch(&state, ops)?;
+        let index = run_batch(&state, ops).await?;
         let new_indices: Map<String, Value> = body
             .items
             .keys()
@@ -335,7 +338,7 @@ pub async fn batch_delete_cas(
                 expected_for(&body.expected_indices, k)?,
             ));
         }
-        let index = run_batch(&state, ops)?;
+        let index = run_batch(&state, ops).await?;
         Ok(keys_response("keys deleted", body.keys, index))
     })
     .await

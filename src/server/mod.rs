@@ -34,6 +34,9 @@ pub use error::ApiError;
 pub use limits::Limits;
 use metrics::{Metrics, Op as Metric, Status};
 
+use crate::journal::Written;
+use crate::persist::log::Log;
+use crate::persist::{FsyncPolicy, Options, PersistError, Persistent};
 use crate::{GlobalIndex, Registry, Store};
 
 /// Everything a handler can reach.
@@ -47,6 +50,15 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Size bounds.
     pub limits: Limits,
+    /// The data directory's log, when persistent.
+    durability: Option<Durability>,
+}
+
+/// A persistent state's log, and the data directory kept open while any handler may run.
+#[derive(Clone)]
+struct Durability {
+    log: Arc<Log>,
+    _db: Arc<Persistent<String, String>>,
 }
 
 impl AppState {
@@ -62,6 +74,60 @@ impl AppState {
             registry: Arc::new(Registry::new(index, service_ttl)),
             metrics: Arc::new(Metrics::new()),
             limits,
+            durability: None,
+        }
+    }
+
+    /// A persistent state: opens (and recovers) the data directory `dir`.
+    pub fn open(
+        dir: &std::path::Path,
+        fsync: FsyncPolicy,
+        limits: Limits,
+        service_ttl: Duration,
+    ) -> Result<Self, PersistError> {
+        let options = Options::default()
+            .fsync(fsync)
+            .max_batch(limits.max_batch)
+            .service_ttl(service_ttl);
+        let db = Persistent::open(dir, options)?;
+        let (store, registry, log) = db.handles();
+        Ok(AppState {
+            store,
+            registry,
+            metrics: Arc::new(Metrics::new()),
+            limits,
+            durability: Some(Durability {
+                log,
+                _db: Arc::new(db),
+            }),
+        })
+    }
+
+    /// Refuses a write once the log has failed (503).
+    pub(crate) fn writable(&self) -> Result<(), ApiError> {
+        match self.durability.as_ref().and_then(|d| d.log.failure()) {
+            Some(e) => Err(ApiError::Storage(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until `written` is durable under the fsync policy (at once when in memory), off
+    /// the async worker threads; returns its index.
+    pub(crate) async fn ack(&self, written: Written) -> Result<u64, ApiError> {
+        let (Some(d), Some(ticket)) = (&self.durability, written.ticket) else {
+            return Ok(written.index);
+        };
+        let level = d.log.ack_level();
+        if d.log.is_done(ticket, level) {
+            return Ok(written.index);
+        }
+        let log = d.log.clone();
+        match tokio::task::spawn_blocking(move || log.wait(ticket, level)).await {
+            Ok(Ok(())) => Ok(written.index),
+            Ok(Err(e)) => Err(ApiError::Storage(e.to_string())),
+            Err(e) => Err(ApiError::Storage(format!(
+                "the log wait did not finish: {e}"
+            ))),
         }
     }
 }
@@ -320,20 +386,20 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Binds `addr` and serves the in-memory API until SIGINT/SIGTERM.
-pub async fn run(
-    addr: SocketAddr,
-    limits: Limits,
-    service_ttl: Duration,
-    conn: ConnLimits,
-) -> std::io::Result<()> {
+/// Binds `addr` and serves `state` (in memory, or persistent from [`AppState::open`]) until
+/// SIGINT/SIGTERM. A persistent state's log is flushed and fsynced when the last request ends.
+pub async fn run(addr: SocketAddr, state: AppState, conn: ConnLimits) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    let state = AppState::new(limits, service_ttl);
     let reaper = tokio::spawn(reap_services(state.registry.clone()));
-    tracing::info!(addr = %listener.local_addr()?, "caskv serving (in memory)");
+    let mode = match &state.durability {
+        Some(d) => format!("persistent, fsync {:?}", d.log.policy()),
+        None => "in memory".to_string(),
+    };
+    tracing::info!(addr = %listener.local_addr()?, mode, "caskv serving");
     let app = router(state, conn.body_timeout);
     serve(listener, app, conn, shutdown_signal()).await;
     reaper.abort();
+    let _ = reaper.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -60,10 +60,12 @@ pub async fn register(
                 service.name, state.limits.max_value_bytes
             )));
         }
-        let index = state
+        state.writable()?;
+        let written = state
             .registry
-            .register(service.clone(), body.cas)
+            .register_written(service.clone(), body.cas)
             .map_err(|e| ApiError::from_store(e, "service"))?;
+        let index = state.ack(written).await?;
         Ok(Json(
             json!({"message": "service registered", "service": service, "modify_index": index}),
         )
@@ -122,10 +124,12 @@ pub async fn deregister(
                 "cas=0 on deregister: create-only has no meaning for a removal".into(),
             ));
         }
-        let index = state
+        state.writable()?;
+        let written = state
             .registry
-            .deregister(&name, cas)
+            .deregister_written(&name, cas)
             .map_err(|e| ApiError::from_store(e, "service"))?;
+        let index = state.ack(written).await?;
         Ok(
             Json(json!({"message": "service deregistered", "name": name, "modify_index": index}))
                 .into_response(),
