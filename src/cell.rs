@@ -202,9 +202,9 @@ impl<V> Cell<V> {
 }
 
 fn classify<'g, V>(raw: Shared<'g, Node<V>>, guard: &'g Guard) -> Head<'g, V> {
+    let unlogged = raw.tag() & UNLOGGED != 0;
     // SAFETY: `raw` was loaded from a head under `guard`; nodes are freed only through the
     // epoch collector after being unlinked (module invariants), so it is valid for 'g.
-    let unlogged = raw.tag() & UNLOGGED != 0;
     match unsafe { raw.as_ref() } {
         None if unlogged => Head::Unlogged(None),
         None if raw.tag() & RETIRED != 0 => Head::Retired,

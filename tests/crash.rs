@@ -125,7 +125,7 @@ fn client(base: &str, c: usize, known: &Acked, acked: &Mutex<Acked>, stop: &Atom
         let key = format!("c{c}-k{}", n as usize % KEYS_PER_CLIENT);
         let value = format!("{c}:{n}:{}", fastrand::u32(..));
         let expected = mine.get(&key).copied().unwrap_or(0);
-        let (written, reply) = if n % 4 == 0 {
+        let (written, reply) = if n.is_multiple_of(4) {
             // A two-key batch CAS.
             let other = format!("c{c}-k{}", (n as usize + 1) % KEYS_PER_CLIENT);
             let other_expected = mine.get(&other).copied().unwrap_or(0);

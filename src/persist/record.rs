@@ -112,12 +112,15 @@ pub(crate) fn encode_batch_head(out: &mut Vec<u8>, space: Space, index: u64, cou
     out.extend_from_slice(&count.to_le_bytes());
 }
 
+/// Writes an encoded value into a payload.
+pub(crate) type ValueWriter<'a> = &'a dyn Fn(&mut Vec<u8>);
+
 /// Appends one key of a batch: `version` is `(value, flags, create_index)` or `None` for a
 /// delete.
 pub(crate) fn encode_batch_item(
     out: &mut Vec<u8>,
     key: impl FnOnce(&mut Vec<u8>),
-    version: Option<(&dyn Fn(&mut Vec<u8>), u64, u64)>,
+    version: Option<(ValueWriter<'_>, u64, u64)>,
 ) {
     match version {
         Some((value, flags, create_index)) => {

@@ -389,7 +389,7 @@ fn run_until_power_cut(
                     let key = format!("t{t}-k{}", i % 8);
                     let value = format!("{t}:{i}");
                     let expected = mine.get(&key).copied().unwrap_or(0);
-                    let result = if i % 5 == 0 {
+                    let result = if i.is_multiple_of(5) {
                         let other = format!("t{t}-k{}", (i + 1) % 8);
                         let other_expected = mine.get(&other).copied().unwrap_or(0);
                         db.batch(vec![
