@@ -103,6 +103,22 @@ impl AppState {
         })
     }
 
+    #[cfg(test)]
+    fn open_with(dir: &std::path::Path, options: Options, limits: Limits) -> Self {
+        let db = Persistent::open(dir, options).expect("open");
+        let (store, registry, log) = db.handles();
+        AppState {
+            store,
+            registry,
+            metrics: Arc::new(Metrics::new()),
+            limits,
+            durability: Some(Durability {
+                log,
+                _db: Arc::new(db),
+            }),
+        }
+    }
+
     /// Refuses a write once the log has failed (503).
     pub(crate) fn writable(&self) -> Result<(), ApiError> {
         match self.durability.as_ref().and_then(|d| d.log.failure()) {
@@ -413,5 +429,87 @@ pub async fn reap_services(registry: Arc<Registry>) {
         if reaped > 0 {
             tracing::info!(reaped, "expired services removed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persist::log::SegmentFile;
+    use axum::body::Body;
+    use axum::http::{Request as HttpRequest, StatusCode};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tower::ServiceExt;
+
+    /// A segment file whose every write and fsync fails once `broken` is set.
+    struct Breakable(std::fs::File, Arc<AtomicBool>);
+
+    impl SegmentFile for Breakable {
+        fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            if self.1.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("disk on fire"));
+            }
+            std::io::Write::write_all(&mut self.0, bytes)
+        }
+        fn sync(&mut self) -> std::io::Result<()> {
+            if self.1.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("disk on fire"));
+            }
+            self.0.sync_data()
+        }
+    }
+
+    async fn send(app: &Router, method: &str, path: &str, body: &str) -> (StatusCode, String) {
+        let req = HttpRequest::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = app.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_log_answers_503_and_refuses_later_writes_but_reads_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let broken = Arc::new(AtomicBool::new(false));
+        let flag = broken.clone();
+        let options = Options::default().create_segment(Arc::new(move |path: &std::path::Path| {
+            let file = crate::persist::log::create_file(path)?;
+            drop(file);
+            let file = std::fs::OpenOptions::new().append(true).open(path)?;
+            Ok(Box::new(Breakable(file, flag.clone())) as Box<dyn SegmentFile>)
+        }));
+        let state = AppState::open_with(dir.path(), options, Limits::default());
+        let app = router(state, Duration::from_secs(5));
+        let (status, _) = send(&app, "PUT", "/kv/a", r#"{"value":"1"}"#).await;
+        assert_eq!(status, StatusCode::OK);
+
+        broken.store(true, Ordering::SeqCst);
+        let (status, body) = send(&app, "PUT", "/kv/b", r#"{"value":"2"}"#).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            body.contains("storage unavailable") && body.contains("disk on fire"),
+            "{body}"
+        );
+        // Later writes are refused before they are applied.
+        let (status, _) = send(&app, "PUT", "/kv/c", r#"{"value":"3"}"#).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let (status, _) = send(&app, "GET", "/kv/c", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = send(
+            &app,
+            "POST",
+            "/services",
+            r#"{"name":"s","address":"a","port":1}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        // Reads keep working.
+        let (status, body) = send(&app, "GET", "/kv/a", "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
 }
