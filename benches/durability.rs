@@ -111,7 +111,10 @@ fn start_server(data_dir: Option<(&Path, &str)>) -> Server {
     if let Some((dir, fsync)) = data_dir {
         cmd.arg("--data-dir").arg(dir).args(["--fsync", fsync]);
     }
-    let server = Server(cmd.spawn().expect("spawn caskv"), format!("http://127.0.0.1:{port}"));
+    let server = Server(
+        cmd.spawn().expect("spawn caskv"),
+        format!("http://127.0.0.1:{port}"),
+    );
     let agent = agent();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {

@@ -92,6 +92,19 @@ impl GlobalIndex {
         })
     }
 
+    /// Where a persistent store may resume: above [`LIMIT`](GlobalIndex::LIMIT) too, since
+    /// reservations step past the last index handed out, but never within 2^62 of `u64::MAX`.
+    pub(crate) const RESUME_LIMIT: u64 = Self::LIMIT + (1 << 62);
+
+    /// A counter resuming after a recovered high-water mark (which may be past `LIMIT`, see
+    /// [`RESUME_LIMIT`](GlobalIndex::RESUME_LIMIT)); `None` beyond that.
+    pub(crate) fn resuming_after(high_water: u64) -> Option<Self> {
+        (high_water < Self::RESUME_LIMIT).then(|| GlobalIndex {
+            last: AtomicU64::new(high_water),
+            reserve: OnceLock::new(),
+        })
+    }
+
     /// Takes the next index.
     pub fn next(&self) -> u64 {
         // Relaxed is enough for uniqueness and monotonicity: both follow from the single

@@ -615,7 +615,10 @@ where
                         unsafe { guard.defer_destroy(raw) };
                     }
                     let ticket = self.journal.as_ref().map(|journal| {
-                        #[allow(clippy::needless_borrow, reason = "`CellRef` is an `Arc` under loom")]
+                        #[allow(
+                            clippy::needless_borrow,
+                            reason = "`CellRef` is an `Arc` under loom"
+                        )]
                         let _settle = Settling::new(&cell, installed);
                         // SAFETY: `installed` is the head we just published; only we may
                         // replace it (it is settling), so it is live while we are pinned.
@@ -676,7 +679,10 @@ where
                     if cell.retire_from(raw, tag, guard) {
                         let ticket = self.journal.as_ref().map(|journal| {
                             let retired = Shared::null().with_tag(RETIRED | UNLOGGED);
-                            #[allow(clippy::needless_borrow, reason = "`CellRef` is an `Arc` under loom")]
+                            #[allow(
+                                clippy::needless_borrow,
+                                reason = "`CellRef` is an `Arc` under loom"
+                            )]
                             let _settle = Settling::new(&cell, retired);
                             journal.record(Mutation::Delete { key, index })
                         });

@@ -161,7 +161,7 @@ impl Target for MutexStore {
             }
             Call::Get(k) | Call::PinnedGet(k) => {
                 s.reads += 1;
-                if bug == Bug::StaleRead && s.reads % 3 == 0 && s.prev.contains_key(k) {
+                if bug == Bug::StaleRead && s.reads.is_multiple_of(3) && s.prev.contains_key(k) {
                     return Outcome::Read(s.prev.get(k).cloned());
                 }
                 Outcome::Read(s.current(*k))
@@ -420,7 +420,7 @@ fn record<T: Target>(target: &T, w: &Workload, seed: u64) -> Vec<Event<Record>> 
                             // Spin while the laggard may be running on another core; yield
                             // when it probably is not.
                             spins += 1;
-                            if spins % 256 == 0 {
+                            if spins.is_multiple_of(256) {
                                 std::thread::yield_now();
                             } else {
                                 std::hint::spin_loop();

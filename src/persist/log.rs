@@ -167,6 +167,7 @@ impl Log {
     }
 
     /// The fsync policy.
+    #[cfg(feature = "server")]
     pub(crate) fn policy(&self) -> FsyncPolicy {
         self.policy
     }

@@ -296,7 +296,7 @@ where
             .map_err(PersistError::io(&dir))?,
         );
         let clock = Arc::new(
-            GlobalIndex::try_starting_after(recovered.high_water).ok_or_else(|| {
+            GlobalIndex::resuming_after(recovered.high_water).ok_or_else(|| {
                 PersistError::Corrupt {
                     file: dir.clone(),
                     offset: 0,

@@ -161,6 +161,16 @@ pub(crate) fn encode_synced(out: &mut Vec<u8>, through: u64) {
     wire::put_u64(out, through);
 }
 
+/// A version's indices as the store keeps them: both at least 1, created no later than modified.
+fn check_indices(modify_index: u64, create_index: u64) -> Result<(), DecodeError> {
+    if create_index == 0 || create_index > modify_index {
+        return Err(DecodeError::new(format!(
+            "impossible indices: create_index {create_index}, modify_index {modify_index}"
+        )));
+    }
+    Ok(())
+}
+
 /// Decodes one payload. The frame's checksum already passed, so an error here means a record
 /// this version does not understand or a writer bug, and is reported as corruption.
 pub(crate) fn decode(payload: &[u8]) -> Result<Record<'_>, DecodeError> {
@@ -173,6 +183,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Record<'_>, DecodeError> {
             let flags = r.u64()?;
             let key = r.bytes()?;
             let value = r.bytes()?;
+            check_indices(modify_index, create_index)?;
             Record::Writes {
                 space,
                 index: modify_index,
@@ -191,6 +202,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Record<'_>, DecodeError> {
             let space = Space::from_u8(r.u8()?)?;
             let index = r.u64()?;
             let key = r.bytes()?;
+            check_indices(index, 1)?;
             Record::Writes {
                 space,
                 index,
@@ -210,6 +222,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Record<'_>, DecodeError> {
                         let flags = r.u64()?;
                         let key = r.bytes()?;
                         let value = r.bytes()?;
+                        check_indices(index, create_index)?;
                         let version = RawVersion {
                             value,
                             flags,
@@ -218,7 +231,10 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Record<'_>, DecodeError> {
                         };
                         (key, Some(version))
                     }
-                    0 => (r.bytes()?, None),
+                    0 => {
+                        check_indices(index, 1)?;
+                        (r.bytes()?, None)
+                    }
                     other => return Err(DecodeError::new(format!("bad batch item tag {other}"))),
                 };
                 writes.push(item);
@@ -324,5 +340,22 @@ mod tests {
         let mut huge = Vec::new();
         encode_batch_head(&mut huge, Space::Kv, 1, u32::MAX);
         assert!(decode(&huge).is_err());
+    }
+
+    #[test]
+    fn impossible_indices_are_refused() {
+        for (modify, create) in [(0, 0), (2, 3), (5, 0)] {
+            let mut out = Vec::new();
+            encode_set(&mut out, Space::Kv, put(b"k"), put(b"v"), 0, modify, create);
+            assert!(decode(&out).is_err(), "modify {modify}, create {create}");
+        }
+        let mut out = Vec::new();
+        encode_delete(&mut out, Space::Kv, put(b"k"), 0);
+        assert!(decode(&out).is_err(), "a delete at index 0");
+        let mut out = Vec::new();
+        encode_batch_head(&mut out, Space::Kv, 4, 1);
+        let value = |o: &mut Vec<u8>| o.extend_from_slice(b"x");
+        encode_batch_item(&mut out, put(b"a"), Some((&value, 0, 5)));
+        assert!(decode(&out).is_err(), "created after the batch");
     }
 }
