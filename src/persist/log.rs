@@ -244,6 +244,25 @@ impl Log {
         }
     }
 
+    /// For an async caller that must not wait on a condition variable: if `ticket` only needs
+    /// to be handed to the OS and no flush is running, leads one round right here (a `write`,
+    /// no fsync) and returns whether that covered it; returns `false` without waiting
+    /// otherwise. The caller then waits with [`wait`](Log::wait) on a blocking thread.
+    #[cfg(feature = "server")]
+    pub(crate) fn try_write_now(&self, ticket: u64) -> bool {
+        if self.reached(ticket, Level::Written) {
+            return true;
+        }
+        let Ok(st) = self.state.try_lock() else {
+            return false;
+        };
+        if st.flushing || self.failed.get().is_some() {
+            return false;
+        }
+        drop(self.lead(st, Level::Written));
+        self.reached(ticket, Level::Written)
+    }
+
     /// Whether `ticket` is at `level` already (never blocks, never writes).
     pub(crate) fn is_done(&self, ticket: u64, level: Level) -> bool {
         self.reached(ticket, level)
