@@ -49,6 +49,50 @@ pub struct SnapshotReport {
     pub(crate) log_position: u64,
 }
 
+/// A snapshot file being written: framed records into a buffered file.
+struct Writer {
+    out: BufWriter<fs::File>,
+    payload: Vec<u8>,
+    framed: Vec<u8>,
+    entries: u64,
+}
+
+impl Writer {
+    /// Frames and writes the payload built so far.
+    fn put(&mut self) -> std::io::Result<()> {
+        self.framed.clear();
+        frame::encode_record(&self.payload, &mut self.framed);
+        self.payload.clear();
+        self.out.write_all(&self.framed)
+    }
+
+    /// Writes every settled entry of `store` as a set record of `space`.
+    fn store<K, V>(&mut self, store: &crate::Store<K, V>, space: Space) -> std::io::Result<()>
+    where
+        K: Codec + Hash + Eq + Ord + Clone,
+        V: Codec + Send + 'static,
+    {
+        let mut result = Ok(());
+        store.for_each_settled(|key, entry| {
+            if result.is_err() {
+                return;
+            }
+            record::encode_set(
+                &mut self.payload,
+                space,
+                |o| key.encode(o),
+                |o| entry.value.encode(o),
+                entry.flags,
+                entry.modify_index,
+                entry.create_index,
+            );
+            self.entries += 1;
+            result = self.put();
+        });
+        result
+    }
+}
+
 pub(crate) fn write<K, V>(inner: &Inner<K, V>) -> Result<SnapshotReport, PersistError>
 where
     K: Codec + Hash + Eq + Ord + Clone + Send + Sync + 'static,
@@ -65,64 +109,34 @@ where
 
     let tmp = dir.join(format!("snapshot-{seq:016x}.tmp"));
     let file = fs::File::create(&tmp).map_err(PersistError::io(&tmp))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    let mut payload = Vec::new();
-    let mut framed = Vec::new();
-    let mut put = |out: &mut BufWriter<fs::File>, payload: &mut Vec<u8>| {
-        framed.clear();
-        frame::encode_record(payload, &mut framed);
-        payload.clear();
-        out.write_all(&framed)
+    let mut writer = Writer {
+        out: BufWriter::with_capacity(1 << 20, file),
+        payload: Vec::new(),
+        framed: Vec::new(),
+        entries: 0,
     };
-    let mut entries = 0u64;
-    let result = (|| -> std::io::Result<()> {
-        out.write_all(&frame::encode_header(FileKind::Snapshot, seq))?;
-        record::encode_snapshot_head(&mut payload, high_water);
-        put(&mut out, &mut payload)?;
-        let mut failed = Ok(());
-        inner.store.for_each_settled(|key, entry| {
-            if failed.is_err() {
-                return;
-            }
-            record::encode_set(
-                &mut payload,
-                Space::Kv,
-                |o| key.encode(o),
-                |o| entry.value.encode(o),
-                entry.flags,
-                entry.modify_index,
-                entry.create_index,
-            );
-            entries += 1;
-            failed = put(&mut out, &mut payload);
-        });
-        std::mem::replace(&mut failed, Ok(()))?;
-        inner.registry.store().for_each_settled(|name, entry| {
-            if failed.is_err() {
-                return;
-            }
-            record::encode_set(
-                &mut payload,
-                Space::Services,
-                |o| name.encode(o),
-                |o| entry.value.encode(o),
-                entry.flags,
-                entry.modify_index,
-                entry.create_index,
-            );
-            entries += 1;
-            failed = put(&mut out, &mut payload);
-        });
-        failed?;
-        record::encode_snapshot_end(&mut payload, entries);
-        put(&mut out, &mut payload)?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()
+    let result = (|| -> std::io::Result<u64> {
+        writer
+            .out
+            .write_all(&frame::encode_header(FileKind::Snapshot, seq))?;
+        record::encode_snapshot_head(&mut writer.payload, high_water);
+        writer.put()?;
+        writer.store(&inner.store, Space::Kv)?;
+        writer.store(inner.registry.store(), Space::Services)?;
+        record::encode_snapshot_end(&mut writer.payload, writer.entries);
+        writer.put()?;
+        let entries = writer.entries;
+        let file = writer.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(entries)
     })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(PersistError::io(&tmp)(e));
-    }
+    let entries = match result {
+        Ok(entries) => entries,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(PersistError::io(&tmp)(e));
+        }
+    };
     // Every version the scan saw was appended before now: make it durable before the snapshot
     // can replace the segments it came from.
     inner.log.flush_all(Level::Synced)?;

@@ -89,23 +89,14 @@ impl AppState {
             .fsync(fsync)
             .max_batch(limits.max_batch)
             .service_ttl(service_ttl);
-        let db = Persistent::open(dir, options)?;
-        let (store, registry, log) = db.handles();
-        Ok(AppState {
-            store,
-            registry,
-            metrics: Arc::new(Metrics::new()),
+        Ok(AppState::persistent(
+            Persistent::open(dir, options)?,
             limits,
-            durability: Some(Durability {
-                log,
-                _db: Arc::new(db),
-            }),
-        })
+        ))
     }
 
-    #[cfg(test)]
-    fn open_with(dir: &std::path::Path, options: Options, limits: Limits) -> Self {
-        let db = Persistent::open(dir, options).expect("open");
+    /// A state serving an open data directory.
+    fn persistent(db: Persistent<String, String>, limits: Limits) -> Self {
         let (store, registry, log) = db.handles();
         AppState {
             store,
@@ -488,7 +479,8 @@ mod tests {
             let file = std::fs::OpenOptions::new().append(true).open(path)?;
             Ok(Box::new(Breakable(file, flag.clone())) as Box<dyn SegmentFile>)
         }));
-        let state = AppState::open_with(dir.path(), options, Limits::default());
+        let db = Persistent::open(dir.path(), options).unwrap();
+        let state = AppState::persistent(db, Limits::default());
         let app = router(state, Duration::from_secs(5));
         let (status, _) = send(&app, "PUT", "/kv/a", r#"{"value":"1"}"#).await;
         assert_eq!(status, StatusCode::OK);
