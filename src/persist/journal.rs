@@ -10,6 +10,7 @@ use super::codec::Codec;
 use super::frame;
 use super::log::Log;
 use super::record::{self, Space};
+use crate::entry::EntryRef;
 use crate::journal::{Journal, Mutation};
 
 /// Appends the mutations of one space (KV or services) to the log.
@@ -37,6 +38,24 @@ thread_local! {
 /// Buffers above this are dropped after use rather than kept per thread.
 const KEEP_SCRATCH: usize = 1 << 20;
 
+/// Encodes a set record of `key` holding `entry` (a write, or a snapshot's entry).
+pub(crate) fn encode_entry<K: Codec, V: Codec>(
+    out: &mut Vec<u8>,
+    space: Space,
+    key: &K,
+    entry: &EntryRef<'_, V>,
+) {
+    record::encode_set(
+        out,
+        space,
+        |o| key.encode(o),
+        |o| entry.value.encode(o),
+        entry.flags,
+        entry.modify_index,
+        entry.create_index,
+    )
+}
+
 /// Encodes one mutation's payload.
 pub(crate) fn encode_mutation<K: Codec, V: Codec>(
     out: &mut Vec<u8>,
@@ -44,15 +63,7 @@ pub(crate) fn encode_mutation<K: Codec, V: Codec>(
     mutation: &Mutation<'_, K, V>,
 ) {
     match mutation {
-        Mutation::Set { key, entry } => record::encode_set(
-            out,
-            space,
-            |o| key.encode(o),
-            |o| entry.value.encode(o),
-            entry.flags,
-            entry.modify_index,
-            entry.create_index,
-        ),
+        Mutation::Set { key, entry } => encode_entry(out, space, *key, entry),
         Mutation::Delete { key, index } => {
             record::encode_delete(out, space, |o| key.encode(o), *index)
         }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use super::codec::Codec;
 use super::error::PersistError;
 use super::frame::{self, FileKind};
+use super::journal::encode_entry;
 use super::log::{segment_path, sync_dir, Level};
 use super::record::{self, Space};
 use super::recover::{list, snapshot_path};
@@ -77,15 +78,7 @@ impl Writer {
             if result.is_err() {
                 return;
             }
-            record::encode_set(
-                &mut self.payload,
-                space,
-                |o| key.encode(o),
-                |o| entry.value.encode(o),
-                entry.flags,
-                entry.modify_index,
-                entry.create_index,
-            );
+            encode_entry(&mut self.payload, space, key, &entry);
             self.entries += 1;
             result = self.put();
         });
