@@ -39,9 +39,19 @@ use crate::persist::log::{Level, Log};
 use crate::persist::{FsyncPolicy, Options, PersistError, Persistent};
 use crate::{GlobalIndex, Registry, Store};
 
-/// Everything a handler can reach.
+/// Everything a handler can reach. Cloning it (axum does, per request) is one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     /// The KV store.
     pub store: Arc<Store<String, String>>,
     /// The service registry (sharing the store's global index).
@@ -55,10 +65,9 @@ pub struct AppState {
 }
 
 /// A persistent state's log, and the data directory kept open while any handler may run.
-#[derive(Clone)]
 struct Durability {
     log: Arc<Log>,
-    _db: Arc<Persistent<String, String>>,
+    _db: Persistent<String, String>,
 }
 
 impl AppState {
@@ -69,13 +78,13 @@ impl AppState {
             .global_index(index.clone())
             .max_batch(limits.max_batch)
             .build();
-        AppState {
+        AppState(Arc::new(Shared {
             store: Arc::new(store),
             registry: Arc::new(Registry::new(index, service_ttl)),
             metrics: Arc::new(Metrics::new()),
             limits,
             durability: None,
-        }
+        }))
     }
 
     /// A persistent state: opens (and recovers) the data directory `dir`.
@@ -98,16 +107,13 @@ impl AppState {
     /// A state serving an open data directory.
     fn persistent(db: Persistent<String, String>, limits: Limits) -> Self {
         let (store, registry, log) = db.handles();
-        AppState {
+        AppState(Arc::new(Shared {
             store,
             registry,
             metrics: Arc::new(Metrics::new()),
             limits,
-            durability: Some(Durability {
-                log,
-                _db: Arc::new(db),
-            }),
-        }
+            durability: Some(Durability { log, _db: db }),
+        }))
     }
 
     /// Refuses a write once the log has failed (503).
@@ -303,6 +309,10 @@ async fn buffer_body(
     next: Next,
 ) -> Response {
     let (parts, body) = req.into_parts();
+    // A request that declared no body (most GETs and DELETEs): nothing to wait for, no timer.
+    if hyper::body::Body::is_end_stream(&body) {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
     let collected = tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await;
     let bytes = match collected {
         Err(_) => return ApiError::Timeout.into_response(),
