@@ -101,6 +101,11 @@ pub(crate) mod epoch {
         }
     }
 
+    impl Guard {
+        /// As crossbeam's `Guard::flush`; nothing to hand over here (see the module docs).
+        pub(crate) fn flush(&self) {}
+    }
+
     impl std::ops::Deref for Guard {
         type Target = crossbeam_epoch::Guard;
         fn deref(&self) -> &crossbeam_epoch::Guard {
