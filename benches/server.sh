@@ -103,6 +103,9 @@ end
 LUA
 cat > "$work/batch8.lua" <<LUA
 local n = 0
+-- A fresh key prefix per run and per wrk thread: keys from an earlier run would make the
+-- create-only batches fail.
+math.randomseed(os.time() + math.floor(os.clock() * 1000000))
 local id = math.random(1, 1000000000)
 request = function()
   local items, expected = {}, {}

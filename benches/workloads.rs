@@ -80,15 +80,16 @@
 //! threads got (CPU time from `/proc/thread-self/schedstat` over threads x wall time: about 0.5
 //! at 2 threads when another process held one of 2 cores, so a contended run can be told; it
 //! cannot see contention outside the machine, such as hypervisor steal or a busy SMT sibling).
-//! Then a summary of issue #6's goals that this bench speaks to, with the achieved ratio beside
-//! each. Every ratio compares figures measured in the same process run. Nothing is asserted on
+//! Then YCSB-A latency per operation (p50/p99/p99.9, hdrhistogram, from a separate run after
+//! each YCSB-A throughput run in which every operation is timed on its own), and a summary of
+//! issue #6's goals that this bench speaks to, with the achieved ratio beside each. Every ratio compares figures measured in the same process run. Nothing is asserted on
 //! timing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Barrier, RwLock};
+use std::sync::{Arc, Barrier, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -775,6 +776,76 @@ fn phase<K: BenchKey, P: Payload, M: Map<K, P>>(
     })
 }
 
+/// One YCSB-A latency row: shape, key space label, map, threads, p50/p99/p99.9 in ns.
+type LatencyRow = (usize, &'static str, &'static str, usize, [u64; 3]);
+
+/// The YCSB-A latency rows of this run, printed after the throughput tables.
+static LATENCIES: Mutex<Vec<LatencyRow>> = Mutex::new(Vec::new());
+
+/// Like [`phase`] without a warm-up, but every operation is timed on its own (`Instant` around
+/// it, ~20 ns of clock included) into a per-thread histogram; returns p50/p99/p99.9 in ns of
+/// all threads merged. Throughput is not taken from this run.
+fn latency_phase<K: BenchKey, P: Payload, M: Map<K, P>>(
+    map: &M,
+    keys: &K::Table,
+    seqs: &[Vec<u32>],
+    pools: &[Vec<Arc<P>>],
+    threads: usize,
+    measure: Duration,
+) -> [u64; 3] {
+    let stop = AtomicU8::new(0);
+    let barrier = Barrier::new(threads + 1);
+    let merged = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (stop, barrier) = (&stop, &barrier);
+                let (ops, pool) = (&seqs[t][..], &pools[t][..]);
+                s.spawn(move || {
+                    let mut hist =
+                        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+                            .expect("histogram bounds");
+                    let (mask, pool_mask) = (ops.len() - 1, pool.len() - 1);
+                    let mut sink = 0u64;
+                    barrier.wait();
+                    let mut i = 0usize;
+                    // Relaxed: the flag only tells the thread when to stop.
+                    while stop.load(Ordering::Relaxed) == 0 {
+                        let op = ops[i & mask];
+                        let value = &pool[i & pool_mask];
+                        i = i.wrapping_add(1);
+                        let start = Instant::now();
+                        K::with(keys, op & ID_MASK, |k| match op >> KIND_SHIFT {
+                            READ => sink += map.get(k).map_or(0, u64::from),
+                            INSERT => map.insert(k, value),
+                            REMOVE => sink += u64::from(map.remove(k)),
+                            _ => sink += u64::from(map.update(k, value)),
+                        });
+                        let ns = start.elapsed().as_nanos() as u64;
+                        hist.saturating_record(ns.max(1));
+                    }
+                    black_box(sink);
+                    hist
+                })
+            })
+            .collect();
+        barrier.wait();
+        std::thread::sleep(measure);
+        stop.store(1, Ordering::Relaxed);
+        let mut merged = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+            .expect("histogram bounds");
+        for h in handles {
+            let hist = h.join().expect("bench thread panicked");
+            let _ = merged.add(&hist);
+        }
+        merged
+    });
+    [
+        merged.value_at_quantile(0.5),
+        merged.value_at_quantile(0.99),
+        merged.value_at_quantile(0.999),
+    ]
+}
+
 // ---------------------------------------------------------------------------------------------
 // The run: shapes x key spaces x maps x workloads x thread counts.
 
@@ -906,6 +977,17 @@ fn run_map<K: BenchKey, P: Payload, M: Map<K, P>>(
                     m.ops as f64 / m.wall.as_secs_f64() / 1e6
                 );
                 results.insert((shape, w, space, map_index, threads), m);
+                if w == YCSB_A {
+                    let lat =
+                        latency_phase(&map, &input.keys, seqs, &input.pools, threads, cfg.measure);
+                    LATENCIES.lock().unwrap_or_else(|e| e.into_inner()).push((
+                        shape,
+                        cfg.spaces[space].0,
+                        name,
+                        threads,
+                        lat,
+                    ));
+                }
             }
         }
         // Drop the map (and its deferred garbage) before the next one is built.
@@ -1037,6 +1119,27 @@ fn against_best_peer(
         .filter_map(|m| Some((rate(results.get(&(shape, w, space, m, t))?), MAPS[m].0)))
         .max_by(|a, b| a.0.total_cmp(&b.0))?;
     Some((caskv / best, name))
+}
+
+fn print_latencies(cfg: &Config) {
+    let lat = LATENCIES.lock().unwrap_or_else(|e| e.into_inner());
+    for &shape in &cfg.shapes {
+        let rows: Vec<_> = lat.iter().filter(|r| r.0 == shape).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        println!();
+        println!(
+            "### YCSB-A latency per operation (ns; each op timed alone, ~20 ns of clock included) · {}",
+            SHAPES[shape]
+        );
+        println!();
+        println!("| keys | map | threads | p50 | p99 | p99.9 |");
+        println!("|---|---|---:|---:|---:|---:|");
+        for (_, space, map, threads, [p50, p99, p999]) in rows {
+            println!("| {space} | {map} | {threads} | {p50} | {p99} | {p999} |");
+        }
+    }
 }
 
 fn print_goals(cfg: &Config, results: &Results) {
@@ -1220,6 +1323,7 @@ fn main() {
         }
     }
     print_tables(&cfg, &results);
+    print_latencies(&cfg);
     print_goals(&cfg, &results);
     println!();
     println!("total wall time: {:.0} s", start.elapsed().as_secs_f64());
