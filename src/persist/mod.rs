@@ -545,7 +545,9 @@ where
         Ok(self.pending(w.map(|w| w.index), w))
     }
 
-    /// [`Store::update`], logged.
+    /// [`Store::update`], logged. The value `f` returns is not checked against
+    /// [`MAX_ENTRY_BYTES`] before it is written (it does not exist yet); one too large for a log
+    /// record (64 MiB) fails the log. Check sizes inside `f`, or use [`set_cas`](Self::set_cas).
     pub fn update<F>(&self, key: K, f: F) -> Result<Pending<u64>, Error<K, V>>
     where
         F: FnMut(Option<&V>) -> V,
