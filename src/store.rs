@@ -404,11 +404,17 @@ where
     where
         F: FnMut(Option<&V>) -> V,
     {
-        Ok(self.write_update(key, f)?.index)
+        Ok(self.write_update(key, f, |_, _| Ok(()))?.index)
     }
 
     /// `update` with the journal ticket.
-    pub(crate) fn write_update<F>(&self, key: K, mut f: F) -> Result<Written, Error<K, V>>
+    /// `check` sees each new value before it is written and can refuse it.
+    pub(crate) fn write_update<F>(
+        &self,
+        key: K,
+        mut f: F,
+        check: impl Fn(&K, &V) -> Result<(), Error<K, V>>,
+    ) -> Result<Written, Error<K, V>>
     where
         F: FnMut(Option<&V>) -> V,
     {
@@ -417,6 +423,7 @@ where
         for attempt in 1..=self.config.update_attempts {
             let current = self.get(&key);
             let new = f(current.as_ref().map(|e| &*e.value));
+            check(&key, &new)?;
             let expected = current.map_or(0, |e| e.modify_index);
             match self.write_set_cas(key.clone(), new, expected, None) {
                 Ok(written) => return Ok(written),

@@ -545,16 +545,17 @@ where
         Ok(self.pending(w.map(|w| w.index), w))
     }
 
-    /// [`Store::update`], logged. The value `f` returns is not checked against
-    /// [`MAX_ENTRY_BYTES`] before it is written (it does not exist yet); one too large for a log
-    /// record (64 MiB) fails the log. Check sizes inside `f`, or use [`set_cas`](Self::set_cas).
+    /// [`Store::update`], logged. Each value `f` returns is checked against
+    /// [`MAX_ENTRY_BYTES`] before it is written ([`Error::EntryTooLarge`]).
     pub fn update<F>(&self, key: K, f: F) -> Result<Pending<u64>, Error<K, V>>
     where
         F: FnMut(Option<&V>) -> V,
     {
         self.check()?;
-        Self::check_size(&key, None)?;
-        let w = self.inner.store.write_update(key, f)?;
+        let w = self
+            .inner
+            .store
+            .write_update(key, f, |k, v| Self::check_size(k, Some(v)).map(drop))?;
         Ok(self.pending(w.index, Some(w)))
     }
 

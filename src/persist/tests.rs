@@ -641,7 +641,15 @@ fn oversized_entries_are_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let db: Db = Persistent::open(dir.path(), options()).unwrap();
     let big = "x".repeat(MAX_ENTRY_BYTES + 1);
-    let err = db.set("k".into(), big).unwrap_err();
+    let err = db.set("k".into(), big.clone()).unwrap_err();
     assert!(err.is_invalid_argument(), "{err}");
     assert!(db.store().get("k").is_none());
+    let err = db.update("k".into(), |_| big.clone()).unwrap_err();
+    assert!(err.is_invalid_argument(), "{err}");
+    assert!(db.store().get("k").is_none());
+    // The log is fine: later writes succeed.
+    db.set("k".into(), "small".to_string())
+        .unwrap()
+        .wait()
+        .unwrap();
 }
