@@ -328,19 +328,12 @@ where
     })
 }
 
-/// Frees what earlier runs retired to crossbeam-epoch's global collector (caskv's versions and
-/// lock nodes) and not yet reclaimed, so that no run pays for an earlier one's garbage. Each
-/// `flush` collects at most a few bags; it stops once 256 flushes in a row find little to free.
+#[path = "support/epoch.rs"]
+mod epoch;
+
+/// Frees what earlier runs retired and not yet reclaimed (see `support/epoch.rs`).
 fn settle() {
-    for _ in 0..1_000_000 {
-        let start = Instant::now();
-        for _ in 0..256 {
-            crossbeam_epoch::pin().flush();
-        }
-        if start.elapsed() < Duration::from_micros(256) {
-            break;
-        }
-    }
+    epoch::settle_epoch();
 }
 
 /// Settles earlier garbage, runs a warm-up (discarded), settles its garbage, then the measured

@@ -109,18 +109,13 @@ impl Live {
 // ---------------------------------------------------------------------------------------------
 // Deferred frees.
 
+#[path = "support/epoch.rs"]
+mod epoch;
+
 /// Flushes the process-wide deferred-free schemes: crossbeam-epoch's default collector (caskv's
 /// versions, moka's table) until a round of flushes finds little to free, and sdd (scc).
 fn flush_deferred() {
-    for _ in 0..1_000_000 {
-        let start = Instant::now();
-        for _ in 0..256 {
-            crossbeam_epoch::pin().flush();
-        }
-        if start.elapsed() < Duration::from_micros(256) {
-            break;
-        }
-    }
+    epoch::settle_epoch();
     for _ in 0..10_000 {
         let guard = scc::Guard::new();
         guard.accelerate();
