@@ -110,7 +110,8 @@ impl GlobalIndex {
         // Relaxed is enough for uniqueness and monotonicity: both follow from the single
         // modification order of this one atomic. Callers that need the index ordered after a
         // cell they loaded get that from the cell's Acquire load, which is sequenced before this.
-        // No wrap: the counter starts below LIMIT (2^63) and would need 2^63 more calls.
+        // No wrap: the counter starts below LIMIT (2^63), or a recovered store below
+        // RESUME_LIMIT (2^63 + 2^62), and would need at least 2^62 more calls.
         let index = self.last.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(reserve) = self.reserve.get() {
             reserve.cover(index);

@@ -18,13 +18,8 @@ use loom::thread;
 
 type S = Store<&'static str, u32>;
 
-fn model(f: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(2);
-    }
-    builder.check(f);
-}
+mod support;
+use support::model;
 
 /// `model` with the preemption bound capped at 1 (whatever `LOOM_MAX_PREEMPTIONS` says), for a
 /// model in which two threads can wait on the same settling key at once.

@@ -10,13 +10,8 @@ use loom::thread;
 
 type S = Store<&'static str, u32>;
 
-fn model(f: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(2);
-    }
-    builder.check(f);
-}
+mod support;
+use support::model;
 
 /// Two CAS on one key from the same index: exactly one wins, and the loser's conflict names
 /// the winner's index.

@@ -317,6 +317,7 @@ impl Log {
     ) {
         match result {
             Ok(new_segment) => {
+                // Relaxed: only a leader stores `written`, and we are the leader (under the lock).
                 let written_before = self.written.load(Ordering::Relaxed);
                 if let Some(seq) = new_segment {
                     st.seq = seq;
@@ -324,7 +325,7 @@ impl Log {
                 } else {
                     st.segment_len += end - written_before;
                 }
-                // Release: pairs with the Acquire in `reached`.
+                // Release (both stores): pairs with the Acquire in `reached`.
                 self.written.store(end, Ordering::Release);
                 if level == Level::Synced || new_segment.is_some() {
                     self.synced.store(end, Ordering::Release);
