@@ -419,7 +419,7 @@ fn fill_value(k: u64) -> Val {
     Arc::new([k as u8; 64])
 }
 
-struct Caskv(Store<u64, Value>);
+struct Caskv(Store<u64, Val>);
 
 impl CasMap for Caskv {
     const NAME: &'static str = "caskv";
@@ -1076,7 +1076,7 @@ fn mutex_batches(cfg: &Config, threads: usize, sets: &[Vec<u64>], k: usize) -> B
 /// keeping every key's current version (no reads).
 fn batch_cost(cfg: &Config, k: usize, sets: &[u64]) -> (f64, f64, f64) {
     let store = Caskv::filled(BATCH_KEYS).0;
-    let current = |store: &Store<u64, Value>| -> Vec<u64> {
+    let current = |store: &Store<u64, Val>| -> Vec<u64> {
         (0..BATCH_KEYS)
             .map(|key| store.pin().get(&key).map_or(0, |e| e.modify_index))
             .collect()

@@ -199,7 +199,7 @@ fn measure<M>(
 fn caskv_overwrite(n: u64) -> (&'static str, f64, f64, f64) {
     flush_deferred();
     let before = Live::now();
-    let store: Store<u64, Value> = Store::new();
+    let store: Store<u64, Val> = Store::new();
     for k in 0..n {
         store.set(k, value(k));
     }
@@ -252,7 +252,7 @@ fn main() {
         measure(
             "caskv Store",
             n,
-            Store::<u64, Value>::new,
+            Store::<u64, Val>::new,
             |m, k, v| {
                 m.set(k, v);
             },

@@ -257,7 +257,7 @@ fn benches(c: &mut Criterion) {
     g.bench_function("caskv/store.get", |b| {
         b.iter_custom(|n| {
             timed("get/caskv/store.get", n, |i| {
-                black_box(store.get(&key(i)).map(|e| *e.value ^ e.modify_index));
+                black_box(store.get(&key(i)).map(|e| e.value ^ e.modify_index));
             })
         })
     });

@@ -4,8 +4,8 @@
 //! # Protocol
 //! 1. **Check the request** before touching anything: not empty, not over the bound, no key
 //!    twice, no `delete_cas` with 0. Sort the operations by key: the one global lock order.
-//! 2. **Lock** each key in that order: CAS its cell's head from a version (or vacant) to a
-//!    `Locked` node naming this batch's [`Txn`] and the `before` it replaced. A cell already
+//! 2. **Lock** each key in that order: CAS its slot's word from a version, a tomb or empty to a
+//!    [`Lock`] naming this batch's [`Txn`] and the `before` it replaced. A cell already
 //!    locked by another batch is waited for; since every batch locks in key order, waits cannot
 //!    form a cycle. Single-key writers never hold a lock while waiting, so they cannot close one
 //!    either.
@@ -16,24 +16,27 @@
 //!    with one Release store. That store is the batch's linearization point: a reader that meets
 //!    a `Locked` node reads `after` if and only if it sees the flip, so once any reader has seen
 //!    one key new, every later read of any key of the batch sees it new too.
-//! 5. **Release**: replace each `Locked` head with its `after` (or `RETIRED` for a deleted key,
-//!    then unlink the cell), and retire the lock nodes and the replaced versions through the
-//!    epoch collector.
+//! 5. **Release**: store each slot's `after` over its lock (a tomb where a key that had no
+//!    slot stays absent: a claimed slot never becomes empty again), and retire the lock nodes
+//!    and the replaced versions through the epoch collector.
 //!
-//! Readers never wait for a batch: they resolve a `Locked` node through the `Txn`. Writers of a
-//! locked key wait until the release. If user code (`PartialEq`, `Hash`, `Ord`) panics while a
-//! batch holds locks, the unwinding releases them (see [`Held`]'s `Drop`).
+//! Readers never wait for a batch: they resolve a `Locked` word through the `Txn`. Writers of a
+//! locked key wait until the release. A batch that meets a table resize while locking releases
+//! everything it holds (nothing was committed, so no reader saw it), helps the resize, and
+//! starts locking again: the copier waits for locked slots, so holding on would deadlock. If
+//! user code (`PartialEq`, `Hash`, `Ord`) panics while a batch holds locks, the unwinding
+//! releases them (see [`Held`]'s `Drop`).
 
 use std::hash::Hash;
 
-use crate::cell::{Head, Lock, Node, Txn, Version, RETIRED};
+use crate::cell::{self, classify, visible, Lock, Meta, Record, State, Tomb, Txn, EMPTY};
 use crate::entry::{Entry, EntryRef};
 use crate::error::{Conflict, Error, Expected};
-use crate::index::{CellRef, Pin};
 use crate::journal::{Mutation, Written};
-use crate::store::{check_index, flags_or_kept, value_matches, Store};
-use crate::sync::epoch::{Atomic, Owned, Shared};
-use crate::sync::{Arc, Backoff, Ordering, StdArc};
+use crate::store::{check_index, value_matches, Store};
+use crate::sync::epoch::Guard;
+use crate::sync::{Arc, AtomicU64, Backoff, Ordering};
+use crate::table::{Claim, Located, Table};
 
 /// One operation of a batch.
 ///
@@ -56,7 +59,7 @@ pub enum Op<K, V> {
         /// The key.
         key: K,
         /// The new value.
-        value: StdArc<V>,
+        value: V,
         /// The new flags, or keep.
         flags: Option<u64>,
     },
@@ -65,7 +68,7 @@ pub enum Op<K, V> {
         /// The key.
         key: K,
         /// The new value.
-        value: StdArc<V>,
+        value: V,
         /// The expected index; 0 means absent.
         expected: u64,
         /// The new flags, or keep.
@@ -98,25 +101,25 @@ pub enum Op<K, V> {
         /// The expected value, or absent.
         expected: Option<V>,
         /// The value to write, or absent to delete.
-        new: Option<StdArc<V>>,
+        new: Option<V>,
     },
 }
 
 impl<K, V> Op<K, V> {
     /// [`Op::Set`] keeping flags.
-    pub fn set(key: K, value: impl Into<StdArc<V>>) -> Self {
+    pub fn set(key: K, value: V) -> Self {
         Op::Set {
             key,
-            value: value.into(),
+            value,
             flags: None,
         }
     }
 
     /// [`Op::SetCas`] keeping flags.
-    pub fn set_cas(key: K, value: impl Into<StdArc<V>>, expected: u64) -> Self {
+    pub fn set_cas(key: K, value: V, expected: u64) -> Self {
         Op::SetCas {
             key,
-            value: value.into(),
+            value,
             expected,
             flags: None,
         }
@@ -139,11 +142,7 @@ impl<K, V> Op<K, V> {
 
     /// [`Op::CompareAndSet`].
     pub fn compare_and_set(key: K, expected: Option<V>, new: Option<V>) -> Self {
-        Op::CompareAndSet {
-            key,
-            expected,
-            new: new.map(StdArc::new),
-        }
+        Op::CompareAndSet { key, expected, new }
     }
 
     /// Sets the flags of a `Set` or `SetCas` (other operations are returned unchanged).
@@ -168,15 +167,16 @@ impl<K, V> Op<K, V> {
 }
 
 /// What an operation does to its key once every condition held.
-enum Effect<V> {
-    Write(StdArc<V>, Option<u64>),
+enum Effect {
+    /// Write the operation's value with these flags (`None`: keep).
+    Write(Option<u64>),
     Remove,
     Keep,
 }
 
-impl<K: Clone, V: PartialEq> Op<K, V> {
+impl<K: Clone, V: PartialEq + Clone> Op<K, V> {
     /// Checks this operation's condition against the key's version before the batch.
-    fn check(&self, before: Option<&Version<V>>) -> Result<Effect<V>, Conflict<K, V>> {
+    fn check(&self, before: Option<&Record<K, V>>) -> Result<Effect, Conflict<K, V>> {
         let conflict = |expected| Conflict {
             key: self.key().clone(),
             expected,
@@ -184,14 +184,11 @@ impl<K: Clone, V: PartialEq> Op<K, V> {
         };
         let index_ok = |expected: u64| check_index(self.key(), expected, before).is_ok();
         match self {
-            Op::Set { value, flags, .. } => Ok(Effect::Write(value.clone(), *flags)),
+            Op::Set { flags, .. } => Ok(Effect::Write(*flags)),
             Op::SetCas {
-                value,
-                expected,
-                flags,
-                ..
+                expected, flags, ..
             } => match index_ok(*expected) {
-                true => Ok(Effect::Write(value.clone(), *flags)),
+                true => Ok(Effect::Write(*flags)),
                 false => Err(conflict(Expected::Index(*expected))),
             },
             Op::Delete { .. } => match before {
@@ -216,163 +213,213 @@ impl<K: Clone, V: PartialEq> Op<K, V> {
                     return Err(conflict(kind));
                 }
                 Ok(match new {
-                    Some(v) => Effect::Write(v.clone(), None),
+                    Some(_) => Effect::Write(None),
                     None if before.is_some() => Effect::Remove,
                     None => Effect::Keep,
                 })
             }
         }
     }
+
+    /// The key, and the value an operation whose effect is a write carries.
+    fn into_parts(self) -> (K, Option<V>) {
+        match self {
+            Op::Set { key, value, .. } | Op::SetCas { key, value, .. } => (key, Some(value)),
+            Op::CompareAndSet { key, new, .. } => (key, new),
+            Op::Delete { key } | Op::DeleteCas { key, .. } | Op::CheckIndex { key, .. } => {
+                (key, None)
+            }
+        }
+    }
 }
 
-/// One cell this batch holds.
-struct HeldCell<'g, V> {
-    cell: CellRef<'g, V>,
-    /// The `Locked` node installed in the cell.
-    lock: Shared<'g, Node<V>>,
-    /// What the lock replaced (a version, or null for vacant).
-    before: Shared<'g, Node<V>>,
+/// One slot this batch holds.
+struct HeldSlot<'g> {
+    slot: &'g AtomicU64,
+    /// The `LOCKED` word installed in the slot.
+    lock: u64,
+    /// What the lock replaced (a record, a tomb, or empty).
+    before: u64,
     /// Set once released, so that unwinding does not release twice.
     released: bool,
 }
 
-/// The cells a batch holds, in key order. Dropping it releases every cell not yet released:
+/// Why a batch must let go of everything and start locking again.
+struct Resizing<'g>(&'g Table);
+
+/// The slots a batch holds, in key order. Dropping it releases every slot not yet released:
 /// to `after` once the batch committed, to `before` otherwise. That makes a panic in user
 /// code between lock and release leave every key as it was (or as committed), never locked.
 struct Held<'s, 'g, K, V>
 where
-    K: Hash + Eq + Ord + Clone,
-    V: Send + 'static,
+    K: Hash + Eq + Ord + Clone + Send + 'static,
+    V: Clone + Send + 'static,
 {
     store: &'s Store<K, V>,
-    pin: &'g Pin<'s>,
+    guard: &'g Guard,
     txn: Arc<Txn>,
-    /// The key of each held cell, by position.
-    keys: Vec<&'g K>,
-    cells: Vec<HeldCell<'g, V>>,
+    slots: Vec<HeldSlot<'g>>,
 }
 
 impl<'s, 'g, K, V> Held<'s, 'g, K, V>
 where
-    K: Hash + Eq + Ord + Clone,
-    V: Send + 'static,
+    K: Hash + Eq + Ord + Clone + Send + 'static,
+    V: Clone + Send + 'static,
 {
-    /// Locks the cell of `key`, waiting while another batch holds it.
-    fn lock(&mut self, key: &K) {
-        let guard = &self.pin.epoch;
-        let mut backoff = Backoff::new();
-        let mut node: Option<Owned<Node<V>>> = None;
-        loop {
-            let cell = match self.store.index.get(key, self.pin) {
-                Some(cell) => cell,
-                None => self.store.index.get_or_insert_vacant(key.clone(), self.pin),
-            };
-            let (raw, head) = cell.load(guard);
-            match head {
-                Head::Retired => {
-                    self.store.index.unlink(key, &cell, self.pin);
-                    continue;
-                }
-                Head::Locked(_) | Head::Unlogged(_) => {
-                    backoff.snooze();
-                    continue;
-                }
-                Head::Vacant | Head::Present(_) => {}
-            }
-            let mut lock = node.take().unwrap_or_else(|| {
-                Owned::new(Node::Locked(Lock {
-                    txn: self.txn.clone(),
-                    before: Atomic::null(),
-                    after: Atomic::null(),
-                }))
-            });
-            if let Node::Locked(l) = &mut *lock {
-                // Relaxed: the node is not published yet; the CAS below releases it.
-                l.before.store(raw, Ordering::Relaxed);
-            }
-            match cell.swap_from(raw, lock, guard) {
-                Ok(installed) => {
-                    self.cells.push(HeldCell {
-                        cell,
-                        lock: installed,
-                        before: raw,
-                        released: false,
-                    });
-                    return;
-                }
-                Err(back) => node = Some(back),
-            }
+    fn new(store: &'s Store<K, V>, guard: &'g Guard, keys: usize) -> Self {
+        Held {
+            store,
+            guard,
+            txn: Arc::new(Txn::new()),
+            slots: Vec::with_capacity(keys),
         }
     }
 
-    /// Replaces the head of held cell `i` (which only we may change) with `next`, or retires
-    /// the cell when `next` is null.
-    fn release_one(&mut self, i: usize, next: Shared<'g, Node<V>>) {
-        let guard = &self.pin.epoch;
-        let held = &mut self.cells[i];
-        if held.released {
+    /// Locks the slot of `key`, waiting while another batch holds it or a write to it settles.
+    /// Gives up (holding what it held) when the table is being resized.
+    fn lock(&mut self, key: &K) -> Result<(), Resizing<'g>> {
+        let raw = &self.store.raw;
+        let guard = self.guard;
+        let hash = raw.hash(key);
+        let mut backoff = Backoff::new();
+        let mut lock = Unpublished::<K>(
+            Lock::word(hash, key.clone(), self.txn.clone(), EMPTY),
+            std::marker::PhantomData,
+        );
+        loop {
+            let table = raw.table(guard);
+            let (slot, before) = match raw.locate(table, hash, key) {
+                Located::Resizing => return Err(Resizing(table)),
+                Located::Vacant { slot } => {
+                    lock.set_before(EMPTY);
+                    match raw.claim(table, slot, lock.0) {
+                        Claim::Claimed => (slot, EMPTY),
+                        Claim::Lost => continue,
+                        Claim::Resizing => return Err(Resizing(table)),
+                    }
+                }
+                // SAFETY: `word` was loaded from a slot under `guard`.
+                Located::Found { slot, word } => match unsafe { classify::<K, V>(word, guard) } {
+                    State::Locked | State::Unlogged => {
+                        if table.resizing() {
+                            return Err(Resizing(table));
+                        }
+                        backoff.snooze();
+                        continue;
+                    }
+                    State::Frozen(_) => return Err(Resizing(table)),
+                    State::Absent | State::Present(_) => {
+                        lock.set_before(word);
+                        // AcqRel: Release publishes the lock node (and its `before`) to readers'
+                        // Acquire loads; Acquire orders us after the word we replace.
+                        if slot
+                            .compare_exchange(word, lock.0, Ordering::AcqRel, Ordering::Acquire)
+                            .is_err()
+                        {
+                            continue;
+                        }
+                        (slot, word)
+                    }
+                },
+            };
+            self.slots.push(HeldSlot {
+                slot,
+                lock: lock.publish(),
+                before,
+                released: false,
+            });
+            return Ok(());
+        }
+    }
+
+    /// The lock node of held slot `i`.
+    fn lock_node(&self, i: usize) -> &'g Lock<K> {
+        // SAFETY: the lock is ours, published, and retired only by `release_one`, through the
+        // collector that waits for our pin.
+        unsafe { &*cell::node_of::<Lock<K>>(self.slots[i].lock) }
+    }
+
+    /// Replaces the lock of held slot `i` (which only we may change) with `next`; a slot left
+    /// with nothing gets a tomb, since a claimed slot never becomes empty again.
+    fn release_one(&mut self, i: usize, next: u64) {
+        if self.slots[i].released {
             return;
         }
-        held.released = true;
-        let next = if next.is_null() {
-            Shared::null().with_tag(RETIRED)
+        let next = if next == EMPTY {
+            let keyed = &self.lock_node(i).keyed;
+            Tomb::word(keyed.hash, keyed.key.clone(), 0, 0)
         } else {
             next
         };
-        // Release: pairs with the Acquire in `Cell::load`, publishing `next` (and, for readers
-        // that then see no lock, everything the batch did before).
-        held.cell.head.store(next, Ordering::Release);
-        // SAFETY: the lock node is unlinked by the store above and was reachable only through
-        // this head; pinned readers that loaded it are waited for by the collector.
-        unsafe { guard.defer_destroy(held.lock) };
-        if !held.before.is_null() && held.before != next {
-            // SAFETY: `before` was the head we replaced with the lock; it is now unlinked
-            // (neither head nor reachable from a live lock) and is freed after every reader
-            // pinned before now is gone.
-            unsafe { guard.defer_destroy(held.before) };
-        }
-        if next.tag() == RETIRED {
-            self.store.index.unlink(self.keys[i], &held.cell, self.pin);
+        let held = &mut self.slots[i];
+        held.released = true;
+        // Release: pairs with the Acquire load of readers, writers and copiers, publishing
+        // `next` (and, for readers that then see no lock, everything the batch did before).
+        held.slot.store(next, Ordering::Release);
+        // SAFETY: the lock is unlinked by the store above and was reachable only through this
+        // slot; pinned readers that loaded it are waited for by the collector.
+        unsafe { cell::retire::<K, V>(held.lock, self.guard) };
+        if held.before != next {
+            // SAFETY: `before` was the word we replaced with the lock; it is now unreachable
+            // (neither in the slot nor in a live lock) and is retired once, here.
+            unsafe { cell::retire::<K, V>(held.before, self.guard) };
         }
     }
 }
 
 impl<K, V> Drop for Held<'_, '_, K, V>
 where
-    K: Hash + Eq + Ord + Clone,
-    V: Send + 'static,
+    K: Hash + Eq + Ord + Clone + Send + 'static,
+    V: Clone + Send + 'static,
 {
     fn drop(&mut self) {
-        let guard = &self.pin.epoch;
         let committed = self.txn.is_committed();
-        for i in 0..self.cells.len() {
-            let next = match &self.cells[i] {
-                held if committed => {
-                    // SAFETY: the lock node is ours and not yet retired.
-                    match unsafe { held.lock.deref() } {
-                        // Relaxed: we stored `after` ourselves on this thread.
-                        Node::Locked(l) => l.after.load(Ordering::Relaxed, guard),
-                        Node::Version(_) => held.before,
-                    }
-                }
-                held => held.before,
+        for i in 0..self.slots.len() {
+            let next = if committed {
+                // Relaxed: we stored `after` ourselves on this thread.
+                self.lock_node(i).after.load(Ordering::Relaxed)
+            } else {
+                self.slots[i].before
             };
             self.release_one(i, next);
         }
-        if self.cells.len() > 1 {
+        if self.slots.len() > 1 {
             // A batch retires up to two nodes per key under one pin, while crossbeam-epoch
             // reclaims only a few per pin on its own: without a push, batch-heavy writers
             // outrun reclamation (measured: 1 s of 16-key batches grew RSS to ~900 MB). One
             // flush per batch hands our garbage over and lets a collection run now.
-            guard.flush();
+            self.guard.flush();
+        }
+    }
+}
+
+/// A lock node this thread made and has not published: freed if the batch gives up.
+struct Unpublished<K>(u64, std::marker::PhantomData<K>);
+
+impl<K> Unpublished<K> {
+    fn set_before(&mut self, before: u64) {
+        // SAFETY: the node is ours and unpublished: nobody else can see it.
+        unsafe { (*cell::node_of::<Lock<K>>(self.0)).before = before };
+    }
+
+    fn publish(&mut self) -> u64 {
+        std::mem::replace(&mut self.0, EMPTY)
+    }
+}
+
+impl<K> Drop for Unpublished<K> {
+    fn drop(&mut self) {
+        if self.0 != EMPTY {
+            // SAFETY: made by this thread and never published.
+            unsafe { Lock::<K>::free(self.0) };
         }
     }
 }
 
 impl<K, V> Store<K, V>
 where
-    K: Hash + Eq + Ord + Clone,
-    V: Send + 'static,
+    K: Hash + Eq + Ord + Clone + Send + 'static,
+    V: Clone + Send + 'static,
 {
     /// Applies every operation or none, all at one new `modify_index`, which it returns.
     ///
@@ -423,30 +470,17 @@ where
             return Err(Error::CreateOnlyDelete(op.key().clone()));
         }
 
-        let pin = self.index.pin();
-        let guard = &pin.epoch;
-        let mut held = Held {
-            store: self,
-            pin: &pin,
-            txn: Arc::new(Txn::new()),
-            keys: ops.iter().map(Op::key).collect(),
-            cells: Vec::with_capacity(ops.len()),
-        };
-        for op in &ops {
-            held.lock(op.key());
-        }
+        let guard = self.raw.pin();
+        let held = self.lock_all(ops.iter().map(Op::key), ops.len(), &guard);
 
         // Validate against the befores: every failure is collected.
         let mut effects = Vec::with_capacity(ops.len());
         let mut conflicts = Vec::new();
-        for (op, cell) in ops.iter().zip(&held.cells) {
+        for (op, held_slot) in ops.iter().zip(&held.slots) {
             // SAFETY: `before` is kept alive by our lock (only we may retire it) and our pin.
-            let before = match unsafe { cell.before.as_ref() } {
-                Some(Node::Version(v)) => Some(v),
-                _ => None,
-            };
+            let before = unsafe { visible::<K, V>(held_slot.before, &guard) };
             match op.check(before) {
-                Ok(effect) => effects.push((effect, before)),
+                Ok(effect) => effects.push((effect, before.map(|r| r.header.meta))),
                 Err(c) => conflicts.push(c),
             }
         }
@@ -457,55 +491,75 @@ where
 
         // Commit: one index, every after stored, then the one flip.
         let index = self.clock.next();
-        for (held_cell, (effect, before)) in held.cells.iter().zip(effects) {
-            let after = match effect {
-                Effect::Write(value, flags) => Version::node(
-                    value,
-                    flags_or_kept(flags, before),
-                    index,
-                    before.map_or(index, |v| v.create_index),
-                )
-                .into_shared(guard),
-                Effect::Remove => Shared::null(),
-                Effect::Keep => held_cell.before,
+        let mut writes = 0;
+        for (i, (op, (effect, before))) in ops.into_iter().zip(effects).enumerate() {
+            let hash = held.lock_node(i).keyed.hash;
+            let (key, value) = op.into_parts();
+            let after = match (effect, value) {
+                (Effect::Write(flags), Some(value)) => {
+                    let meta = Meta {
+                        modify_index: index,
+                        create_index: before.map_or(index, |m| m.create_index),
+                        flags: flags.unwrap_or_else(|| before.map_or(0, |m| m.flags)),
+                    };
+                    writes += 1;
+                    Record::word(hash, key, value, meta, 0)
+                }
+                (Effect::Remove, _) => {
+                    writes += 1;
+                    Tomb::word(hash, key, index, 0)
+                }
+                (Effect::Keep, _) | (Effect::Write(_), None) => held.slots[i].before,
             };
-            // SAFETY: the lock node is ours, published, and not retired while we hold it.
-            if let Node::Locked(l) = unsafe { held_cell.lock.deref() } {
-                // Relaxed: published by the Release in `Txn::commit` below.
-                l.after.store(after, Ordering::Relaxed);
-            }
+            // Relaxed: published by the Release in `Txn::commit` below.
+            held.lock_node(i).after.store(after, Ordering::Relaxed);
         }
         held.txn.commit();
         // Journal while every key is still held: its next writer waits for the release.
         let ticket = self.journal.as_ref().map(|journal| {
-            let writes: Vec<(&K, Option<EntryRef<'_, V>>)> = ops
-                .iter()
-                .zip(&held.cells)
-                .filter_map(|(op, held_cell)| {
-                    // SAFETY: the lock node is ours, published, and not retired while we hold it.
-                    let Node::Locked(l) = (unsafe { held_cell.lock.deref() }) else {
-                        return None;
-                    };
-                    // Relaxed: we stored `after` ourselves on this thread.
-                    let after = l.after.load(Ordering::Relaxed, guard);
-                    if after == held_cell.before {
-                        return None; // only checked: nothing written
-                    }
-                    // SAFETY: `after` is ours (see the commit loop), live while we hold the lock.
-                    match unsafe { after.as_ref() } {
-                        Some(Node::Version(v)) => Some((op.key(), Some(EntryRef::of(v)))),
-                        Some(Node::Locked(_)) => None,
-                        None => Some((op.key(), None)),
-                    }
-                })
-                .collect();
+            let mut changed: Vec<(&K, Option<EntryRef<'_, V>>)> = Vec::with_capacity(writes);
+            for (i, held_slot) in held.slots.iter().enumerate() {
+                // Relaxed: we stored `after` ourselves on this thread.
+                let after = held.lock_node(i).after.load(Ordering::Relaxed);
+                if after == held_slot.before {
+                    continue; // only checked: nothing written
+                }
+                // SAFETY: `after` is ours (see the commit loop), live while we hold the lock.
+                let keyed = unsafe { &*cell::node_of::<cell::Keyed<K>>(after) };
+                // SAFETY: as above; a record or a tomb.
+                let entry = unsafe { visible::<K, V>(after, &guard) }.map(EntryRef::of);
+                changed.push((&keyed.key, entry));
+            }
             journal.record(Mutation::Batch {
                 index,
-                writes: &writes,
+                writes: &changed,
             })
         });
-        drop(held); // releases every cell to its after
+        drop(held); // releases every slot to its after
         Ok(Written { index, ticket })
+    }
+
+    /// Locks the slots of `keys` (sorted, distinct) in order. A resize met on the way makes it
+    /// release everything, help the resize, and start again.
+    fn lock_all<'s, 'g, 'k>(
+        &'s self,
+        keys: impl Iterator<Item = &'k K> + Clone,
+        len: usize,
+        guard: &'g Guard,
+    ) -> Held<'s, 'g, K, V>
+    where
+        K: 'k,
+    {
+        loop {
+            let mut held = Held::new(self, guard, len);
+            match keys.clone().try_for_each(|key| held.lock(key)) {
+                Ok(()) => return held,
+                Err(Resizing(table)) => {
+                    drop(held); // never committed: every slot goes back to its before
+                    self.raw.help_resize(table, len, guard);
+                }
+            }
+        }
     }
 
     /// Reads several keys as one atomic snapshot: the entries all held at one instant, so the
@@ -534,29 +588,17 @@ where
         let mut sorted: Vec<&K> = keys.iter().collect();
         sorted.sort();
         sorted.dedup();
-        let pin = self.index.pin();
-        let mut held = Held {
-            store: self,
-            pin: &pin,
-            txn: Arc::new(Txn::new()),
-            keys: sorted.clone(),
-            cells: Vec::with_capacity(sorted.len()),
-        };
-        for key in &sorted {
-            held.lock(key);
-        }
+        let guard = self.raw.pin();
+        let held = self.lock_all(sorted.iter().copied(), sorted.len(), &guard);
         let read: Vec<Option<Entry<V>>> = held
-            .cells
+            .slots
             .iter()
-            .map(|cell| {
+            .map(|held_slot| {
                 // SAFETY: `before` is kept alive by our lock and our pin.
-                match unsafe { cell.before.as_ref() } {
-                    Some(Node::Version(v)) => Some(Entry::of(v)),
-                    _ => None,
-                }
+                unsafe { visible::<K, V>(held_slot.before, &guard) }.map(Entry::of)
             })
             .collect();
-        drop(held); // never committed: every cell goes back to its before
+        drop(held); // never committed: every slot goes back to its before
         Ok(keys
             .iter()
             .map(|k| match sorted.binary_search(&k) {

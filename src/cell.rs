@@ -1,87 +1,162 @@
-//! The per-key version cell: one atomic pointer whose value is the key's whole state.
+//! The per-key version cell: one 64-bit slot word of the table, whose value is the key's whole
+//! state, and the heap nodes it points to.
 //!
-//! # State layout
-//! A cell's `head` is a crossbeam-epoch pointer that is one of:
+//! # The slot word
+//! ```text
+//!  63            48 47                               4   3      2       1        0
+//! +----------------+----------------------------------+--------+-------+--------+--------+
+//! |   hash tag     |  address of a 16-aligned node     | FROZEN |DELETED|UNLOGGED| LOCKED |
+//! +----------------+----------------------------------+--------+-------+--------+--------+
+//! ```
+//! The **hash tag** (the top 16 bits of the key's hash) is written when the slot is claimed and
+//! never changes while the slot's table lives: a probe skips slots of other keys without
+//! touching their nodes, and a lookup of an absent key touches no node at all (one cache line
+//! of slots, usually). The node is one of:
 //!
-//! | head | state | a reader sees |
-//! |---|---|---|
-//! | null, tag 0 | live, no value (freshly inserted, or held by a batch for an absent key) | absent |
-//! | null, tag [`RETIRED`] | **terminal**: the key was deleted through this cell | absent |
-//! | `Node::Version` | a committed version | that version |
-//! | `Node::Locked` | held by a batch in flight | `before` until the batch's one status word flips to committed, then `after` |
-//! | any of the above, tag [`UNLOGGED`] | **settling** (journaled stores only): written, its journal record not yet taken | what it would see untagged |
+//! | word | state | node | a reader sees |
+//! |---|---|---|---|
+//! | `0` | **empty**: never claimed in this table | — | absent, and the probe stops |
+//! | tag \| [`Record`] | a committed **version** | key, hash, indices, flags, value inline | that version |
+//! | tag \| [`Tomb`] \| `DELETED` | **deleted**: the slot stays the key's | key, hash, the delete's index | absent |
+//! | tag \| [`Lock`] \| `LOCKED` | held by a **batch** in flight | key, `Txn`, `before` and `after` words | `before` until the batch's one status word flips to committed, then `after` |
+//! | any of the above \| `UNLOGGED` | **settling** (journaled stores): written, its journal record not yet taken | as untagged | what it would see untagged |
+//! | any settled, unlocked state \| `FROZEN` | being **moved** to the next table by a resize | as unfrozen | what it would see unfrozen |
 //!
 //! # Transitions
-//! - Single-key write: load `head` (Acquire), decide from what it shows, take an index from the
-//!   global counter, CAS `head` from what was loaded to the new version (AcqRel). A `Locked`
-//!   head makes the writer wait; a `RETIRED` head makes it unlink the cell from the index and
-//!   start again with a fresh cell.
-//! - Delete: CAS a version to `RETIRED`, then unlink the cell from the index. Because `RETIRED`
-//!   is terminal, a writer that still holds the old cell can never land a write in it: its CAS
-//!   fails, it sees `RETIRED`, and retries on a fresh cell. A delete racing a re-create never
-//!   loses the re-create.
-//! - Batch: CAS `head` to a `Locked` node naming the transaction and the `before` it replaced;
-//!   only the lock holder changes a `Locked` head again, with a plain store (see `batch.rs`).
-//! - Journaled store (see [`crate::journal`]): a single-key write or delete installs its head
-//!   tagged [`UNLOGGED`], hands the mutation to the journal, then clears the tag with a plain
-//!   store ([`Cell::settle`]); a batch hands its record over while it still holds its locks.
-//!   Every writer treats a settling head like a locked one and waits, so per key the journal
-//!   receives mutations in the order they were applied. A deleted cell is unlinked only after
-//!   it settled, so a re-create on a fresh cell cannot reach the journal before the delete.
+//! - Single-key write: Acquire-load the word, decide from what it shows, take an index from the
+//!   global counter, CAS the word to a new [`Record`] (AcqRel). A locked or settling word makes
+//!   the writer wait; a frozen one makes it help the resize and start again in the next table.
+//! - Delete: CAS a version to a [`Tomb`] tagged `DELETED` (the old record is retired). The slot
+//!   stays bound to the key, so a re-create CASes from the tomb: a writer that loaded the old
+//!   version can never land a write after the delete, because its expected word is gone.
+//! - Batch: CAS the word to `Lock | LOCKED`; only the lock holder changes it again, with a plain
+//!   store (see `batch.rs`).
+//! - Journaled store (see [`crate::journal`]): a single-key write or delete installs its word
+//!   tagged `UNLOGGED`, hands the mutation to the journal, then clears the tag with a plain
+//!   store ([`Settling`]); a batch hands its record over while it still holds its locks.
+//! - Resize: the copier waits while a word is locked or settling, then CASes it to itself plus
+//!   `FROZEN`; no one changes a frozen word again (see `table.rs`).
 //!
 //! # Invariants
-//! - `RETIRED` is terminal, and a cell is unlinked from the index only once it is `RETIRED`
-//!   and settled.
-//! - Only the writer that installed an `UNLOGGED` head changes it again (to the same head
-//!   untagged); nobody else CASes from a settling head.
-//! - A node pointed to by `head` (or by a published `Locked` node's `before`/`after`) is freed
-//!   only through the epoch collector, after it was unlinked, so a pinned reader can always
-//!   dereference what it loaded.
+//! - A claimed slot never becomes empty again, and a slot's hash tag and key never change while
+//!   its table lives (so a probe that passed a slot never needs to look at it again).
+//! - Only the lock holder changes a `LOCKED` word; only the installer changes an `UNLOGGED`
+//!   word (to the same word untagged); nobody changes a `FROZEN` word.
+//! - A node reachable from a slot (or from a published lock's `before`/`after`) is freed only
+//!   through the epoch collector after it became unreachable, so a pinned reader can always
+//!   dereference what it loaded. Records and tombs are immutable once published.
 //! - Per key, `modify_index` strictly increases: every writer takes its index *after* its
-//!   Acquire load of the head it replaces, and that head's index was taken before the head was
+//!   Acquire load of the word it replaces, and that word's index was taken before it was
 //!   published, so the counter's single modification order puts the new index above it.
 
-use crate::sync::epoch::{self, Atomic, Guard, Owned, Shared};
-use crate::sync::{Arc, AtomicU8, Ordering, StdArc};
+use std::borrow::Borrow;
 
-/// Tag of a null `head`: a cell whose key was deleted through it. Terminal.
-pub(crate) const RETIRED: usize = 1;
+use crate::sync::epoch::Guard;
+use crate::sync::{epoch, Arc, AtomicU64, AtomicU8, Ordering};
 
-/// Tag of a head (a version, or `RETIRED`) whose journal record has not been taken yet.
-/// Readers ignore it; writers wait until it is cleared. Never set on an unjournaled store.
-pub(crate) const UNLOGGED: usize = 2;
+/// The word of an empty slot.
+pub(crate) const EMPTY: u64 = 0;
+/// The word points to a [`Lock`].
+pub(crate) const LOCKED: u64 = 1;
+/// Written, but its journal record is not taken yet (journaled stores only).
+pub(crate) const UNLOGGED: u64 = 2;
+/// The word points to a [`Tomb`]: the key is absent.
+pub(crate) const DELETED: u64 = 4;
+/// The word is being moved to the next table; nobody changes it any more.
+pub(crate) const FROZEN: u64 = 8;
+/// The node address bits. Nodes are 16-aligned (the four low bits are the tags above) and live
+/// below 2^48, as every user-space address does on the 64-bit targets this crate supports
+/// (checked when a node is made).
+const ADDRESS: u64 = 0x0000_FFFF_FFFF_FFF0;
+/// Where the hash tag sits.
+const TAG_SHIFT: u32 = 48;
 
-/// One key's state. See the module docs for the layout and its transitions.
-pub(crate) struct Cell<V> {
-    pub(crate) head: Atomic<Node<V>>,
+/// The hash tag of `hash` in slot-word position.
+#[inline]
+pub(crate) fn hash_tag(hash: u64) -> u64 {
+    hash & !(u64::MAX >> (64 - TAG_SHIFT))
 }
 
-/// What a non-null `head` points to.
-pub(crate) enum Node<V> {
-    Version(Version<V>),
-    Locked(Lock<V>),
+/// Whether `word` carries the hash tag `tag` (as made by [`hash_tag`]).
+#[inline]
+pub(crate) fn has_tag(word: u64, tag: u64) -> bool {
+    word & !(u64::MAX >> (64 - TAG_SHIFT)) == tag
 }
 
-/// An immutable committed version of a key.
-pub(crate) struct Version<V> {
-    pub(crate) value: StdArc<V>,
-    pub(crate) flags: u64,
+/// The node address of a word (0 for an empty slot).
+#[inline]
+pub(crate) fn address(word: u64) -> u64 {
+    word & ADDRESS
+}
+
+/// A word for node `ptr` with the hash tag `tag` and the state bits `bits`.
+#[inline]
+pub(crate) fn word_of<T>(ptr: *mut T, tag: u64, bits: u64) -> u64 {
+    let addr = ptr.expose_provenance() as u64;
+    assert!(
+        addr & !ADDRESS == 0,
+        "caskv: node address {addr:#x} is not 16-aligned below 2^48"
+    );
+    addr | tag | bits
+}
+
+/// The node of a word, as a raw pointer of the type the word's bits say it is.
+#[inline]
+pub(crate) fn node_of<T>(word: u64) -> *mut T {
+    std::ptr::with_exposed_provenance_mut(address(word) as usize)
+}
+
+/// The part every node starts with: what a probe compares.
+#[repr(C)]
+pub(crate) struct Keyed<K> {
+    pub(crate) hash: u64,
+    pub(crate) key: K,
+}
+
+/// The indices and flags of a version (or, in a [`Tomb`], of a delete).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meta {
     pub(crate) modify_index: u64,
     pub(crate) create_index: u64,
+    pub(crate) flags: u64,
 }
 
-/// A batch's hold on one cell.
+/// The common prefix of [`Record`] and [`Tomb`].
+#[repr(C)]
+pub(crate) struct Header<K> {
+    pub(crate) keyed: Keyed<K>,
+    pub(crate) meta: Meta,
+}
+
+/// An immutable committed version of a key, the value inline: what a read dereferences, in one
+/// allocation (the slot word points here).
+#[repr(C, align(16))]
+pub(crate) struct Record<K, V> {
+    pub(crate) header: Header<K>,
+    pub(crate) value: V,
+}
+
+/// A deleted key: its key (so the slot stays the key's) and the index of the delete in
+/// `meta.modify_index` (0 when a batch claimed the slot for an absent key and left it absent).
+#[repr(C, align(16))]
+pub(crate) struct Tomb<K> {
+    pub(crate) header: Header<K>,
+}
+
+/// A batch's hold on one slot.
 ///
-/// `before` is the head the batch replaced (a version, or null for vacant) and never changes.
-/// `after` is written by the lock holder before it flips [`Txn::state`] to committed, and is
-/// read only by threads that saw the committed state.
-pub(crate) struct Lock<V> {
+/// `before` is the word the batch replaced and never changes. `after` is written by the lock
+/// holder before it flips [`Txn::state`] to committed, and is read only by threads that saw the
+/// committed state.
+#[repr(C, align(16))]
+pub(crate) struct Lock<K> {
+    pub(crate) keyed: Keyed<K>,
     pub(crate) txn: Arc<Txn>,
-    pub(crate) before: Atomic<Node<V>>,
-    pub(crate) after: Atomic<Node<V>>,
+    pub(crate) before: u64,
+    pub(crate) after: AtomicU64,
 }
 
-/// The one commit point of a batch: every `Locked` node of the batch points here.
+/// The one commit point of a batch: every [`Lock`] of the batch points here.
 ///
 /// # Invariant
 /// `state` goes from [`Txn::PENDING`] to [`Txn::COMMITTED`] at most once and never back; a
@@ -113,194 +188,238 @@ impl Txn {
     }
 }
 
-/// A head as a caller must treat it.
-pub(crate) enum Head<'g, V> {
-    /// The key is absent and the cell is live: a write may CAS from `raw`.
-    Vacant,
+/// A slot word as a caller must treat it.
+pub(crate) enum State<'g, K, V> {
+    /// No version: the slot is empty (a write may claim it) or holds a tomb.
+    Absent,
     /// A committed version.
-    Present(&'g Version<V>),
-    /// Held by a batch in flight; `visible` is what a reader sees now.
-    Locked(Option<&'g Version<V>>),
-    /// Written but not yet journaled (a journaled store only): readers see `visible`, writers
-    /// wait for the writer that installed it to settle it.
-    Unlogged(Option<&'g Version<V>>),
-    /// Terminal: unlink the cell and use a fresh one.
-    Retired,
+    Present(&'g Record<K, V>),
+    /// Held by a batch in flight: writers wait for the holder (readers use [`visible`]).
+    Locked,
+    /// Written but not yet journaled: writers wait for the installer (readers use [`visible`]).
+    Unlogged,
+    /// Being moved by a resize: readers see `visible`, writers help and retry in the next table.
+    Frozen(Option<&'g Record<K, V>>),
 }
 
-impl<V> Cell<V> {
-    pub(crate) fn vacant() -> Self {
-        Cell {
-            head: Atomic::null(),
-        }
+/// Classifies a word loaded (Acquire) from a slot of a table the caller reached under `guard`.
+///
+/// # Safety
+/// `word` was loaded from a slot under `guard`, or is a `before`/`after` word of a lock loaded
+/// so (module invariants: its node is then live for `'g`).
+#[inline]
+pub(crate) unsafe fn classify<'g, K, V>(word: u64, guard: &'g Guard) -> State<'g, K, V> {
+    if word & LOCKED != 0 {
+        return State::Locked;
     }
-
-    /// Loads the head and classifies it.
-    pub(crate) fn load<'g>(&self, guard: &'g Guard) -> (Shared<'g, Node<V>>, Head<'g, V>) {
-        // Acquire: pairs with the Release half of every CAS or store that published a head, so
-        // the node's fields (and the index counter's progress, see the module invariants) are
-        // visible before we look at them.
-        let raw = self.head.load(Ordering::Acquire, guard);
-        (raw, classify(raw, guard))
+    if word & UNLOGGED != 0 {
+        return State::Unlogged;
     }
-
-    /// What a reader sees: the current version, if any. Never waits, never writes.
-    pub(crate) fn read<'g>(&self, guard: &'g Guard) -> Option<&'g Version<V>> {
-        match self.load(guard).1 {
-            Head::Present(v) => Some(v),
-            Head::Locked(visible) | Head::Unlogged(visible) => visible,
-            Head::Vacant | Head::Retired => None,
-        }
+    // SAFETY: forwarded from the caller.
+    let visible = unsafe { visible(word, guard) };
+    if word & FROZEN != 0 {
+        return State::Frozen(visible);
     }
-
-    /// CAS the head from `current` to `new`. On failure hands `new` back.
-    pub(crate) fn swap_from<'g>(
-        &self,
-        current: Shared<'g, Node<V>>,
-        new: Owned<Node<V>>,
-        guard: &'g Guard,
-    ) -> Result<Shared<'g, Node<V>>, Owned<Node<V>>> {
-        // AcqRel: Release publishes the new node's fields to the Acquire in `load`; Acquire
-        // orders this CAS after the head it replaces, like the load that found it.
-        match self
-            .head
-            .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire, guard)
-        {
-            Ok(installed) => Ok(installed),
-            Err(e) => Err(e.new),
-        }
-    }
-
-    /// CAS the head from `current` to `RETIRED` (plus `extra_tag`, [`UNLOGGED`] on a
-    /// journaled store). Returns whether this call retired the cell.
-    pub(crate) fn retire_from<'g>(
-        &self,
-        current: Shared<'g, Node<V>>,
-        extra_tag: usize,
-        guard: &'g Guard,
-    ) -> bool {
-        let retired = Shared::null().with_tag(RETIRED | extra_tag);
-        // AcqRel: as in `swap_from`; a reader that sees RETIRED must not see the key again
-        // through this cell, and the Release orders our earlier index take before it.
-        self.head
-            .compare_exchange(current, retired, Ordering::AcqRel, Ordering::Acquire, guard)
-            .is_ok()
-    }
-
-    /// Clears the [`UNLOGGED`] tag of the head this thread installed as `installed`, once the
-    /// journal has the record. Only the installer calls this (module invariants), so a plain
-    /// store suffices.
-    pub(crate) fn settle(&self, installed: Shared<'_, Node<V>>) {
-        debug_assert!(installed.tag() & UNLOGGED != 0, "settling a settled head");
-        // Release: pairs with the Acquire in `load`, so a writer that sees the settled head
-        // also sees everything the journal did while the key was settling.
-        self.head.store(
-            installed.with_tag(installed.tag() & !UNLOGGED),
-            Ordering::Release,
-        );
+    match visible {
+        Some(r) => State::Present(r),
+        None => State::Absent,
     }
 }
 
-fn classify<'g, V>(raw: Shared<'g, Node<V>>, guard: &'g Guard) -> Head<'g, V> {
-    let unlogged = raw.tag() & UNLOGGED != 0;
-    // SAFETY: `raw` was loaded from a head under `guard`; nodes are freed only through the
-    // epoch collector after being unlinked (module invariants), so it is valid for 'g.
-    match unsafe { raw.as_ref() } {
-        None if unlogged => Head::Unlogged(None),
-        None if raw.tag() & RETIRED != 0 => Head::Retired,
-        None => Head::Vacant,
-        Some(Node::Version(v)) if unlogged => Head::Unlogged(Some(v)),
-        Some(Node::Version(v)) => Head::Present(v),
-        Some(Node::Locked(lock)) => Head::Locked(lock.visible(guard)),
-    }
-}
-
-impl<V> Lock<V> {
-    /// The version a reader sees through this lock: `after` once the batch committed, `before`
-    /// until then.
-    pub(crate) fn visible<'g>(&self, guard: &'g Guard) -> Option<&'g Version<V>> {
-        let side = if self.txn.is_committed() {
-            // Relaxed: ordered by the Acquire in `is_committed` (the holder stored `after`
-            // before its Release of COMMITTED).
-            self.after.load(Ordering::Relaxed, guard)
-        } else {
-            // Relaxed: `before` was written before this lock node was published, and we reached
-            // the node through an Acquire load of the head.
-            self.before.load(Ordering::Relaxed, guard)
-        };
-        // SAFETY: `before` stays allocated until the holder replaces the lock and retires it
-        // through the collector; `after` is allocated before COMMITTED is published and becomes
-        // the head (or is retired) only through the collector. We are pinned by `guard`.
-        match unsafe { side.as_ref() } {
-            Some(Node::Version(v)) => Some(v),
-            // A lock's sides are only ever versions or null.
-            Some(Node::Locked(_)) | None => None,
+/// What a reader sees through `word`: never waits, never writes.
+///
+/// # Safety
+/// As [`classify`].
+#[inline]
+pub(crate) unsafe fn visible<K, V>(word: u64, guard: &Guard) -> Option<&Record<K, V>> {
+    let _ = guard;
+    if word & (LOCKED | DELETED) == 0 {
+        if address(word) == 0 {
+            return None;
         }
+        // SAFETY: an unlocked, undeleted word with an address points to a `Record`, live for
+        // 'g (the caller's contract).
+        return Some(unsafe { &*node_of::<Record<K, V>>(word) });
+    }
+    if word & DELETED != 0 {
+        return None;
+    }
+    // SAFETY: a LOCKED word points to a `Lock`, live for 'g (the caller's contract).
+    let lock = unsafe { &*node_of::<Lock<K>>(word) };
+    let side = if lock.txn.is_committed() {
+        // Relaxed: ordered by the Acquire in `is_committed` (the holder stored `after` before
+        // its Release of COMMITTED).
+        lock.after.load(Ordering::Relaxed)
+    } else {
+        lock.before
+    };
+    // A lock's sides are never locked themselves, so this recursion is one level deep.
+    // SAFETY: `before` stays allocated until the holder replaced the lock and retired it
+    // through the collector; `after` is allocated before COMMITTED is published and retired
+    // only through the collector. We are pinned by `guard`.
+    unsafe { visible(side, guard) }
+}
+
+/// Whether the node of `word` (not empty) belongs to `key`.
+///
+/// # Safety
+/// As [`classify`], and `address(word) != 0`.
+#[inline]
+pub(crate) unsafe fn holds_key<K, Q>(word: u64, hash: u64, key: &Q) -> bool
+where
+    K: Borrow<Q>,
+    Q: Eq + ?Sized,
+{
+    // SAFETY: every node type starts with a `Keyed<K>` (`repr(C)`), live for the caller's pin.
+    let keyed = unsafe { &*node_of::<Keyed<K>>(word) };
+    keyed.hash == hash && keyed.key.borrow() == key
+}
+
+impl<K, V> Record<K, V> {
+    /// A new record on the heap, as a slot word with hash tag and `bits`.
+    pub(crate) fn word(hash: u64, key: K, value: V, meta: Meta, bits: u64) -> u64 {
+        let ptr = Box::into_raw(Box::new(Record {
+            header: Header {
+                keyed: Keyed { hash, key },
+                meta,
+            },
+            value,
+        }));
+        word_of(ptr, hash_tag(hash), bits)
+    }
+
+    /// Frees the record of `word` now.
+    ///
+    /// # Safety
+    /// `word` points to a `Record<K, V>` that no thread can reach any more, freed once.
+    pub(crate) unsafe fn free(word: u64) {
+        // SAFETY: the caller's contract; records are made by `Box` in `Record::word`.
+        drop(unsafe { Box::from_raw(node_of::<Record<K, V>>(word)) });
+    }
+
+    /// Takes the record of an unpublished `word` back (a lost race): its key and value.
+    ///
+    /// # Safety
+    /// `word` came from [`Record::word`] and was never published.
+    pub(crate) unsafe fn unpublished(word: u64) -> Box<Record<K, V>> {
+        // SAFETY: the caller's contract.
+        unsafe { Box::from_raw(node_of::<Record<K, V>>(word)) }
     }
 }
 
-impl<V> Drop for Cell<V> {
-    fn drop(&mut self) {
-        // SAFETY: `&mut self` means no thread can reach this cell any more (the index dropped
-        // it after its last guard ended), so nobody else can load the head.
-        unsafe {
-            let guard = epoch::unprotected();
-            let head = self.head.load(Ordering::Relaxed, guard);
-            if !head.is_null() {
-                // A dropped cell holds a version (the store itself is being dropped) or nothing;
-                // a lock is released before the batch that took it returns or unwinds.
-                drop(head.into_owned());
-            }
-        }
+impl<K> Tomb<K> {
+    /// A new tomb on the heap, as a slot word tagged `DELETED` plus `bits`.
+    pub(crate) fn word(hash: u64, key: K, delete_index: u64, bits: u64) -> u64 {
+        let ptr = Box::into_raw(Box::new(Tomb {
+            header: Header {
+                keyed: Keyed { hash, key },
+                meta: Meta {
+                    modify_index: delete_index,
+                    create_index: 0,
+                    flags: 0,
+                },
+            },
+        }));
+        word_of(ptr, hash_tag(hash), DELETED | bits)
+    }
+
+    /// Frees the tomb of `word` now.
+    ///
+    /// # Safety
+    /// As [`Record::free`], for a `Tomb<K>`.
+    pub(crate) unsafe fn free(word: u64) {
+        // SAFETY: the caller's contract; tombs are made by `Box` in `Tomb::word`.
+        drop(unsafe { Box::from_raw(node_of::<Tomb<K>>(word)) });
     }
 }
 
-/// Settles a head this thread installed tagged [`UNLOGGED`] when dropped: after the journal
+impl<K> Lock<K> {
+    /// A new lock on the heap over `before`, as a slot word tagged `LOCKED`.
+    pub(crate) fn word(hash: u64, key: K, txn: Arc<Txn>, before: u64) -> u64 {
+        let ptr = Box::into_raw(Box::new(Lock {
+            keyed: Keyed { hash, key },
+            txn,
+            before,
+            after: AtomicU64::new(EMPTY),
+        }));
+        word_of(ptr, hash_tag(hash), LOCKED)
+    }
+
+    /// Frees the lock of `word` now.
+    ///
+    /// # Safety
+    /// As [`Record::free`], for a `Lock<K>`.
+    pub(crate) unsafe fn free(word: u64) {
+        // SAFETY: the caller's contract; locks are made by `Box` in `Lock::word`.
+        drop(unsafe { Box::from_raw(node_of::<Lock<K>>(word)) });
+    }
+}
+
+/// Frees the node of a settled, unlocked `word` now: a record, a tomb, or nothing.
+///
+/// # Safety
+/// No thread can reach the node any more, and it is freed once.
+pub(crate) unsafe fn free_node<K, V>(word: u64) {
+    if address(word) == 0 {
+        return;
+    }
+    debug_assert!(word & LOCKED == 0, "freeing a lock as a version");
+    if word & DELETED != 0 {
+        // SAFETY: the caller's contract; a DELETED word points to a tomb.
+        unsafe { Tomb::<K>::free(word) }
+    } else {
+        // SAFETY: the caller's contract; an undeleted, unlocked word points to a record.
+        unsafe { Record::<K, V>::free(word) }
+    }
+}
+
+/// Hands the node of `word` (a record, a tomb or a lock, by its bits) to the epoch collector,
+/// which frees it once every thread pinned before now has unpinned.
+///
+/// # Safety
+/// The node is unreachable for every thread that pins from now on (it was replaced in its
+/// slot, or its table is retired and no other table holds it), and it is retired once.
+pub(crate) unsafe fn retire<K, V>(word: u64, guard: &Guard)
+where
+    K: Send + 'static,
+    V: Send + 'static,
+{
+    if address(word) == 0 {
+        return;
+    }
+    if word & LOCKED != 0 {
+        // SAFETY: the caller's contract; a LOCKED word points to a lock.
+        unsafe { epoch::retire(guard, word, Lock::<K>::free) };
+    } else if word & DELETED != 0 {
+        // SAFETY: the caller's contract; a DELETED word points to a tomb.
+        unsafe { epoch::retire(guard, word, Tomb::<K>::free) };
+    } else {
+        // SAFETY: the caller's contract; an unlocked, undeleted word points to a record.
+        unsafe { epoch::retire(guard, word, Record::<K, V>::free) };
+    }
+}
+
+/// Settles a word this thread installed tagged [`UNLOGGED`] when dropped: after the journal
 /// took the record, or while unwinding from a journal that panicked, so the key never stays
 /// settling (and its writers never wait) forever.
-pub(crate) struct Settling<'c, 'g, V> {
-    cell: &'c Cell<V>,
-    installed: Shared<'g, Node<V>>,
+pub(crate) struct Settling<'c> {
+    slot: &'c AtomicU64,
+    installed: u64,
 }
 
-impl<'c, 'g, V> Settling<'c, 'g, V> {
-    pub(crate) fn new(cell: &'c Cell<V>, installed: Shared<'g, Node<V>>) -> Self {
-        Settling { cell, installed }
+impl<'c> Settling<'c> {
+    pub(crate) fn new(slot: &'c AtomicU64, installed: u64) -> Self {
+        debug_assert!(installed & UNLOGGED != 0, "settling a settled word");
+        Settling { slot, installed }
     }
 }
 
-impl<V> Drop for Settling<'_, '_, V> {
+impl Drop for Settling<'_> {
     fn drop(&mut self) {
-        self.cell.settle(self.installed);
-    }
-}
-
-impl<V> Version<V> {
-    pub(crate) fn node(
-        value: StdArc<V>,
-        flags: u64,
-        modify_index: u64,
-        create_index: u64,
-    ) -> Owned<Node<V>> {
-        Owned::new(Node::Version(Version {
-            value,
-            flags,
-            modify_index,
-            create_index,
-        }))
-    }
-}
-
-/// Sets the indices (and flags) of a version node that has not been published yet.
-pub(crate) fn restamp<V>(
-    node: &mut Owned<Node<V>>,
-    flags: u64,
-    modify_index: u64,
-    create_index: u64,
-) {
-    if let Node::Version(v) = &mut **node {
-        v.flags = flags;
-        v.modify_index = modify_index;
-        v.create_index = create_index;
+        // Release: pairs with the Acquire load of every later writer or copier, so one that
+        // sees the settled word also sees everything the journal did while the key settled.
+        // A plain store suffices: only the installer changes an UNLOGGED word.
+        self.slot
+            .store(self.installed & !UNLOGGED, Ordering::Release);
     }
 }

@@ -1,9 +1,11 @@
 //! What a read returns.
 
-use crate::cell::Version;
-use crate::sync::StdArc;
+use crate::cell::Record;
 
-/// An owned snapshot of one key's version. The value is shared with the store, not copied.
+/// An owned snapshot of one key's version: a clone of the value and its metadata. For values
+/// that are expensive to clone, store `Arc<T>` (a clone is then a reference-count increment),
+/// or borrow through [`Store::get_with`](crate::Store::get_with) or
+/// [`Pinned::get`](crate::Pinned::get).
 ///
 /// # Example
 /// ```
@@ -11,13 +13,13 @@ use crate::sync::StdArc;
 /// let store: Store<&str, u32> = Store::new();
 /// let index = store.set_with_flags("k", 7, 3);
 /// let entry = store.get("k").unwrap();
-/// assert_eq!((*entry.value, entry.flags, entry.modify_index, entry.create_index), (7, 3, index, index));
+/// assert_eq!((entry.value, entry.flags, entry.modify_index, entry.create_index), (7, 3, index, index));
 /// ```
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Entry<V> {
-    /// The value, shared with the store.
-    pub value: StdArc<V>,
+    /// The value (a clone of the stored one).
+    pub value: V,
     /// Opaque client flags (0 unless set).
     pub flags: u64,
     /// The index of the write that produced this version.
@@ -26,8 +28,9 @@ pub struct Entry<V> {
     pub create_index: u64,
 }
 
-/// A borrowed view of one key's version, valid while the [`Pinned`](crate::Pinned) handle it
-/// came from lives. Reading through it touches no shared memory at all.
+/// A borrowed view of one key's version, valid while the [`Pinned`](crate::Pinned) handle (or
+/// the [`Store::get_with`](crate::Store::get_with) call) it came from lives. Reading through it
+/// touches no shared memory at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EntryRef<'g, V> {
@@ -39,47 +42,36 @@ pub struct EntryRef<'g, V> {
     pub modify_index: u64,
     /// The index of the write that created the key.
     pub create_index: u64,
-    shared: &'g StdArc<V>,
 }
 
-impl<V> Clone for Entry<V> {
-    /// Shares the value: clones the `Arc`, never `V`.
-    fn clone(&self) -> Self {
+impl<V: Clone> Entry<V> {
+    pub(crate) fn of<K>(r: &Record<K, V>) -> Self {
         Entry {
-            value: self.value.clone(),
-            flags: self.flags,
-            modify_index: self.modify_index,
-            create_index: self.create_index,
-        }
-    }
-}
-
-impl<V> Entry<V> {
-    pub(crate) fn of(v: &Version<V>) -> Self {
-        Entry {
-            value: v.value.clone(),
-            flags: v.flags,
-            modify_index: v.modify_index,
-            create_index: v.create_index,
+            value: r.value.clone(),
+            flags: r.header.meta.flags,
+            modify_index: r.header.meta.modify_index,
+            create_index: r.header.meta.create_index,
         }
     }
 }
 
 impl<'g, V> EntryRef<'g, V> {
-    pub(crate) fn of(v: &'g Version<V>) -> Self {
+    pub(crate) fn of<K>(r: &'g Record<K, V>) -> Self {
         EntryRef {
-            value: &v.value,
-            shared: &v.value,
-            flags: v.flags,
-            modify_index: v.modify_index,
-            create_index: v.create_index,
+            value: &r.value,
+            flags: r.header.meta.flags,
+            modify_index: r.header.meta.modify_index,
+            create_index: r.header.meta.create_index,
         }
     }
 
-    /// An owned copy of this view (the value is shared, not copied).
-    pub fn to_entry(&self) -> Entry<V> {
+    /// An owned copy of this view (the value cloned).
+    pub fn to_entry(&self) -> Entry<V>
+    where
+        V: Clone,
+    {
         Entry {
-            value: self.shared.clone(),
+            value: self.value.clone(),
             flags: self.flags,
             modify_index: self.modify_index,
             create_index: self.create_index,

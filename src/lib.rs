@@ -63,12 +63,12 @@ mod cell;
 mod clock;
 mod entry;
 mod error;
-mod index;
 mod journal;
 pub mod persist;
 mod registry;
 mod store;
 mod sync;
+mod table;
 
 #[cfg(feature = "server")]
 pub mod cli;

@@ -108,7 +108,7 @@ pub struct ServiceEntry {
 }
 
 /// Errors of the registry: the store's, keyed by service name.
-pub type RegistryError = Error<String, Registration>;
+pub type RegistryError = Error<String, Arc<Registration>>;
 
 /// The service registry.
 ///
@@ -128,7 +128,7 @@ pub type RegistryError = Error<String, Registration>;
 /// assert!(renewed.expires_at >= before.expires_at);
 /// ```
 pub struct Registry {
-    store: Store<String, Registration>,
+    store: Store<String, Arc<Registration>>,
     ttl: Duration,
 }
 
@@ -146,12 +146,12 @@ impl Registry {
     }
 
     /// A registry over a store built elsewhere (a persistent one, with a journal).
-    pub(crate) fn with_store(store: Store<String, Registration>, ttl: Duration) -> Self {
+    pub(crate) fn with_store(store: Store<String, Arc<Registration>>, ttl: Duration) -> Self {
         Registry { store, ttl }
     }
 
     /// The store of registrations.
-    pub(crate) fn store(&self) -> &Store<String, Registration> {
+    pub(crate) fn store(&self) -> &Store<String, Arc<Registration>> {
         &self.store
     }
 
@@ -165,7 +165,7 @@ impl Registry {
     }
 
     /// Reads a live registration, reaping it if it expired.
-    fn live(&self, name: &str, now: u64) -> Option<Entry<Registration>> {
+    fn live(&self, name: &str, now: u64) -> Option<Entry<Arc<Registration>>> {
         let entry = self.store.get(name)?;
         if entry.value.is_live(now) {
             Some(entry)
@@ -177,7 +177,7 @@ impl Registry {
 
     /// Deletes an expired registration at its index, unless a heartbeat renewed it first.
     /// Returns whether this call removed it.
-    fn reap(&self, name: &str, entry: &Entry<Registration>, now: u64) -> bool {
+    fn reap(&self, name: &str, entry: &Entry<Arc<Registration>>, now: u64) -> bool {
         let seen = entry.value.deadline();
         if seen > now {
             return false;
@@ -218,10 +218,10 @@ impl Registry {
         let now = now_ms();
         let name = service.name.clone();
         let _ = self.live(&name, now); // an expired registration counts as absent
-        let registration = Registration {
+        let registration = Arc::new(Registration {
             service,
             expires_at_ms: AtomicU64::new(self.deadline_from(now)),
-        };
+        });
         match cas {
             None => Ok(self.store.write_set(name, registration, None)),
             Some(expected) => self.store.write_set_cas(name, registration, expected, None),
@@ -365,7 +365,7 @@ impl Codec for Registration {
     }
 }
 
-fn entry_of(e: &Entry<Registration>) -> ServiceEntry {
+fn entry_of(e: &Entry<Arc<Registration>>) -> ServiceEntry {
     ServiceEntry {
         service: e.value.service.clone(),
         modify_index: e.modify_index,

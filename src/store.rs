@@ -5,14 +5,14 @@ use std::convert::Infallible;
 use std::hash::Hash;
 use std::time::Duration;
 
-use crate::cell::{restamp, Head, Node, Settling, Version, RETIRED, UNLOGGED};
+use crate::cell::{self, classify, visible, Meta, Record, Settling, State, Tomb, UNLOGGED};
 use crate::clock::GlobalIndex;
 use crate::entry::{Entry, EntryRef};
 use crate::error::{Conflict, Error, Expected};
-use crate::index::{CellRef, Index, Pin};
 use crate::journal::{Journal, Mutation, Written};
-use crate::sync::epoch::Shared;
-use crate::sync::{Backoff, StdArc};
+use crate::sync::epoch::Guard;
+use crate::sync::{AtomicU64, Backoff, Ordering, StdArc};
+use crate::table::{Claim, Located, Raw, Table};
 
 /// The default bound on operations in one batch.
 pub const DEFAULT_MAX_BATCH: usize = 1000;
@@ -20,9 +20,12 @@ pub const DEFAULT_MAX_BATCH: usize = 1000;
 /// A concurrent versioned key-value store. See the [crate docs](crate) for the consistency model.
 ///
 /// Keys need `Hash + Eq + Ord + Clone` (`Ord` gives batches their one global lock order and
-/// listings their order). Values are stored behind a `std::sync::Arc` and shared with readers;
-/// they must be `Send + 'static` because a replaced version is dropped later by the epoch
-/// collector, possibly on another thread and after the store itself is gone.
+/// listings their order). Values are stored **inline**, next to their key and indices, in one
+/// allocation per version; [`get`](Store::get) hands out a clone of the value (as moka and
+/// scc do) and [`get_with`](Store::get_with) or [`Pinned::get`] borrow it without copying. For
+/// values that are expensive to clone, store an `Arc<T>`. Keys and values must be
+/// `Send + 'static` because a replaced version is dropped later by the epoch collector,
+/// possibly on another thread and after the store itself is gone.
 ///
 /// # Example
 /// ```
@@ -34,7 +37,7 @@ pub const DEFAULT_MAX_BATCH: usize = 1000;
 /// assert!(store.get("lock").is_none());
 /// ```
 pub struct Store<K, V> {
-    pub(crate) index: Index<K, V>,
+    pub(crate) raw: Raw<K, V>,
     pub(crate) clock: StdArc<GlobalIndex>,
     pub(crate) config: Config,
     /// Where committed mutations go, in per-key order (see [`crate::journal`]).
@@ -44,6 +47,7 @@ pub struct Store<K, V> {
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) max_batch: usize,
+    pub(crate) capacity: usize,
     pub(crate) update_attempts: u32,
     pub(crate) update_backoff: (Duration, Duration),
 }
@@ -52,6 +56,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             max_batch: DEFAULT_MAX_BATCH,
+            capacity: 0,
             update_attempts: 10,
             update_backoff: (Duration::from_micros(50), Duration::from_millis(10)),
         }
@@ -79,6 +84,13 @@ impl StoreBuilder {
     /// The most operations one batch may hold. Default [`DEFAULT_MAX_BATCH`] (1000).
     pub fn max_batch(mut self, max: usize) -> Self {
         self.config.max_batch = max;
+        self
+    }
+
+    /// Room for `keys` keys before the table first grows. Default 0 (a small table that
+    /// grows by doubling, copying its slots: no key or value is cloned).
+    pub fn capacity(mut self, keys: usize) -> Self {
+        self.config.capacity = keys;
         self
     }
 
@@ -112,9 +124,13 @@ impl StoreBuilder {
     }
 
     /// Builds the store.
-    pub fn build<K: Hash + Eq, V>(self) -> Store<K, V> {
+    pub fn build<K, V>(self) -> Store<K, V>
+    where
+        K: Hash + Eq + Send + 'static,
+        V: Send + 'static,
+    {
         Store {
-            index: Index::new(),
+            raw: Raw::with_capacity(self.config.capacity),
             clock: self.clock.unwrap_or_default(),
             config: self.config,
             journal: None,
@@ -124,7 +140,11 @@ impl StoreBuilder {
     /// Builds a store that hands every committed mutation to `journal`, in per-key order
     /// (see [`Journal`]). Writers of a key wait while its previous mutation is being recorded,
     /// so single-key writes are no longer lock-free; reads still never wait.
-    pub fn build_journaled<K: Hash + Eq, V>(self, journal: Box<dyn Journal<K, V>>) -> Store<K, V> {
+    pub fn build_journaled<K, V>(self, journal: Box<dyn Journal<K, V>>) -> Store<K, V>
+    where
+        K: Hash + Eq + Send + 'static,
+        V: Send + 'static,
+    {
         Store {
             journal: Some(journal),
             ..self.build()
@@ -132,7 +152,8 @@ impl StoreBuilder {
     }
 }
 
-/// A pinned read handle: many reads under one pin, each touching no shared memory.
+/// A pinned read handle: many reads under one pin, each touching no shared memory and making
+/// no atomic read-modify-write.
 ///
 /// Hold it briefly: while it lives, memory retired by writers cannot be reclaimed.
 ///
@@ -147,31 +168,46 @@ impl StoreBuilder {
 /// ```
 pub struct Pinned<'s, K, V> {
     store: &'s Store<K, V>,
-    pin: Pin<'s>,
+    guard: Guard,
 }
 
-/// Where a single-key write stands after looking at the current version.
-enum Step<'g, V> {
-    /// Try again from a fresh look (the cell was locked or retired).
+/// Where a single-key write stands after looking at the key's slot.
+enum Step<'g, K, V> {
+    /// Try again from a fresh look (the slot was locked, settling or frozen).
     Retry,
-    /// Write: CAS `cell` from `raw`.
-    Write {
-        cell: CellRef<'g, V>,
-        raw: Shared<'g, Node<V>>,
-        current: Option<&'g Version<V>>,
+    /// The key has a slot: CAS it from `word`.
+    Slot {
+        slot: &'g AtomicU64,
+        word: u64,
+        current: Option<&'g Record<K, V>>,
     },
-    /// The key is absent and the decision needs nothing written.
-    Absent,
+    /// The key has no slot: claim the empty `slot` of `table`.
+    Vacant {
+        table: &'g Table,
+        slot: &'g AtomicU64,
+    },
 }
 
 impl<K, V> Store<K, V>
 where
-    K: Hash + Eq + Ord + Clone,
-    V: Send + 'static,
+    K: Hash + Eq + Ord + Clone + Send + 'static,
+    V: Clone + Send + 'static,
 {
     /// An empty store with the default configuration.
     pub fn new() -> Self {
         StoreBuilder::default().build()
+    }
+
+    /// An empty store with room for `keys` keys before its table first grows.
+    ///
+    /// ```
+    /// # use caskv::Store;
+    /// let store: Store<u64, u64> = Store::with_capacity(1 << 20);
+    /// store.set(1, 10);
+    /// assert_eq!(store.get(&1).unwrap().value, 10);
+    /// ```
+    pub fn with_capacity(keys: usize) -> Self {
+        StoreBuilder::default().capacity(keys).build()
     }
 
     /// The global index this store draws from.
@@ -183,26 +219,60 @@ where
     pub fn pin(&self) -> Pinned<'_, K, V> {
         Pinned {
             store: self,
-            pin: self.index.pin(),
+            guard: self.raw.pin(),
         }
     }
 
-    /// The key's current entry, or `None`. Lock-free; never waits for a writer.
+    /// The record a reader sees for `key` under `guard`.
+    #[inline]
+    fn read<'g, Q>(&self, key: &Q, guard: &'g Guard) -> Option<&'g Record<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.raw.hash(key);
+        let table = self.raw.table(guard);
+        let word = self.raw.find(table, hash, key)?;
+        // SAFETY: `word` was loaded from a slot of a table reached under `guard`.
+        unsafe { visible(word, guard) }
+    }
+
+    /// The key's current entry (the value cloned), or `None`. Lock-free; never waits for a
+    /// writer; one atomic read-modify-write (the epoch pin).
     ///
     /// ```
     /// # use caskv::Store;
     /// let store: Store<&str, &str> = Store::new();
     /// store.set("k", "v");
-    /// assert_eq!(*store.get("k").unwrap().value, "v");
+    /// assert_eq!(store.get("k").unwrap().value, "v");
     /// ```
+    #[inline]
     pub fn get<Q>(&self, key: &Q) -> Option<Entry<V>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let pin = self.index.pin();
-        let cell = self.index.get(key, &pin)?;
-        cell.read(&pin.epoch).map(Entry::of)
+        let guard = self.raw.pin();
+        self.read(key, &guard).map(Entry::of)
+    }
+
+    /// Calls `f` with the key's current entry, borrowed (nothing is cloned), and returns what
+    /// it returns; `None` if the key is absent.
+    ///
+    /// ```
+    /// # use caskv::Store;
+    /// let store: Store<&str, Vec<u8>> = Store::new();
+    /// store.set("k", vec![1, 2, 3]);
+    /// assert_eq!(store.get_with("k", |e| e.value.len()), Some(3));
+    /// ```
+    #[inline]
+    pub fn get_with<Q, R>(&self, key: &Q, f: impl FnOnce(EntryRef<'_, V>) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let guard = self.raw.pin();
+        self.read(key, &guard).map(|r| f(EntryRef::of(r)))
     }
 
     /// Whether the key is present.
@@ -211,10 +281,8 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let pin = self.index.pin();
-        self.index
-            .get(key, &pin)
-            .is_some_and(|cell| cell.read(&pin.epoch).is_some())
+        let guard = self.raw.pin();
+        self.read(key, &guard).is_some()
     }
 
     /// Sets the key, keeping its flags if it exists (0 for a new key). Returns the new
@@ -228,12 +296,12 @@ where
     /// assert!(b > a);
     /// assert_eq!(store.get("k").unwrap().create_index, a);
     /// ```
-    pub fn set(&self, key: K, value: impl Into<StdArc<V>>) -> u64 {
+    pub fn set(&self, key: K, value: V) -> u64 {
         self.write_set(key, value, None).index
     }
 
     /// Sets the key and its flags. Returns the new `modify_index`.
-    pub fn set_with_flags(&self, key: K, value: impl Into<StdArc<V>>, flags: u64) -> u64 {
+    pub fn set_with_flags(&self, key: K, value: V, flags: u64) -> u64 {
         self.write_set(key, value, Some(flags)).index
     }
 
@@ -244,12 +312,7 @@ where
     /// [`Error::NotFound`]. A call whose condition fails at its first look allocates nothing and
     /// takes no index; one that first passes, loses a race to another writer and then fails has
     /// consumed an index (a gap in the sequence, never a reuse).
-    pub fn set_cas(
-        &self,
-        key: K,
-        value: impl Into<StdArc<V>>,
-        expected: u64,
-    ) -> Result<u64, Error<K, V>> {
+    pub fn set_cas(&self, key: K, value: V, expected: u64) -> Result<u64, Error<K, V>> {
         Ok(self.write_set_cas(key, value, expected, None)?.index)
     }
 
@@ -257,7 +320,7 @@ where
     pub fn set_cas_with_flags(
         &self,
         key: K,
-        value: impl Into<StdArc<V>>,
+        value: V,
         expected: u64,
         flags: u64,
     ) -> Result<u64, Error<K, V>> {
@@ -303,12 +366,7 @@ where
     }
 
     /// `set`/`set_with_flags` with the journal ticket.
-    pub(crate) fn write_set(
-        &self,
-        key: K,
-        value: impl Into<StdArc<V>>,
-        flags: Option<u64>,
-    ) -> Written {
+    pub(crate) fn write_set(&self, key: K, value: V, flags: Option<u64>) -> Written {
         match self.put(key, value, |_, current| {
             Ok::<_, Infallible>(flags_or_kept(flags, current))
         }) {
@@ -322,7 +380,7 @@ where
     pub(crate) fn write_set_cas(
         &self,
         key: K,
-        value: impl Into<StdArc<V>>,
+        value: V,
         expected: u64,
         flags: Option<u64>,
     ) -> Result<Written, Error<K, V>> {
@@ -359,7 +417,7 @@ where
     where
         V: PartialEq,
     {
-        let check = |key: &K, current: Option<&Version<V>>| -> Result<(), Error<K, V>> {
+        let check = |key: &K, current: Option<&Record<K, V>>| -> Result<(), Error<K, V>> {
             if value_matches(expected, current) {
                 Ok(())
             } else {
@@ -422,7 +480,7 @@ where
         let mut pause = first;
         for attempt in 1..=self.config.update_attempts {
             let current = self.get(&key);
-            let new = f(current.as_ref().map(|e| &*e.value));
+            let new = f(current.as_ref().map(|e| &e.value));
             check(&key, &new)?;
             let expected = current.map_or(0, |e| e.modify_index);
             match self.write_set_cas(key.clone(), new, expected, None) {
@@ -451,10 +509,11 @@ where
 
     /// The keys present that satisfy `filter`, sorted (weakly consistent, as [`keys`](Store::keys)).
     pub fn keys_where(&self, mut filter: impl FnMut(&K) -> bool) -> Vec<K> {
-        let pin = self.index.pin();
+        let guard = self.raw.pin();
         let mut keys = Vec::new();
-        self.index.for_each(&pin, |k, cell| {
-            if filter(k) && cell.read(&pin.epoch).is_some() {
+        self.raw.for_each(&guard, |k, _, word| {
+            // SAFETY: `word` was loaded from a slot under `guard`.
+            if filter(k) && unsafe { visible::<K, V>(word, &guard) }.is_some() {
                 keys.push(k.clone());
             }
         });
@@ -479,23 +538,25 @@ where
 
     /// Every present entry, sorted by key (weakly consistent, as [`keys`](Store::keys)).
     pub fn entries(&self) -> Vec<(K, Entry<V>)> {
-        let pin = self.index.pin();
+        let guard = self.raw.pin();
         let mut out = Vec::new();
-        self.index.for_each(&pin, |k, cell| {
-            if let Some(v) = cell.read(&pin.epoch) {
-                out.push((k.clone(), Entry::of(v)));
+        self.raw.for_each(&guard, |k, _, word| {
+            // SAFETY: `word` was loaded from a slot under `guard`.
+            if let Some(r) = unsafe { visible::<K, V>(word, &guard) } {
+                out.push((k.clone(), Entry::of(r)));
             }
         });
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         out
     }
 
-    /// The number of keys present. Counts by a scan (O(n)) and is weakly consistent.
+    /// The number of keys present. Counts by a scan (O(capacity)) and is weakly consistent.
     pub fn len(&self) -> usize {
-        let pin = self.index.pin();
+        let guard = self.raw.pin();
         let mut n = 0;
-        self.index.for_each(&pin, |_, cell| {
-            if cell.read(&pin.epoch).is_some() {
+        self.raw.for_each(&guard, |_, _, word| {
+            // SAFETY: `word` was loaded from a slot under `guard`.
+            if unsafe { visible::<K, V>(word, &guard) }.is_some() {
                 n += 1;
             }
         });
@@ -507,19 +568,22 @@ where
         self.len() == 0
     }
 
-    /// Calls `f` with every present entry whose head is settled: a key being written by a batch
+    /// Calls `f` with every present entry whose word is settled: a key being written by a batch
     /// or being journaled is waited for, so every version passed to `f` has reached the journal.
     /// Weakly consistent like [`entries`](Store::entries); unsorted. (A snapshot's scan.)
     pub(crate) fn for_each_settled(&self, mut f: impl FnMut(&K, EntryRef<'_, V>)) {
-        let pin = self.index.pin();
-        self.index.for_each(&pin, |k, cell| {
+        let guard = self.raw.pin();
+        self.raw.for_each(&guard, |k, slot, mut word| {
             let mut backoff = Backoff::new();
             loop {
-                match cell.load(&pin.epoch).1 {
-                    Head::Locked(_) | Head::Unlogged(_) => backoff.snooze(),
-                    Head::Present(v) => return f(k, EntryRef::of(v)),
-                    Head::Vacant | Head::Retired => return,
+                // SAFETY: `word` was loaded from a slot under `guard`.
+                match unsafe { classify::<K, V>(word, &guard) } {
+                    State::Locked | State::Unlogged => backoff.snooze(),
+                    State::Present(r) | State::Frozen(Some(r)) => return f(k, EntryRef::of(r)),
+                    State::Absent | State::Frozen(None) => return,
                 }
+                // Acquire: as every load of a slot (pairs with the Release that settled it).
+                word = slot.load(Ordering::Acquire);
             }
         });
     }
@@ -535,127 +599,161 @@ where
         modify_index: u64,
         create_index: u64,
     ) -> bool {
-        let pin = self.index.pin();
-        let cell = self.index.get_or_insert_vacant(key, &pin);
-        let (raw, head) = cell.load(&pin.epoch);
-        if !matches!(head, Head::Vacant) {
-            return false;
+        let guard = self.raw.pin();
+        let hash = self.raw.hash(&key);
+        let meta = Meta {
+            modify_index,
+            create_index,
+            flags,
+        };
+        let node = Record::word(hash, key, value, meta, 0);
+        loop {
+            // SAFETY: `node` is ours and unpublished.
+            let key = unsafe { &Raw::<K, V>::record(node, &guard).header.keyed.key };
+            match self.observe(hash, key, &guard, &mut Backoff::new()) {
+                Step::Retry => continue,
+                Step::Vacant { table, slot } => match self.raw.claim(table, slot, node) {
+                    Claim::Claimed => return true,
+                    Claim::Lost => continue,
+                    Claim::Resizing => self.raw.help_resize(table, 1, &guard),
+                },
+                Step::Slot {
+                    current: Some(_), ..
+                } => {
+                    // SAFETY: `node` was never published.
+                    drop(unsafe { Record::<K, V>::unpublished(node) });
+                    return false;
+                }
+                Step::Slot { slot, word, .. } => {
+                    if cas(slot, word, node) {
+                        // SAFETY: the tomb is replaced by our CAS; retired once, by us.
+                        unsafe { cell::retire::<K, V>(word, &guard) };
+                        return true;
+                    }
+                }
+            }
         }
-        let node = Version::node(StdArc::new(value), flags, modify_index, create_index);
-        cell.swap_from(raw, node, &pin.epoch).is_ok()
     }
 
-    /// Looks at the key's cell once: where a write must CAS from, or why it must retry.
-    fn observe<'g>(
-        &'g self,
-        key: &K,
-        create: bool,
-        pin: &'g Pin<'_>,
+    /// Looks at the key's slot once: where a write must CAS from or claim, or why it must
+    /// retry (after waiting for a lock holder or helping a resize).
+    fn observe<'g, Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        guard: &'g Guard,
         backoff: &mut Backoff,
-    ) -> Step<'g, V> {
-        let cell = match self.index.get(key, pin) {
-            Some(cell) => cell,
-            None if create => self.index.get_or_insert_vacant(key.clone(), pin),
-            None => return Step::Absent,
-        };
-        let (raw, head) = cell.load(&pin.epoch);
-        let current = match head {
-            Head::Retired => {
-                // Help unlink the dead cell, then start over on a fresh one.
-                self.index.unlink(key, &cell, pin);
-                return Step::Retry;
+    ) -> Step<'g, K, V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let table = self.raw.table(guard);
+        match self.raw.locate(table, hash, key) {
+            Located::Resizing => {
+                self.raw.help_resize(table, 1, guard);
+                Step::Retry
             }
-            Head::Locked(_) | Head::Unlogged(_) => {
-                // A batch holds the key, or a write to it is being journaled: wait.
-                backoff.snooze();
-                return Step::Retry;
-            }
-            Head::Vacant => None,
-            Head::Present(v) => Some(v),
-        };
-        Step::Write { cell, raw, current }
+            Located::Vacant { slot } => Step::Vacant { table, slot },
+            // SAFETY: `word` was loaded from a slot under `guard`.
+            Located::Found { slot, word } => match unsafe { classify(word, guard) } {
+                State::Locked | State::Unlogged => {
+                    // A batch holds the key, or a write to it is being journaled: wait.
+                    backoff.snooze();
+                    Step::Retry
+                }
+                State::Frozen(_) => {
+                    self.raw.help_resize(table, 1, guard);
+                    Step::Retry
+                }
+                State::Absent => Step::Slot {
+                    slot,
+                    word,
+                    current: None,
+                },
+                State::Present(r) => Step::Slot {
+                    slot,
+                    word,
+                    current: Some(r),
+                },
+            },
+        }
     }
 
     /// The write path of every single-key put: `decide` sees the current version and returns
-    /// the flags to write, or the error to report. The value is moved into a node only once a
-    /// decision to write was made, and that node is reused across lost races.
+    /// the flags to write, or the error to report. The record is allocated only once a decision
+    /// to write was made, and it is reused (restamped) across lost races.
     fn put<E>(
         &self,
         key: K,
-        value: impl Into<StdArc<V>>,
-        mut decide: impl FnMut(&K, Option<&Version<V>>) -> Result<u64, E>,
+        value: V,
+        mut decide: impl FnMut(&K, Option<&Record<K, V>>) -> Result<u64, E>,
     ) -> Result<Written, E> {
-        let pin = self.index.pin();
-        let guard = &pin.epoch;
+        let guard = self.raw.pin();
+        let hash = self.raw.hash(&key);
         let mut backoff = Backoff::new();
-        // First decision: nothing is allocated until it says "write".
-        let mut create = false;
-        let (mut cell, mut raw, mut current, mut flags) = loop {
-            match self.observe(&key, create, &pin, &mut backoff) {
-                Step::Retry => continue,
-                Step::Absent => {
-                    decide(&key, None)?;
-                    create = true;
-                }
-                Step::Write { cell, raw, current } => {
-                    let flags = decide(&key, current)?;
-                    break (cell, raw, current, flags);
-                }
-            }
-        };
-        let mut index = self.clock.next();
-        let mut node = Version::node(
-            value.into(),
-            flags,
-            index,
-            current.map_or(index, |v| v.create_index),
-        );
-        if self.journal.is_some() {
-            node = node.with_tag(UNLOGGED);
-        }
+        let bits = if self.journal.is_some() { UNLOGGED } else { 0 };
+        // The key and value until the first decision to write; then the unpublished record.
+        let mut parts = Some((key, value));
+        let mut node = Unpublished::<K, V>::none();
         loop {
-            match cell.swap_from(raw, node, guard) {
-                Ok(installed) => {
-                    if !raw.is_null() {
-                        // SAFETY: `raw` was the head and is unlinked by our CAS; readers pinned
-                        // before now may still hold it, which the collector waits for.
-                        unsafe { guard.defer_destroy(raw) };
-                    }
-                    let ticket = self.journal.as_ref().map(|journal| {
-                        #[allow(
-                            clippy::needless_borrow,
-                            reason = "`CellRef` is an `Arc` under loom"
-                        )]
-                        let _settle = Settling::new(&cell, installed);
-                        // SAFETY: `installed` is the head we just published; only we may
-                        // replace it (it is settling), so it is live while we are pinned.
-                        let entry = match unsafe { installed.deref() } {
-                            Node::Version(v) => EntryRef::of(v),
-                            Node::Locked(_) => unreachable!("a put installs a version"),
-                        };
-                        journal.record(Mutation::Set { key: &key, entry })
-                    });
-                    return Ok(Written { index, ticket });
-                }
-                Err(back) => node = back,
-            }
-            // Lost a race: look again, decide again, restamp the same node.
-            (cell, raw, current, flags) = loop {
-                match self.observe(&key, true, &pin, &mut backoff) {
-                    Step::Retry | Step::Absent => continue,
-                    Step::Write { cell, raw, current } => {
-                        let flags = decide(&key, current)?;
-                        break (cell, raw, current, flags);
-                    }
-                }
+            let key = match &parts {
+                Some((key, _)) => key,
+                // SAFETY: `node` is ours and unpublished.
+                None => unsafe { &Raw::<K, V>::record(node.word, &guard).header.keyed.key },
             };
-            index = self.clock.next();
-            restamp(
-                &mut node,
+            let step = self.observe(hash, key, &guard, &mut backoff);
+            let (vacant, slot, word, current) = match step {
+                Step::Retry => continue,
+                Step::Vacant { table, slot } => (Some(table), slot, cell::EMPTY, None),
+                Step::Slot {
+                    slot,
+                    word,
+                    current,
+                } => (None, slot, word, current),
+            };
+            let flags = decide(key, current)?;
+            let index = self.clock.next();
+            let meta = Meta {
+                modify_index: index,
+                create_index: current.map_or(index, |r| r.header.meta.create_index),
                 flags,
-                index,
-                current.map_or(index, |v| v.create_index),
-            );
+            };
+            match parts.take() {
+                Some((key, value)) => node.word = Record::word(hash, key, value, meta, bits),
+                // SAFETY: `node` is ours and unpublished: nobody else can see it.
+                None => unsafe { (*cell::node_of::<Record<K, V>>(node.word)).header.meta = meta },
+            }
+            let installed = if let Some(table) = vacant {
+                match self.raw.claim(table, slot, node.word) {
+                    Claim::Claimed => true,
+                    Claim::Lost => false,
+                    Claim::Resizing => {
+                        self.raw.help_resize(table, 1, &guard);
+                        false
+                    }
+                }
+            } else {
+                cas(slot, word, node.word)
+            };
+            if !installed {
+                continue; // look again, decide again, restamp the same record
+            }
+            let installed = node.publish();
+            // SAFETY: the word we replaced is unreachable from the slot now; retired once, by
+            // the writer whose CAS replaced it.
+            unsafe { cell::retire::<K, V>(word, &guard) };
+            let ticket = self.journal.as_ref().map(|journal| {
+                let _settle = Settling::new(slot, installed);
+                // SAFETY: `installed` is the record we just published; only we may replace it
+                // (it is settling), so it is live while we are pinned.
+                let record = unsafe { Raw::<K, V>::record(installed, &guard) };
+                journal.record(Mutation::Set {
+                    key: &record.header.keyed.key,
+                    entry: EntryRef::of(record),
+                })
+            });
+            return Ok(Written { index, ticket });
         }
     }
 
@@ -665,43 +763,104 @@ where
     fn remove<E>(
         &self,
         key: &K,
-        mut decide: impl FnMut(&K, Option<&Version<V>>) -> Result<bool, E>,
+        mut decide: impl FnMut(&K, Option<&Record<K, V>>) -> Result<bool, E>,
     ) -> Result<Option<Written>, E> {
-        let pin = self.index.pin();
-        let guard = &pin.epoch;
+        let guard = self.raw.pin();
+        let hash = self.raw.hash(key);
         let mut backoff = Backoff::new();
+        let bits = if self.journal.is_some() { UNLOGGED } else { 0 };
+        let mut tomb = Unpublished::<K, V>::none();
         loop {
-            match self.observe(key, false, &pin, &mut backoff) {
+            let (slot, word, current) = match self.observe(hash, key, &guard, &mut backoff) {
                 Step::Retry => continue,
-                Step::Absent => {
+                Step::Vacant { .. } => {
                     decide(key, None)?;
                     return Ok(None);
                 }
-                Step::Write { cell, raw, current } => {
-                    if !decide(key, current)? || current.is_none() {
-                        return Ok(None);
-                    }
-                    let index = self.clock.next();
-                    let tag = if self.journal.is_some() { UNLOGGED } else { 0 };
-                    if cell.retire_from(raw, tag, guard) {
-                        let ticket = self.journal.as_ref().map(|journal| {
-                            let retired = Shared::null().with_tag(RETIRED | UNLOGGED);
-                            #[allow(
-                                clippy::needless_borrow,
-                                reason = "`CellRef` is an `Arc` under loom"
-                            )]
-                            let _settle = Settling::new(&cell, retired);
-                            journal.record(Mutation::Delete { key, index })
-                        });
-                        // Only once settled: a re-create on a fresh cell must not reach the
-                        // journal before this delete.
-                        self.index.unlink(key, &cell, &pin);
-                        // SAFETY: `raw` (a version) is unlinked by the retiring CAS; the
-                        // collector frees it once every reader pinned before now is gone.
-                        unsafe { guard.defer_destroy(raw) };
-                        return Ok(Some(Written { index, ticket }));
-                    }
-                }
+                Step::Slot {
+                    slot,
+                    word,
+                    current,
+                } => (slot, word, current),
+            };
+            let Some(current) = current else {
+                decide(key, None)?;
+                return Ok(None);
+            };
+            if !decide(key, Some(current))? {
+                return Ok(None);
+            }
+            let index = self.clock.next();
+            if tomb.word == cell::EMPTY {
+                tomb.word = Tomb::word(hash, key.clone(), index, bits);
+                tomb.tomb = true;
+            } else {
+                // SAFETY: `tomb` is ours and unpublished: nobody else can see it.
+                unsafe {
+                    (*cell::node_of::<Tomb<K>>(tomb.word))
+                        .header
+                        .meta
+                        .modify_index = index
+                };
+            }
+            if !cas(slot, word, tomb.word) {
+                continue;
+            }
+            let installed = tomb.publish();
+            // SAFETY: the record we replaced is unreachable from the slot now; retired once.
+            unsafe { cell::retire::<K, V>(word, &guard) };
+            let ticket = self.journal.as_ref().map(|journal| {
+                let _settle = Settling::new(slot, installed);
+                journal.record(Mutation::Delete { key, index })
+            });
+            return Ok(Some(Written { index, ticket }));
+        }
+    }
+}
+
+/// CAS a slot from `current` to `new`: whether it took.
+fn cas(slot: &AtomicU64, current: u64, new: u64) -> bool {
+    // AcqRel: Release publishes the new node's fields to the Acquire loads of readers, writers
+    // and copiers; Acquire orders this CAS after the word it replaces, like the load that
+    // found it.
+    slot.compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+}
+
+/// A record or tomb this thread made and has not published: freed if the write gives up
+/// (its condition failed after a lost race, or user code panicked).
+struct Unpublished<K, V> {
+    word: u64,
+    tomb: bool,
+    _owns: std::marker::PhantomData<(K, V)>,
+}
+
+impl<K, V> Unpublished<K, V> {
+    fn none() -> Self {
+        Unpublished {
+            word: cell::EMPTY,
+            tomb: false,
+            _owns: std::marker::PhantomData,
+        }
+    }
+
+    /// The node is in a slot now: hands its word over and forgets it.
+    fn publish(&mut self) -> u64 {
+        std::mem::replace(&mut self.word, cell::EMPTY)
+    }
+}
+
+impl<K, V> Drop for Unpublished<K, V> {
+    fn drop(&mut self) {
+        if self.word == cell::EMPTY {
+            return;
+        }
+        // SAFETY: the node was made by this thread and never published.
+        unsafe {
+            if self.tomb {
+                Tomb::<K>::free(self.word);
+            } else {
+                Record::<K, V>::free(self.word);
             }
         }
     }
@@ -716,8 +875,8 @@ impl Store<(), ()> {
 
 impl<K, V> Default for Store<K, V>
 where
-    K: Hash + Eq + Ord + Clone,
-    V: Send + 'static,
+    K: Hash + Eq + Ord + Clone + Send + 'static,
+    V: Clone + Send + 'static,
 {
     fn default() -> Self {
         Self::new()
@@ -735,52 +894,52 @@ impl<K, V> std::fmt::Debug for Store<K, V> {
 
 impl<K, V> Pinned<'_, K, V>
 where
-    K: Hash + Eq + Ord + Clone,
-    V: Send + 'static,
+    K: Hash + Eq + Ord + Clone + Send + 'static,
+    V: Clone + Send + 'static,
 {
-    /// The key's current entry, borrowed: no reference count is touched.
+    /// The key's current entry, borrowed: nothing is cloned and no shared memory is written.
+    #[inline]
     pub fn get<Q>(&self, key: &Q) -> Option<EntryRef<'_, V>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let cell = self.store.index.get(key, &self.pin)?;
-        cell.read(&self.pin.epoch).map(EntryRef::of)
+        self.store.read(key, &self.guard).map(EntryRef::of)
     }
 }
 
 /// Flags to write: the given ones, else the current version's, else 0.
-pub(crate) fn flags_or_kept<V>(given: Option<u64>, current: Option<&Version<V>>) -> u64 {
-    given.unwrap_or_else(|| current.map_or(0, |v| v.flags))
+pub(crate) fn flags_or_kept<K, V>(given: Option<u64>, current: Option<&Record<K, V>>) -> u64 {
+    given.unwrap_or_else(|| current.map_or(0, |r| r.header.meta.flags))
 }
 
 /// The index condition of `set_cas`/`delete_cas`/`check_index`: 0 means absent, N means
 /// present at `modify_index` N.
-pub(crate) fn check_index<K: Clone, V>(
+pub(crate) fn check_index<K: Clone, V: Clone>(
     key: &K,
     expected: u64,
-    current: Option<&Version<V>>,
+    current: Option<&Record<K, V>>,
 ) -> Result<(), Error<K, V>> {
     match (expected, current) {
         (0, None) => Ok(()),
-        (n, Some(v)) if n != 0 && v.modify_index == n => Ok(()),
+        (n, Some(r)) if n != 0 && r.header.meta.modify_index == n => Ok(()),
         (_, None) => Err(Error::NotFound(key.clone())),
-        (_, Some(v)) => Err(Error::Conflict(Conflict {
+        (_, Some(r)) => Err(Error::Conflict(Conflict {
             key: key.clone(),
             expected: Expected::Index(expected),
-            current: Some(Entry::of(v)),
+            current: Some(Entry::of(r)),
         })),
     }
 }
 
 /// The value condition of `compare_and_set`: `None` matches absent.
-pub(crate) fn value_matches<V: PartialEq>(
+pub(crate) fn value_matches<K, V: PartialEq>(
     expected: Option<&V>,
-    current: Option<&Version<V>>,
+    current: Option<&Record<K, V>>,
 ) -> bool {
     match (expected, current) {
         (None, None) => true,
-        (Some(e), Some(v)) => *e == *v.value,
+        (Some(e), Some(r)) => *e == r.value,
         _ => false,
     }
 }
@@ -801,7 +960,7 @@ mod tests {
         store.delete_cas(&1, b).unwrap();
         assert!(store.get(&1).is_none());
         store.set(1, "d".to_string());
-        assert_eq!(*store.get(&1).unwrap().value, "d");
+        assert_eq!(store.get(&1).unwrap().value, "d");
     }
 
     #[test]

@@ -14,61 +14,78 @@ compile_error!("--cfg caskv_loom needs the `loom` feature (and --cfg crossbeam_l
 
 #[cfg(caskv_loom)]
 pub(crate) use loom::sync::{
-    atomic::{AtomicU64, AtomicU8, Ordering},
+    atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering},
     Arc,
 };
 
 #[cfg(not(caskv_loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicU64, AtomicU8, Ordering},
+    atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering},
     Arc,
 };
-
-#[cfg(caskv_loom)]
-pub(crate) use loom::sync::{Mutex, MutexGuard};
 
 /// The `Arc` of the public API (values, the shared [`GlobalIndex`](crate::GlobalIndex)); `std`'s in every build.
 pub(crate) use std::sync::Arc as StdArc;
 
-/// Epoch-based reclamation of version nodes. crossbeam-epoch is loom-aware under
-/// `--cfg crossbeam_loom`, so its `Atomic` (every cell head) is a loom atomic there.
+/// Epoch-based reclamation: the one scheme for every node and table of the store.
+///
+/// Nodes are addressed by slot words (`u64`, see `cell.rs`), so they are retired as a word
+/// plus the function that frees it; crossbeam keeps such a deferred call inline in its bag
+/// (two words), so retiring allocates nothing.
 #[cfg(not(caskv_loom))]
 pub(crate) mod epoch {
-    pub(crate) use crossbeam_epoch::{pin, unprotected, Atomic, Guard, Owned, Shared};
+    pub(crate) use crossbeam_epoch::Guard;
+
+    /// Pins the current thread (one atomic read-modify-write, plus a collection every 128
+    /// pins: crossbeam-epoch's cadence).
+    #[inline]
+    pub(crate) fn pin() -> Guard {
+        crossbeam_epoch::pin()
+    }
+
+    /// Calls `free(word)` once every thread pinned now has unpinned.
+    ///
+    /// # Safety
+    /// `word`'s node is unreachable for every thread that pins from now on, and retired once.
+    #[inline]
+    pub(crate) unsafe fn retire(guard: &Guard, word: u64, free: unsafe fn(u64)) {
+        // SAFETY: the caller's contract; `free` runs once, after every guard that could
+        // still reach the node is gone.
+        unsafe { guard.defer_unchecked(move || free(word)) }
+    }
 }
 
-/// Under loom, reclamation is a stand-in: loads run under crossbeam's `unprotected` guard and a
-/// retired node is kept until the store is dropped, then freed.
+/// Under loom, reclamation is a stand-in: a retired node is kept until the store is dropped,
+/// then freed.
 ///
 /// Why: crossbeam-epoch's pin and collect are a dozen loom operations each, which put even
 /// two-thread models of a batch beyond a CI budget, and its global collector finalizes in
 /// loom's thread teardown, which loom cannot replay. The models check *our* protocol (which
-/// node is published when, with which ordering); epoch reclamation is crossbeam's own, loom
+/// word is published when, with which ordering); epoch reclamation is crossbeam's own, loom
 /// tested upstream. Use-after-free is what Miri checks on the real collector (`ci/miri.sh`).
 /// The stand-in adds one check loom could not make otherwise: a node retired twice panics.
 #[cfg(caskv_loom)]
 pub(crate) mod epoch {
-    pub(crate) use crossbeam_epoch::{unprotected, Atomic, Owned, Shared};
     use std::sync::{Arc, Mutex};
 
-    /// Retired nodes: address and the function that frees it.
+    /// Retired nodes: the word and the function that frees it.
     #[derive(Default)]
     pub(crate) struct Garbage {
-        retired: Mutex<Vec<(usize, unsafe fn(usize))>>,
+        retired: Mutex<Vec<(u64, unsafe fn(u64))>>,
     }
 
     impl Drop for Garbage {
         fn drop(&mut self) {
             let retired = std::mem::take(self.retired.get_mut().unwrap_or_else(|e| e.into_inner()));
-            for (addr, free) in retired {
-                // SAFETY: each address was retired once (checked in `defer_destroy`), came from
-                // an `Owned`, and nothing can reach it now: the store that linked it is gone.
-                unsafe { free(addr) };
+            for (word, free) in retired {
+                // SAFETY: each word was retired once (checked in `retire`), and nothing can
+                // reach it now: the store that linked it is gone.
+                unsafe { free(word) };
             }
         }
     }
 
-    /// A pin: derefs to crossbeam's `unprotected` guard for loads, defers frees to `Garbage`.
+    /// A pin: keeps the store's garbage list to defer frees to.
     pub(crate) struct Guard {
         garbage: Arc<Garbage>,
     }
@@ -78,41 +95,28 @@ pub(crate) mod epoch {
             Guard { garbage }
         }
 
-        /// Keeps `ptr` until the store is dropped.
-        ///
-        /// # Safety
-        /// As crossbeam's `Guard::defer_destroy`: `ptr` is unlinked and retired once.
-        pub(crate) unsafe fn defer_destroy<T>(&self, ptr: Shared<'_, T>) {
-            unsafe fn free<T>(addr: usize) {
-                // SAFETY: `addr` is the untagged address of an `Owned<T>` (see `Garbage::drop`).
-                drop(unsafe { Shared::from(addr as *const T).into_owned() });
-            }
-            let addr = ptr.with_tag(0).as_raw() as usize;
-            let mut retired = self
-                .garbage
-                .retired
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            assert!(
-                retired.iter().all(|(a, _)| *a != addr),
-                "node {addr:#x} retired twice"
-            );
-            retired.push((addr, free::<T>));
-        }
-    }
-
-    impl Guard {
         /// As crossbeam's `Guard::flush`; nothing to hand over here (see the module docs).
         pub(crate) fn flush(&self) {}
     }
 
-    impl std::ops::Deref for Guard {
-        type Target = crossbeam_epoch::Guard;
-        fn deref(&self) -> &crossbeam_epoch::Guard {
-            // SAFETY: nothing is freed while any store is alive (see the module docs), so
-            // every load made under this guard stays valid as long as the store does.
-            unsafe { unprotected() }
-        }
+    /// Keeps `word`'s node until the store is dropped.
+    ///
+    /// # Safety
+    /// As the real `retire`: the node is unreachable from now on and retired once.
+    pub(crate) unsafe fn retire(guard: &Guard, word: u64, free: unsafe fn(u64)) {
+        let addr = word & 0x0000_FFFF_FFFF_FFF0;
+        let mut retired = guard
+            .garbage
+            .retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        assert!(
+            retired
+                .iter()
+                .all(|(w, _)| *w & 0x0000_FFFF_FFFF_FFF0 != addr),
+            "node {addr:#x} retired twice"
+        );
+        retired.push((word, free));
     }
 }
 

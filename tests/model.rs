@@ -117,7 +117,7 @@ fn action() -> impl Strategy<Value = Action> {
 
 fn entry_of(e: &caskv::Entry<V>) -> ModelEntry {
     ModelEntry {
-        value: *e.value,
+        value: e.value,
         flags: e.flags,
         modify_index: e.modify_index,
         create_index: e.create_index,
@@ -375,16 +375,16 @@ fn apply_batch(store: &Store<K, V>, model: &mut Model, actions: Vec<BatchAction>
     assert_eq!(got.unwrap(), index);
     for op in resolved {
         match op {
-            Op::Set { key, value, flags } => model.write(&key, *value, flags, index),
+            Op::Set { key, value, flags } => model.write(&key, value, flags, index),
             Op::SetCas {
                 key, value, flags, ..
-            } => model.write(&key, *value, flags, index),
+            } => model.write(&key, value, flags, index),
             Op::Delete { key } | Op::DeleteCas { key, .. } => {
                 model.map.remove(&key);
             }
             Op::CheckIndex { .. } => {}
             Op::CompareAndSet { key, new, .. } => match new {
-                Some(v) => model.write(&key, *v, None, index),
+                Some(v) => model.write(&key, v, None, index),
                 None => {
                     model.map.remove(&key);
                 }

@@ -46,6 +46,13 @@ impl Tracked {
     }
 }
 
+impl Clone for Tracked {
+    /// A clone is one more live value (reads clone values out of the store).
+    fn clone(&self) -> Self {
+        Tracked::new(self.0)
+    }
+}
+
 impl Drop for Tracked {
     fn drop(&mut self) {
         LIVE.fetch_sub(1, Ordering::Relaxed);

@@ -38,7 +38,7 @@ fn set_cas_zero_creates_only_if_absent() {
         (c.key.as_str(), c.expected, c.current_index()),
         ("k", Expected::Index(0), Some(a))
     );
-    assert_eq!(*st.get("k").unwrap().value, "v");
+    assert_eq!(st.get("k").unwrap().value, "v");
 }
 
 #[test]
@@ -54,7 +54,7 @@ fn set_cas_with_index_updates_only_at_that_index() {
         err.to_string(),
         format!("CAS conflict for key 'k': expected ModifyIndex {a}, but current is {b}")
     );
-    assert_eq!(*st.get("k").unwrap().value, "v2");
+    assert_eq!(st.get("k").unwrap().value, "v2");
 }
 
 #[test]
@@ -114,7 +114,7 @@ fn compare_and_set_covers_all_four_shapes() {
     let err = st.compare_and_set(s("k"), None, Some(s("x"))).unwrap_err();
     let c = err.conflict().unwrap();
     assert_eq!(c.expected, Expected::Absent);
-    assert_eq!(*c.current.as_ref().unwrap().value, "a");
+    assert_eq!(c.current.as_ref().unwrap().value, "a");
     // value -> value
     let b = st
         .compare_and_set(s("k"), Some(&s("a")), Some(s("b")))
@@ -290,7 +290,7 @@ fn update_applies_the_function_and_creates_absent_keys() {
     let st: Store<&str, u64> = Store::new();
     st.update("n", |v| v.copied().unwrap_or(0) + 10).unwrap();
     st.update("n", |v| v.copied().unwrap_or(0) * 2).unwrap();
-    assert_eq!(*st.get("n").unwrap().value, 20);
+    assert_eq!(st.get("n").unwrap().value, 20);
 }
 
 #[test]

@@ -61,7 +61,7 @@ fn check_increments(store: &Store<u64, u64>, key: u64, log: &mut [(u64, Option<u
             "key {key}: {count} increments but the key is absent"
         ),
         Some(e) => {
-            assert_eq!(*e.value, count, "key {key}: value vs successful increments");
+            assert_eq!(e.value, count, "key {key}: value vs successful increments");
             assert_eq!(Some(e.modify_index), log.last().map(|l| l.0));
             assert_eq!(Some(e.create_index), log.first().map(|l| l.0));
         }
@@ -79,7 +79,7 @@ fn cas_increment(
     loop {
         let (value, expected) = store
             .get(&key)
-            .map_or((0, 0), |e| (*e.value, e.modify_index));
+            .map_or((0, 0), |e| (e.value, e.modify_index));
         maybe_yield(rng, 3);
         match store.set_cas(key, value + 1, expected) {
             Ok(index) => return ((index, Some(value + 1)), conflicts),
@@ -243,7 +243,7 @@ fn readers_never_see_part_of_a_batch() {
                         } else {
                             for &k in &order {
                                 let e = store.get(&k).expect("every key of the set exists");
-                                pass.push((k, e.modify_index, *e.value));
+                                pass.push((k, e.modify_index, e.value));
                                 maybe_yield(&mut rng, 4);
                             }
                         }
@@ -288,7 +288,7 @@ fn readers_never_see_part_of_a_batch() {
     let (&last, &last_tag) = committed.iter().max().unwrap();
     for k in SET {
         let e = store.get(&k).unwrap();
-        assert_eq!((e.modify_index, *e.value), (last, last_tag), "key {k}");
+        assert_eq!((e.modify_index, e.value), (last, last_tag), "key {k}");
     }
     // Passes that saw more than one batch: the ones a torn batch could have fooled.
     let spanning = passes
@@ -378,7 +378,7 @@ fn overlapping_batches_in_opposite_key_order_do_not_deadlock() {
     }
     for (k, (index, value)) in last {
         let e = store.get(&k).unwrap();
-        assert_eq!((e.modify_index, *e.value), (index, value), "key {k}");
+        assert_eq!((e.modify_index, e.value), (index, value), "key {k}");
     }
 }
 
@@ -465,7 +465,7 @@ fn delete_racing_recreate_loses_no_write() {
     assert_eq!(now.is_some(), creates - deletes == 1);
     if let Some(e) = now {
         let &(index, last) = landed.last().unwrap();
-        assert_eq!(last, Landed::Created(*e.value));
+        assert_eq!(last, Landed::Created(e.value));
         assert_eq!((e.modify_index, e.create_index), (index, index));
     }
     eprintln!("delete vs re-create: {creates} creates, {deletes} deletes");
@@ -504,7 +504,7 @@ fn batches_and_single_key_cas_agree_on_overlapping_keys() {
                             .iter()
                             .map(|&k| {
                                 let (v, i) =
-                                    store.get(&k).map_or((0, 0), |e| (*e.value, e.modify_index));
+                                    store.get(&k).map_or((0, 0), |e| (e.value, e.modify_index));
                                 (k, v, i)
                             })
                             .collect();

@@ -468,7 +468,7 @@ fn entries(state: &AppState) -> Vec<(String, ModelEntry)> {
             (
                 k,
                 ModelEntry {
-                    value: (*e.value).clone(),
+                    value: e.value.clone(),
                     flags: e.flags,
                     modify_index: e.modify_index,
                     create_index: e.create_index,

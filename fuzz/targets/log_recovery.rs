@@ -212,7 +212,7 @@ fn kv_state(db: &Db) -> KvState {
         .map(|(k, e)| {
             (
                 k,
-                ((*e.value).clone(), e.flags, e.modify_index, e.create_index),
+                (e.value.clone(), e.flags, e.modify_index, e.create_index),
             )
         })
         .collect()

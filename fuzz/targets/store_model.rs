@@ -107,7 +107,7 @@ struct ModelEntry {
 
 fn entry_of(e: &Entry<V>) -> ModelEntry {
     ModelEntry {
-        value: *e.value,
+        value: e.value,
         flags: e.flags,
         modify_index: e.modify_index,
         create_index: e.create_index,
@@ -538,12 +538,12 @@ fn apply_batch(store: &Store<String, V>, model: &mut Model, actions: Vec<BatchAc
             Op::Set { key, value, flags }
             | Op::SetCas {
                 key, value, flags, ..
-            } => model.write(&key, *value, flags, index),
+            } => model.write(&key, value, flags, index),
             Op::Delete { key } | Op::DeleteCas { key, .. } => {
                 model.map.remove(&key);
             }
             Op::CompareAndSet { key, new, .. } => match new {
-                Some(v) => model.write(&key, *v, None, index),
+                Some(v) => model.write(&key, v, None, index),
                 None => {
                     model.map.remove(&key);
                 }

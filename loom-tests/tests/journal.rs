@@ -106,7 +106,7 @@ fn journaled() -> (Arc<S>, Recorder) {
 fn state(store: &S, key: &'static str) -> Option<(u32, u64, u64)> {
     store
         .get(key)
-        .map(|e| (*e.value, e.modify_index, e.create_index))
+        .map(|e| (e.value, e.modify_index, e.create_index))
 }
 
 /// Checks one key's records in `log` against what the store reported and holds:

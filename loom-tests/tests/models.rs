@@ -35,7 +35,7 @@ fn two_cas_on_one_key_exactly_one_wins() {
         assert_eq!(loser.conflict().unwrap().current_index(), Some(winner));
         let e = store.get("k").unwrap();
         assert_eq!(
-            (*e.value, e.modify_index, e.create_index),
+            (e.value, e.modify_index, e.create_index),
             (value, winner, a)
         );
     });
@@ -59,7 +59,7 @@ fn cas_delete_vs_create_only_recreate() {
             Ok(c) => {
                 assert!(c > d, "create-only after the delete takes a later index");
                 let e = store.get("k").expect("a re-create is never lost");
-                assert_eq!((*e.value, e.modify_index, e.create_index), (7, c, c));
+                assert_eq!((e.value, e.modify_index, e.create_index), (7, c, c));
             }
             Err(e) => {
                 assert!(e.is_conflict(), "{e:?}");
@@ -84,7 +84,7 @@ fn delete_vs_set_never_loses_the_set() {
         let set = setter.join().unwrap();
         match store.get("k") {
             Some(e) => {
-                assert_eq!((*e.value, e.modify_index), (9, set));
+                assert_eq!((e.value, e.modify_index), (9, set));
                 if let Ok(d) = deleted {
                     assert!(d < set, "the delete came first, so the set is newer");
                 }
@@ -116,14 +116,14 @@ fn batch_vs_single_key_cas_on_overlapping_key() {
             (Ok(i), Err(e)) => {
                 assert!(e.is_conflict());
                 assert_eq!(
-                    (*ea.value, ea.modify_index, *eb.value, eb.modify_index),
+                    (ea.value, ea.modify_index, eb.value, eb.modify_index),
                     (1, i, 1, i)
                 );
             }
             (Err(e), Ok(i)) => {
                 assert_eq!(e.conflicts().len(), 1);
                 assert_eq!(
-                    (*ea.value, ea.modify_index, *eb.value, eb.modify_index),
+                    (ea.value, ea.modify_index, eb.value, eb.modify_index),
                     (2, i, 0, b)
                 );
             }
@@ -149,7 +149,7 @@ fn two_batches_in_opposite_key_order() {
             "one batch's keys share its index"
         );
         assert_eq!(ea.value, eb.value);
-        let last = if *ea.value == 1 { i1 } else { i2 };
+        let last = if ea.value == 1 { i1 } else { i2 };
         assert_eq!(ea.modify_index, last);
     });
 }
@@ -167,11 +167,11 @@ fn reader_never_sees_half_a_batch() {
             thread::spawn(move || s1.batch(vec![Op::set("a", 1), Op::set("b", 1)]).unwrap());
         let s2 = store.clone();
         let reader = thread::spawn(move || {
-            let first = *s2.get("a").unwrap().value;
-            let second = *s2.get("b").unwrap().value;
+            let first = s2.get("a").unwrap().value;
+            let second = s2.get("b").unwrap().value;
             assert!(!(first == 1 && second == 0), "saw a new and then b old");
-            let first = *s2.get("b").unwrap().value;
-            let second = *s2.get("a").unwrap().value;
+            let first = s2.get("b").unwrap().value;
+            let second = s2.get("a").unwrap().value;
             assert!(!(first == 1 && second == 0), "saw b new and then a old");
         });
         writer.join().unwrap();
@@ -195,7 +195,7 @@ fn aborted_batch_is_invisible() {
         let s2 = store.clone();
         let reader = thread::spawn(move || {
             let e = s2.get("a").unwrap();
-            assert_eq!((*e.value, e.modify_index), (0, a));
+            assert_eq!((e.value, e.modify_index), (0, a));
             assert!(s2.get("b").is_none());
         });
         let err = batch.join().unwrap();

@@ -85,6 +85,22 @@ impl Codec for String {
     }
 }
 
+/// A shared value is logged as the value it shares (values are stored inline, so `Arc<T>` is
+/// how a store shares an expensive value with its readers).
+impl<T: Codec> Codec for std::sync::Arc<T> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        (**self).encode(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        T::decode(bytes).map(std::sync::Arc::new)
+    }
+
+    fn encoded_len(&self) -> usize {
+        (**self).encoded_len()
+    }
+}
+
 impl Codec for u64 {
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.to_le_bytes());

@@ -260,7 +260,7 @@ fn now_ms() -> u64 {
 impl<K, V> Persistent<K, V>
 where
     K: Codec + Hash + Eq + Ord + Clone + Send + Sync + 'static,
-    V: Codec + Send + Sync + 'static,
+    V: Codec + Clone + Send + Sync + 'static,
 {
     /// Opens (creating if needed) the data directory `dir`: takes its lock, recovers the
     /// latest snapshot and the log after it, and starts a new log segment.
@@ -326,9 +326,9 @@ where
             store.restore(key, value, v.flags, v.modify_index, v.create_index);
         }
 
-        let services: Store<String, Registration> = Store::builder()
+        let services: Store<String, Arc<Registration>> = Store::builder()
             .global_index(clock)
-            .build_journaled(Box::new(LogJournal::<String, Registration>::new(
+            .build_journaled(Box::new(LogJournal::<String, Arc<Registration>>::new(
                 log.clone(),
                 Space::Services,
             )));
@@ -346,7 +346,7 @@ where
             })?;
             let reg =
                 Registration::restored(reg.service().clone(), reg.expires_at_ms().max(renewed));
-            services.restore(name, reg, v.flags, v.modify_index, v.create_index);
+            services.restore(name, Arc::new(reg), v.flags, v.modify_index, v.create_index);
         }
         let registry = Registry::with_store(services, options.service_ttl);
 
@@ -450,26 +450,21 @@ where
     }
 
     /// [`Store::set`], logged. Returns the index once [`Pending::wait`]ed.
-    pub fn set(&self, key: K, value: impl Into<Arc<V>>) -> Result<Pending<u64>, Error<K, V>> {
-        self.set_inner(key, value.into(), None)
+    pub fn set(&self, key: K, value: V) -> Result<Pending<u64>, Error<K, V>> {
+        self.set_inner(key, value, None)
     }
 
     /// [`Store::set_with_flags`], logged.
     pub fn set_with_flags(
         &self,
         key: K,
-        value: impl Into<Arc<V>>,
+        value: V,
         flags: u64,
     ) -> Result<Pending<u64>, Error<K, V>> {
-        self.set_inner(key, value.into(), Some(flags))
+        self.set_inner(key, value, Some(flags))
     }
 
-    fn set_inner(
-        &self,
-        key: K,
-        value: Arc<V>,
-        flags: Option<u64>,
-    ) -> Result<Pending<u64>, Error<K, V>> {
+    fn set_inner(&self, key: K, value: V, flags: Option<u64>) -> Result<Pending<u64>, Error<K, V>> {
         self.check()?;
         Self::check_size(&key, Some(&value))?;
         let w = self.inner.store.write_set(key, value, flags);
@@ -477,30 +472,25 @@ where
     }
 
     /// [`Store::set_cas`], logged.
-    pub fn set_cas(
-        &self,
-        key: K,
-        value: impl Into<Arc<V>>,
-        expected: u64,
-    ) -> Result<Pending<u64>, Error<K, V>> {
-        self.set_cas_inner(key, value.into(), expected, None)
+    pub fn set_cas(&self, key: K, value: V, expected: u64) -> Result<Pending<u64>, Error<K, V>> {
+        self.set_cas_inner(key, value, expected, None)
     }
 
     /// [`Store::set_cas_with_flags`], logged.
     pub fn set_cas_with_flags(
         &self,
         key: K,
-        value: impl Into<Arc<V>>,
+        value: V,
         expected: u64,
         flags: u64,
     ) -> Result<Pending<u64>, Error<K, V>> {
-        self.set_cas_inner(key, value.into(), expected, Some(flags))
+        self.set_cas_inner(key, value, expected, Some(flags))
     }
 
     fn set_cas_inner(
         &self,
         key: K,
-        value: Arc<V>,
+        value: V,
         expected: u64,
         flags: Option<u64>,
     ) -> Result<Pending<u64>, Error<K, V>> {
@@ -568,8 +558,8 @@ where
         let mut total = 0;
         for op in &ops {
             let value = match op {
-                Op::Set { value, .. } | Op::SetCas { value, .. } => Some(&**value),
-                Op::CompareAndSet { new, .. } => new.as_deref(),
+                Op::Set { value, .. } | Op::SetCas { value, .. } => Some(value),
+                Op::CompareAndSet { new, .. } => new.as_ref(),
                 _ => None,
             };
             total += Self::check_size(op.key(), value)?;
@@ -616,7 +606,7 @@ where
 impl<K, V> Inner<K, V>
 where
     K: Codec + Hash + Eq + Ord + Clone + Send + Sync + 'static,
-    V: Codec + Send + Sync + 'static,
+    V: Codec + Clone + Send + Sync + 'static,
 {
     fn snapshot_due(&self) -> bool {
         let every = self.options.snapshot_after_bytes;
@@ -641,7 +631,7 @@ where
 fn background<K, V>(inner: &Inner<K, V>, stop: &mpsc::Receiver<()>)
 where
     K: Codec + Hash + Eq + Ord + Clone + Send + Sync + 'static,
-    V: Codec + Send + Sync + 'static,
+    V: Codec + Clone + Send + Sync + 'static,
 {
     let level = match inner.options.fsync {
         FsyncPolicy::Always | FsyncPolicy::EverySec => Level::Synced,

@@ -70,8 +70,8 @@ impl Writer {
     /// Writes every settled entry of `store` as a set record of `space`.
     fn store<K, V>(&mut self, store: &crate::Store<K, V>, space: Space) -> std::io::Result<()>
     where
-        K: Codec + Hash + Eq + Ord + Clone,
-        V: Codec + Send + 'static,
+        K: Codec + Hash + Eq + Ord + Clone + Send + 'static,
+        V: Codec + Clone + Send + 'static,
     {
         let mut result = Ok(());
         store.for_each_settled(|key, entry| {
@@ -89,7 +89,7 @@ impl Writer {
 pub(crate) fn write<K, V>(inner: &Inner<K, V>) -> Result<SnapshotReport, PersistError>
 where
     K: Codec + Hash + Eq + Ord + Clone + Send + Sync + 'static,
-    V: Codec + Send + Sync + 'static,
+    V: Codec + Clone + Send + Sync + 'static,
 {
     let start = Instant::now();
     let dir = &inner.dir;

@@ -24,7 +24,7 @@ fn state_of(store: &Store<String, String>) -> State {
         .entries()
         .into_iter()
         .map(|(k, e)| {
-            let v = (*e.value).clone();
+            let v = e.value;
             (k, (v, e.flags, e.modify_index, e.create_index))
         })
         .collect()

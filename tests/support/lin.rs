@@ -271,7 +271,7 @@ impl fmt::Debug for Ver {
 impl Ver {
     pub fn of(e: &Entry<u32>) -> Self {
         Ver {
-            value: *e.value,
+            value: e.value,
             flags: e.flags,
             modify: e.modify_index,
             create: e.create_index,
