@@ -1,41 +1,70 @@
-//! Memory per entry (issue #6): bytes per entry at 1M entries for caskv's `Store` and the maps
-//! and caches a user would pick instead, counted by this binary's own global allocator.
+//! Memory per entry (issues #6 and #10): bytes per entry at 1M entries for caskv's `Store` and
+//! the maps and caches a user would pick instead, counted by this binary's own global allocator.
 //!
-//! Every map holds keys `0..1M` (`u64`) and, for each key, its own value allocation: an
-//! `Arc<[u8; 64]>` (16 bytes of reference counts + 64 bytes of payload = 80 bytes requested),
-//! identical across maps; every map hashes with `foldhash::fast::RandomState`. The maps are
-//! built one at a time; each is dropped (and its deferred frees flushed) before the next.
+//! # Shapes
+//!
+//! | table | keys | value | heap bytes the key and value own by themselves |
+//! |---|---|---|---|
+//! | A (natural, headline) | `u64` `0..n` | `u64`, inline | 0 |
+//! | B (natural, headline) | `String` of 16-32 bytes | `[u8; 64]`, inline | the key's 16-32 (about 24 on average) |
+//! | secondary | `u64` `0..n` | `Arc<[u8; 64]>`, an allocation of its own | the value's 80 (16 B of counts + 64 B) |
+//!
+//! In the natural shapes every map holds the value inline, in its own natural way. The `String`
+//! keys are built like `benches/workloads.rs` builds them: `user:<id in hex>:` padded with
+//! letters to a length of 16-32 bytes drawn per id; each is allocated with exactly its length
+//! of capacity, inside the measured fill, so every map owns one `String` per entry and its heap
+//! bytes count for every map alike. In the secondary table every map holds an
+//! `Arc<[u8; 64]>` per key (the natural way to share a value), caskv as a
+//! `Store<u64, Arc<[u8; 64]>>`; that table also has a dashmap holding `(u64, Arc<[u8; 64]>)`,
+//! a version index beside the value as caskv keeps one. Every map that takes a hasher gets
+//! `foldhash::fast::RandomState`. The maps are built one at a time, empty (no capacity given),
+//! and each is dropped (and its deferred frees flushed) before the next.
+//!
+//! caskv keeps each version in one heap allocation (hash, key, modify/create index, flags and
+//! the value, 16-byte aligned) and its table is an array of 8-byte slot words, at most half
+//! full: one allocation per entry plus the slot array. A `String` key adds the key's own
+//! allocation, as in every other map.
+//!
+//! # Figures
 //!
 //! The counting allocator forwards to `System` and keeps the bytes currently allocated
 //! (requested sizes: allocated minus freed, without malloc's own headers and rounding) and the
 //! number of live allocations. For each map the bench reads both before building it and after
 //! filling it, single-threaded, and reports:
 //!
-//! - **bytes/entry incl. value**: live bytes added by the filled map, over its entries;
-//! - **excl. value**: the same less the 80-byte value allocation: what the map itself costs;
-//! - **ratio to dashmap** of each (the issue's goal: caskv ≤ 1.2× dashmap);
-//! - allocations per entry, and the bytes still held after the map is dropped (should be 0).
+//! - **bytes/entry**: live bytes added by the filled map, over its entries (after fill, and
+//!   after a flush of deferred frees);
+//! - **excl. key and value heap bytes**: the same less the heap bytes each entry's key and
+//!   value own by themselves (the `String`'s bytes, the `Arc`'s allocation; an average over
+//!   the keys): what the map itself costs;
+//! - **ratio to dashmap** of each;
+//! - allocations per entry (a `String` key or an `Arc` value counts its own allocation), and
+//!   the bytes still held after the map is dropped (should be 0; ±2072 B is one node of
+//!   crossbeam-epoch's global queue of deferred frees, held or released across the readings).
 //!
-//! **Deferred frees.** caskv (crossbeam-epoch for versions, papaya's seize for its index),
-//! papaya (seize), `scc` (sdd) and moka (crossbeam-epoch) free replaced memory later. A fresh
-//! fill replaces no entry, but a growing table retires its old arrays, and these may still be
-//! held when the fill ends. Both figures are shown: "after fill" (what is live right then) and
-//! "after flush" (after flushing crossbeam-epoch, sdd and, for the papaya peer, the map's own
-//! seize guard). caskv's own papaya index keeps its retired tables in a seize batch this bench
-//! cannot reach, so caskv's "after flush" may still include them. A last table overwrites every
-//! key of caskv (and papaya) once with a new value allocation and shows what is live right after
-//! and after a flush: whether reclamation keeps up.
+//! A goal line per natural shape closes the report: caskv's bytes/entry over dashmap's
+//! (issue #10's goal: at most 1.2×).
 //!
-//! moka is sized `max_capacity(1M)` and its pending tasks run before the reading; quick_cache is
-//! built with `with(1M, 1M, UnitWeighter, …)`. A cache may hold fewer than 1M entries (evicted on
+//! **Deferred frees.** caskv and moka (crossbeam-epoch), papaya (seize) and `scc` (sdd) free
+//! replaced memory later. A fresh fill replaces no entry, but a growing table retires its old
+//! arrays, and these may still be held when the fill ends. Both figures are shown: "after fill"
+//! (what is live right then) and "after flush" (after flushing crossbeam-epoch, sdd and, for
+//! papaya, the map's own seize guard). A last table overwrites every key of caskv and papaya
+//! once (shape A) and shows what is live right after and after a flush: whether reclamation
+//! keeps up.
+//!
+//! moka is sized `max_capacity(n)` and its pending tasks run before the reading; quick_cache is
+//! built with `with(n, n, UnitWeighter, …)`. A cache may hold fewer than `n` entries (evicted on
 //! insert); the "entries" column says how many each held, and bytes/entry are over those.
 //!
-//! Run: `cargo bench --bench memory` (about half a minute). Without `--bench` on the command
-//! line (`cargo test --benches`) it uses 10K entries, a smoke test only. Nothing is asserted;
-//! every ratio compares figures of this one run.
+//! Run: `cargo bench --bench memory` (about a minute). Without `--bench` on the command line
+//! (`cargo test --benches`) it uses 10K entries, a smoke test only. Nothing is asserted; every
+//! ratio compares figures of this one run.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -43,11 +72,9 @@ use std::time::{Duration, Instant};
 use caskv::Store;
 
 type Hasher = foldhash::fast::RandomState;
-type Value = [u8; 64];
-type Val = Arc<Value>;
 
-/// Bytes requested for one value: `Arc`'s two counts and the payload.
-const VALUE_BYTES: i64 = (2 * std::mem::size_of::<usize>() + std::mem::size_of::<Value>()) as i64;
+/// issue #10's goal: caskv's bytes per entry at most this many times dashmap's.
+const GOAL: f64 = 1.2;
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocator.
@@ -123,7 +150,7 @@ fn flush_deferred() {
 }
 
 /// Flushes a papaya map's own seize collector, then the process-wide schemes.
-fn flush_papaya<V>(map: &papaya::HashMap<u64, V, Hasher>) {
+fn flush_papaya<K, V>(map: &papaya::HashMap<K, V, Hasher>) {
     use papaya::Guard as _;
     for _ in 0..64 {
         map.guard().flush();
@@ -132,12 +159,102 @@ fn flush_papaya<V>(map: &papaya::HashMap<u64, V, Hasher>) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// One measurement.
+// Keys and values.
 
-/// The value of key `k`: an allocation of its own.
-fn value(k: u64) -> Val {
-    Arc::new([k as u8; 64])
+/// A key or value type of a shape: made from an id, identically for every map.
+trait Item: Sized {
+    /// The key or value of id `id`.
+    fn make(id: u64) -> Self;
+    /// Heap bytes this key or value owns by itself (counted by every map alike).
+    fn heap_bytes(&self) -> usize;
 }
+
+impl Item for u64 {
+    fn make(id: u64) -> Self {
+        id
+    }
+
+    fn heap_bytes(&self) -> usize {
+        0
+    }
+}
+
+impl Item for String {
+    /// `user:<id in hex>:` padded with letters to 16-32 bytes (a length drawn per id), as in
+    /// `benches/workloads.rs`; allocated with exactly that capacity.
+    fn make(id: u64) -> Self {
+        let mut h = splitmix(id ^ 0x4B45_5953);
+        let len = 16 + (h % 17) as usize;
+        let mut s = String::with_capacity(len);
+        let _ = write!(s, "user:{id:x}:");
+        while s.len() < len {
+            h = splitmix(h);
+            s.push(char::from(b'a' + (h % 26) as u8));
+        }
+        s
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.capacity()
+    }
+}
+
+impl<const N: usize> Item for [u8; N] {
+    fn make(id: u64) -> Self {
+        let mut bytes = [id as u8; N];
+        bytes[N - 1] = (id >> 8) as u8;
+        bytes
+    }
+
+    fn heap_bytes(&self) -> usize {
+        0
+    }
+}
+
+impl<const N: usize> Item for Arc<[u8; N]> {
+    /// A new allocation per value.
+    fn make(id: u64) -> Self {
+        Arc::new(<[u8; N]>::make(id))
+    }
+
+    /// The two reference counts and the payload.
+    fn heap_bytes(&self) -> usize {
+        2 * std::mem::size_of::<usize>() + N
+    }
+}
+
+/// splitmix64 of `x`: key padding.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// What the key and value of ids `0..n` own by themselves, on average per entry.
+#[derive(Clone, Copy)]
+struct OwnHeap {
+    bytes: f64,
+    allocs: f64,
+}
+
+fn own_heap<K: Item, V: Item>(n: u64) -> OwnHeap {
+    let (mut bytes, mut allocs) = (0usize, 0usize);
+    for id in 0..n {
+        for b in [K::make(id).heap_bytes(), V::make(id).heap_bytes()] {
+            bytes += b;
+            allocs += usize::from(b > 0);
+        }
+    }
+    let n = n.max(1) as f64;
+    OwnHeap {
+        bytes: bytes as f64 / n,
+        allocs: allocs as f64 / n,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One measurement.
 
 struct Figures {
     name: &'static str,
@@ -154,18 +271,24 @@ impl Figures {
         live.bytes as f64 / self.entries.max(1) as f64
     }
 
+    /// Bytes per entry after the flush: the headline figure.
+    fn bytes(&self) -> f64 {
+        self.per_entry(self.after_flush)
+    }
+
     fn allocs_per_entry(&self) -> f64 {
         self.after_flush.allocs as f64 / self.entries.max(1) as f64
     }
 }
 
-/// Builds a map with `build`, fills it with `n` keys through `insert`, and reads the live
-/// bytes at each step. `len` counts what the map holds; `flush` frees its deferred garbage.
-fn measure<M>(
+/// Builds a map with `build`, fills it with the keys and values of ids `0..n` through `insert`,
+/// and reads the live bytes at each step. `len` counts what the map holds; `flush` frees its
+/// deferred garbage.
+fn measure<M, K: Item, V: Item>(
     name: &'static str,
     n: u64,
     build: impl FnOnce() -> M,
-    insert: impl Fn(&M, u64, Val),
+    insert: impl Fn(&M, K, V),
     len: impl Fn(&M) -> usize,
     flush: impl Fn(&M),
 ) -> Figures {
@@ -173,8 +296,8 @@ fn measure<M>(
     let before = Live::now();
     let start = Instant::now();
     let map = build();
-    for k in 0..n {
-        insert(&map, k, value(k));
+    for id in 0..n {
+        insert(&map, K::make(id), V::make(id));
     }
     let fill_time = start.elapsed();
     // Moka's `len` runs its pending tasks, which may free memory: count first, read after.
@@ -194,65 +317,18 @@ fn measure<M>(
     }
 }
 
-/// caskv, then every key overwritten once with a new value allocation: live bytes right after
-/// the overwrite and after a flush, over the fresh fill's.
-fn caskv_overwrite(n: u64) -> (&'static str, f64, f64, f64) {
-    flush_deferred();
-    let before = Live::now();
-    let store: Store<u64, Val> = Store::new();
-    for k in 0..n {
-        store.set(k, value(k));
-    }
-    flush_deferred();
-    let fresh = Live::now().since(before).bytes;
-    for k in 0..n {
-        store.set(k, value(k + 1));
-    }
-    let right_after = Live::now().since(before).bytes;
-    flush_deferred();
-    let flushed = Live::now().since(before).bytes;
-    drop(store);
-    let per = |b: i64| b as f64 / n as f64;
-    ("caskv", per(fresh), per(right_after), per(flushed))
-}
-
-/// The same for papaya, whose `insert` retires the replaced entry to its own collector.
-fn papaya_overwrite(n: u64) -> (&'static str, f64, f64, f64) {
-    flush_deferred();
-    let before = Live::now();
-    let map: papaya::HashMap<u64, Val, Hasher> =
-        papaya::HashMap::builder().hasher(Hasher::default()).build();
-    for k in 0..n {
-        map.pin().insert(k, value(k));
-    }
-    flush_papaya(&map);
-    let fresh = Live::now().since(before).bytes;
-    for k in 0..n {
-        map.pin().insert(k, value(k + 1));
-    }
-    let right_after = Live::now().since(before).bytes;
-    flush_papaya(&map);
-    let flushed = Live::now().since(before).bytes;
-    drop(map);
-    let per = |b: i64| b as f64 / n as f64;
-    ("papaya", per(fresh), per(right_after), per(flushed))
-}
-
-// ---------------------------------------------------------------------------------------------
-
-fn main() {
-    let bench = std::env::args().any(|a| a == "--bench");
-    let n: u64 = if bench { 1_000_000 } else { 10_000 };
-    let started = Instant::now();
-    println!(
-        "caskv memory bench: {n} entries, u64 keys, each value its own Arc<[u8; 64]> ({VALUE_BYTES} B requested)"
-    );
-
+/// Every map of one shape, `K -> V`, caskv first and dashmap second. `version_row` adds a
+/// dashmap holding `(u64, V)`: a version index beside the value, as caskv keeps one.
+fn run_shape<K, V>(n: u64, version_row: bool) -> Vec<Figures>
+where
+    K: Item + Hash + Eq + Ord + Clone + Send + Sync + 'static,
+    V: Item + Clone + Send + Sync + 'static,
+{
     let mut rows = vec![
         measure(
             "caskv Store",
             n,
-            Store::<u64, Val>::new,
+            Store::<K, V>::new,
             |m, k, v| {
                 m.set(k, v);
             },
@@ -260,9 +336,33 @@ fn main() {
             |_| flush_deferred(),
         ),
         measure(
+            "dashmap",
+            n,
+            || dashmap::DashMap::<K, V, Hasher>::with_hasher(Hasher::default()),
+            |m, k, v| {
+                m.insert(k, v);
+            },
+            |m| m.len(),
+            |_| flush_deferred(),
+        ),
+    ];
+    if version_row {
+        rows.push(measure(
+            "dashmap, (version, value) slots",
+            n,
+            || dashmap::DashMap::<K, (u64, V), Hasher>::with_hasher(Hasher::default()),
+            |m, k, v| {
+                m.insert(k, (1, v));
+            },
+            |m| m.len(),
+            |_| flush_deferred(),
+        ));
+    }
+    rows.extend([
+        measure(
             "RwLock<HashMap>",
             n,
-            || RwLock::new(HashMap::<u64, Val, Hasher>::with_hasher(Hasher::default())),
+            || RwLock::new(HashMap::<K, V, Hasher>::with_hasher(Hasher::default())),
             |m, k, v| {
                 m.write().unwrap_or_else(|e| e.into_inner()).insert(k, v);
             },
@@ -270,29 +370,9 @@ fn main() {
             |_| flush_deferred(),
         ),
         measure(
-            "dashmap",
-            n,
-            || dashmap::DashMap::<u64, Val, Hasher>::with_hasher(Hasher::default()),
-            |m, k, v| {
-                m.insert(k, v);
-            },
-            |m| m.len(),
-            |_| flush_deferred(),
-        ),
-        measure(
-            "dashmap, (version, value) slots",
-            n,
-            || dashmap::DashMap::<u64, (u64, Val), Hasher>::with_hasher(Hasher::default()),
-            |m, k, v| {
-                m.insert(k, (k + 1, v));
-            },
-            |m| m.len(),
-            |_| flush_deferred(),
-        ),
-        measure(
             "scc::HashMap",
             n,
-            || scc::HashMap::<u64, Val, Hasher>::with_hasher(Hasher::default()),
+            || scc::HashMap::<K, V, Hasher>::with_hasher(Hasher::default()),
             |m, k, v| {
                 let _ = m.insert_sync(k, v);
             },
@@ -302,7 +382,7 @@ fn main() {
         measure(
             "scc::HashIndex",
             n,
-            || scc::HashIndex::<u64, Val, Hasher>::with_hasher(Hasher::default()),
+            || scc::HashIndex::<K, V, Hasher>::with_hasher(Hasher::default()),
             |m, k, v| {
                 let _ = m.insert_sync(k, v);
             },
@@ -313,7 +393,7 @@ fn main() {
             "papaya",
             n,
             || {
-                papaya::HashMap::<u64, Val>::builder()
+                papaya::HashMap::<K, V>::builder()
                     .hasher(Hasher::default())
                     .build()
             },
@@ -327,7 +407,7 @@ fn main() {
             "moka sync::Cache",
             n,
             || {
-                moka::sync::Cache::<u64, Val>::builder()
+                moka::sync::Cache::<K, V>::builder()
                     .max_capacity(n)
                     .build_with_hasher(Hasher::default())
             },
@@ -342,7 +422,7 @@ fn main() {
             "quick_cache sync::Cache",
             n,
             || {
-                quick_cache::sync::Cache::<u64, Val, quick_cache::UnitWeighter, Hasher>::with(
+                quick_cache::sync::Cache::<K, V, quick_cache::UnitWeighter, Hasher>::with(
                     n as usize,
                     n,
                     quick_cache::UnitWeighter,
@@ -354,27 +434,39 @@ fn main() {
             |m| m.len(),
             |_| flush_deferred(),
         ),
-    ];
-    let dash = rows
-        .iter()
-        .position(|r| r.name == "dashmap")
-        .expect("dashmap row");
-    // caskv first, then the peers in the order above.
-    let dash = rows.remove(dash);
-    rows.insert(1, dash);
-    let (dash_incl, dash_excl) = (
-        rows[1].per_entry(rows[1].after_flush),
-        rows[1].per_entry(rows[1].after_flush) - VALUE_BYTES as f64,
-    );
+    ]);
+    rows
+}
 
+/// caskv's and dashmap's figures of one shape, for its goal line.
+struct Goal {
+    shape: &'static str,
+    own: OwnHeap,
+    caskv_bytes: f64,
+    caskv_allocs: f64,
+    dash_bytes: f64,
+}
+
+/// Prints one shape's table; `own` is what an entry's key and value own by themselves.
+fn print_table(shape: &'static str, title: &str, rows: &[Figures], own: OwnHeap) -> Goal {
+    let find = |name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("{name} row"))
+    };
+    let (caskv, dash) = (find("caskv Store"), find("dashmap"));
+    let (dash_incl, dash_excl) = (dash.bytes(), dash.bytes() - own.bytes);
     println!();
-    println!("### Bytes per entry at {n} entries (live bytes requested from the allocator; value allocation = {VALUE_BYTES} B)");
+    println!("### {title}");
     println!();
-    println!("| map | entries | incl. value, after fill | incl. value, after flush | excl. value (after flush) | incl. value / dashmap | excl. value / dashmap | allocations per entry | left after drop (B) | fill time |");
+    println!(
+        "| map | entries | bytes/entry, after fill | bytes/entry, after flush | excl. key and value heap bytes ({:.1} B) | ÷ dashmap | excl. ÷ dashmap | allocations/entry | left after drop (B) | fill time |",
+        own.bytes
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &rows {
-        let incl = r.per_entry(r.after_flush);
-        let excl = incl - VALUE_BYTES as f64;
+    for r in rows {
+        let incl = r.bytes();
+        let excl = incl - own.bytes;
         println!(
             "| {} | {} | {:.1} | {incl:.1} | {excl:.1} | {:.2}x | {:.2}x | {:.2} | {} | {:.0} ms |",
             r.name,
@@ -387,30 +479,142 @@ fn main() {
             r.fill_time.as_secs_f64() * 1e3
         );
     }
-    let caskv = &rows[0];
-    let caskv_incl = caskv.per_entry(caskv.after_flush);
-    println!();
-    println!(
-        "Goal, bytes per entry <= 1.2x dashmap: caskv {:.2}x including the value ({}), {:.2}x excluding it ({}).",
-        caskv_incl / dash_incl,
-        if caskv_incl / dash_incl <= 1.2 { "met" } else { "NOT met" },
-        (caskv_incl - VALUE_BYTES as f64) / dash_excl,
-        if (caskv_incl - VALUE_BYTES as f64) / dash_excl <= 1.2 {
-            "met"
-        } else {
-            "NOT met"
-        }
+    Goal {
+        shape,
+        own,
+        caskv_bytes: caskv.bytes(),
+        caskv_allocs: caskv.allocs_per_entry(),
+        dash_bytes: dash_incl,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overwrites (shape A).
+
+/// Live bytes per entry of a filled map (flushed), right after every key was overwritten once,
+/// and after a flush.
+struct Overwrite {
+    name: &'static str,
+    fresh: f64,
+    right_after: f64,
+    flushed: f64,
+}
+
+/// caskv `u64 -> u64`, then every key overwritten once with a new value.
+fn caskv_overwrite(n: u64) -> Overwrite {
+    flush_deferred();
+    let before = Live::now();
+    let store: Store<u64, u64> = Store::new();
+    for k in 0..n {
+        store.set(k, k);
+    }
+    flush_deferred();
+    let fresh = Live::now().since(before).bytes;
+    for k in 0..n {
+        store.set(k, k + 1);
+    }
+    let right_after = Live::now().since(before).bytes;
+    flush_deferred();
+    let flushed = Live::now().since(before).bytes;
+    drop(store);
+    let per = |b: i64| b as f64 / n.max(1) as f64;
+    Overwrite {
+        name: "caskv",
+        fresh: per(fresh),
+        right_after: per(right_after),
+        flushed: per(flushed),
+    }
+}
+
+/// The same for papaya, whose `insert` retires the replaced entry to its own collector.
+fn papaya_overwrite(n: u64) -> Overwrite {
+    flush_deferred();
+    let before = Live::now();
+    let map: papaya::HashMap<u64, u64, Hasher> =
+        papaya::HashMap::builder().hasher(Hasher::default()).build();
+    for k in 0..n {
+        map.pin().insert(k, k);
+    }
+    flush_papaya(&map);
+    let fresh = Live::now().since(before).bytes;
+    for k in 0..n {
+        map.pin().insert(k, k + 1);
+    }
+    let right_after = Live::now().since(before).bytes;
+    flush_papaya(&map);
+    let flushed = Live::now().since(before).bytes;
+    drop(map);
+    let per = |b: i64| b as f64 / n.max(1) as f64;
+    Overwrite {
+        name: "papaya",
+        fresh: per(fresh),
+        right_after: per(right_after),
+        flushed: per(flushed),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let n: u64 = if bench { 1_000_000 } else { 10_000 };
+    let started = Instant::now();
+    println!("caskv memory bench: {n} entries per map; live bytes requested from the allocator");
+
+    let own_a = own_heap::<u64, u64>(n);
+    let goal_a = print_table(
+        "u64 -> u64",
+        &format!("Shape A, natural: u64 -> u64, {n} entries"),
+        &run_shape::<u64, u64>(n, false),
+        own_a,
+    );
+    let own_b = own_heap::<String, [u8; 64]>(n);
+    let goal_b = print_table(
+        "String -> [u8; 64]",
+        &format!(
+            "Shape B, natural: String (16-32 B, its heap bytes counted) -> [u8; 64] inline, {n} entries"
+        ),
+        &run_shape::<String, [u8; 64]>(n, false),
+        own_b,
+    );
+    let own_arc = own_heap::<u64, Arc<[u8; 64]>>(n);
+    print_table(
+        "u64 -> Arc<[u8; 64]>",
+        &format!(
+            "Secondary: u64 -> Arc<[u8; 64]> (each value its own {:.0} B allocation), {n} entries",
+            own_arc.bytes
+        ),
+        &run_shape::<u64, Arc<[u8; 64]>>(n, true),
+        own_arc,
     );
 
     println!();
-    println!("### After overwriting every key once with a new value allocation (bytes per entry, incl. value)");
+    println!("### After overwriting every key once (shape A, u64 -> u64; bytes per entry)");
     println!();
     println!("| map | fresh fill (flushed) | right after the overwrite | after a flush | held for reclamation right after |");
     println!("|---|---:|---:|---:|---:|");
-    for (name, fresh, right_after, flushed) in [caskv_overwrite(n), papaya_overwrite(n)] {
+    for o in [caskv_overwrite(n), papaya_overwrite(n)] {
         println!(
-            "| {name} | {fresh:.1} | {right_after:.1} | {flushed:.1} | {:.1} |",
-            right_after - flushed
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            o.name,
+            o.fresh,
+            o.right_after,
+            o.flushed,
+            o.right_after - o.flushed
+        );
+    }
+
+    println!();
+    for g in [goal_a, goal_b] {
+        let ratio = g.caskv_bytes / g.dash_bytes;
+        println!(
+            "goal, {}: caskv {:.1} B/entry ÷ dashmap {:.1} B/entry = {ratio:.2}x (goal <= {GOAL}x): met {}; caskv allocations/entry {:.2} ({:.2} beyond the key's and value's own)",
+            g.shape,
+            g.caskv_bytes,
+            g.dash_bytes,
+            if ratio <= GOAL { "yes" } else { "no" },
+            g.caskv_allocs,
+            g.caskv_allocs - g.own.allocs
         );
     }
     println!();

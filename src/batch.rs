@@ -240,12 +240,22 @@ struct HeldSlot<'g> {
     lock: u64,
     /// What the lock replaced (a record, a tomb, or empty).
     before: u64,
+    /// For a slot claimed empty: the tomb it gets if the key stays absent, made before the
+    /// claim so that releasing runs no user code and allocates nothing (a claimed slot never
+    /// becomes empty again). Freed at release if unused.
+    spare: u64,
     /// Set once released, so that unwinding does not release twice.
     released: bool,
 }
 
-/// Why a batch must let go of everything and start locking again.
-struct Resizing<'g>(&'g Table);
+/// Why a batch stopped locking.
+enum Stop<'g> {
+    /// The table is being resized: let go of everything, help, start locking again.
+    Resizing(&'g Table),
+    /// The key's slot is already held by this batch: two keys that are equal (`Eq`) were not
+    /// next to each other after sorting (`Ord` disagrees with `Eq`).
+    Duplicate,
+}
 
 /// The slots a batch holds, in key order. Dropping it releases every slot not yet released:
 /// to `after` once the batch committed, to `before` otherwise. That makes a panic in user
@@ -277,37 +287,46 @@ where
 
     /// Locks the slot of `key`, waiting while another batch holds it or a write to it settles.
     /// Gives up (holding what it held) when the table is being resized.
-    fn lock(&mut self, key: &K) -> Result<(), Resizing<'g>> {
+    fn lock(&mut self, key: &K) -> Result<(), Stop<'g>> {
         let raw = &self.store.raw;
         let guard = self.guard;
         let hash = raw.hash(key);
         let mut backoff = Backoff::new();
-        let mut lock = Unpublished::<K>(
-            Lock::word(hash, key.clone(), self.txn.clone(), EMPTY),
-            std::marker::PhantomData,
-        );
+        let mut lock =
+            Unpublished::<K>::new(Lock::word(hash, key.clone(), self.txn.clone(), EMPTY));
+        let mut spare = Unpublished::<K>::new(EMPTY);
         loop {
             let table = raw.table(guard);
             let (slot, before) = match raw.locate(table, hash, key) {
-                Located::Resizing => return Err(Resizing(table)),
+                Located::Resizing => return Err(Stop::Resizing(table)),
                 Located::Vacant { slot } => {
                     lock.set_before(EMPTY);
+                    if spare.0 == EMPTY {
+                        spare.0 = Tomb::word(hash, key.clone(), 0, 0);
+                    }
                     match raw.claim(table, slot, lock.0) {
                         Claim::Claimed => (slot, EMPTY),
                         Claim::Lost => continue,
-                        Claim::Resizing => return Err(Resizing(table)),
+                        Claim::Resizing => return Err(Stop::Resizing(table)),
                     }
                 }
                 // SAFETY: `word` was loaded from a slot under `guard`.
                 Located::Found { slot, word } => match unsafe { classify::<K, V>(word, guard) } {
                     State::Locked | State::Unlogged => {
+                        if word & cell::LOCKED != 0 {
+                            // SAFETY: a LOCKED word loaded under `guard` points to a live lock.
+                            let held = unsafe { &*cell::node_of::<Lock<K>>(word) };
+                            if Arc::ptr_eq(&held.txn, &self.txn) {
+                                return Err(Stop::Duplicate);
+                            }
+                        }
                         if table.resizing() {
-                            return Err(Resizing(table));
+                            return Err(Stop::Resizing(table));
                         }
                         backoff.snooze();
                         continue;
                     }
-                    State::Frozen(_) => return Err(Resizing(table)),
+                    State::Frozen(_) => return Err(Stop::Resizing(table)),
                     State::Absent | State::Present(_) => {
                         lock.set_before(word);
                         // AcqRel: Release publishes the lock node (and its `before`) to readers'
@@ -326,6 +345,11 @@ where
                 slot,
                 lock: lock.publish(),
                 before,
+                spare: if before == EMPTY {
+                    spare.publish()
+                } else {
+                    EMPTY
+                },
                 released: false,
             });
             return Ok(());
@@ -340,29 +364,33 @@ where
     }
 
     /// Replaces the lock of held slot `i` (which only we may change) with `next`; a slot left
-    /// with nothing gets a tomb, since a claimed slot never becomes empty again.
+    /// with nothing gets its spare tomb, since a claimed slot never becomes empty again. Runs
+    /// no user code and allocates nothing (it runs in `Drop`, perhaps while unwinding).
     fn release_one(&mut self, i: usize, next: u64) {
-        if self.slots[i].released {
+        let guard = self.guard;
+        let held = &mut self.slots[i];
+        if held.released {
             return;
         }
+        held.released = true;
+        let spare = std::mem::replace(&mut held.spare, EMPTY);
         let next = if next == EMPTY {
-            let keyed = &self.lock_node(i).keyed;
-            Tomb::word(keyed.hash, keyed.key.clone(), 0, 0)
+            debug_assert!(spare != EMPTY, "an empty slot is claimed with a spare tomb");
+            spare
         } else {
+            drop(Unpublished::<K>::new(spare));
             next
         };
-        let held = &mut self.slots[i];
-        held.released = true;
         // Release: pairs with the Acquire load of readers, writers and copiers, publishing
         // `next` (and, for readers that then see no lock, everything the batch did before).
         held.slot.store(next, Ordering::Release);
         // SAFETY: the lock is unlinked by the store above and was reachable only through this
         // slot; pinned readers that loaded it are waited for by the collector.
-        unsafe { cell::retire::<K, V>(held.lock, self.guard) };
+        unsafe { cell::retire::<K, V>(held.lock, guard) };
         if held.before != next {
             // SAFETY: `before` was the word we replaced with the lock; it is now unreachable
             // (neither in the slot nor in a live lock) and is retired once, here.
-            unsafe { cell::retire::<K, V>(held.before, self.guard) };
+            unsafe { cell::retire::<K, V>(held.before, guard) };
         }
     }
 }
@@ -393,10 +421,15 @@ where
     }
 }
 
-/// A lock node this thread made and has not published: freed if the batch gives up.
+/// A lock or tomb node this thread made and has not published (by its word's bits): freed
+/// if the batch gives up.
 struct Unpublished<K>(u64, std::marker::PhantomData<K>);
 
 impl<K> Unpublished<K> {
+    fn new(word: u64) -> Self {
+        Unpublished(word, std::marker::PhantomData)
+    }
+
     fn set_before(&mut self, before: u64) {
         // SAFETY: the node is ours and unpublished: nobody else can see it.
         unsafe { (*cell::node_of::<Lock<K>>(self.0)).before = before };
@@ -409,9 +442,16 @@ impl<K> Unpublished<K> {
 
 impl<K> Drop for Unpublished<K> {
     fn drop(&mut self) {
-        if self.0 != EMPTY {
-            // SAFETY: made by this thread and never published.
-            unsafe { Lock::<K>::free(self.0) };
+        if self.0 == EMPTY {
+            return;
+        }
+        // SAFETY: made by this thread and never published; the bits say which node it is.
+        unsafe {
+            if self.0 & cell::LOCKED != 0 {
+                Lock::<K>::free(self.0)
+            } else {
+                Tomb::<K>::free(self.0)
+            }
         }
     }
 }
@@ -471,7 +511,7 @@ where
         }
 
         let guard = self.raw.pin();
-        let held = self.lock_all(ops.iter().map(Op::key), ops.len(), &guard);
+        let held = self.lock_all(ops.iter().map(Op::key), ops.len(), &guard)?;
 
         // Validate against the befores: every failure is collected.
         let mut effects = Vec::with_capacity(ops.len());
@@ -540,35 +580,46 @@ where
     }
 
     /// Locks the slots of `keys` (sorted, distinct) in order. A resize met on the way makes it
-    /// release everything, help the resize, and start again.
+    /// release everything, help the resize, and start again. Fails with
+    /// [`Error::DuplicateKey`] when a key's slot is already held by this batch (keys whose `Ord`
+    /// and `Eq` disagree escaped the duplicate check), rather than waiting for itself.
     fn lock_all<'s, 'g, 'k>(
         &'s self,
         keys: impl Iterator<Item = &'k K> + Clone,
         len: usize,
         guard: &'g Guard,
-    ) -> Held<'s, 'g, K, V>
+    ) -> Result<Held<'s, 'g, K, V>, Error<K, V>>
     where
         K: 'k,
     {
-        loop {
+        'restart: loop {
             let mut held = Held::new(self, guard, len);
-            match keys.clone().try_for_each(|key| held.lock(key)) {
-                Ok(()) => return held,
-                Err(Resizing(table)) => {
-                    drop(held); // never committed: every slot goes back to its before
-                    self.raw.help_resize(table, len, guard);
+            for key in keys.clone() {
+                match held.lock(key) {
+                    Ok(()) => {}
+                    Err(Stop::Resizing(table)) => {
+                        drop(held); // never committed: every slot goes back to its before
+                        self.raw.help_resize(table, len, guard);
+                        continue 'restart;
+                    }
+                    Err(Stop::Duplicate) => return Err(Error::DuplicateKey(key.clone())),
                 }
             }
+            return Ok(held);
         }
     }
 
     /// Reads several keys as one atomic snapshot: the entries all held at one instant, so the
     /// result never shows part of a batch. Results are in the order of `keys` (a key listed
-    /// twice is read once and reported twice).
+    /// twice is read twice, within the same snapshot).
     ///
-    /// Unlike [`get`](Store::get) this is not lock-free: it locks the keys in key order like a
-    /// batch, reads them, and releases them unchanged. It takes no index. Fails only with
-    /// [`Error::BatchTooLarge`].
+    /// It reads every key's slot twice under one pin and returns when nothing changed in
+    /// between (no write, no batch holding a key, the table not replaced): then every value
+    /// was current at once, between the two passes. It writes nothing and takes no index. Under
+    /// writes that keep changing the keys it falls back, after a few tries, to locking the keys
+    /// in key order like a batch and releasing them unchanged. Fails only with
+    /// [`Error::BatchTooLarge`] (or [`Error::DuplicateKey`] for keys whose `Ord` and `Eq`
+    /// disagree, on the fallback).
     ///
     /// ```
     /// use caskv::Store;
@@ -576,20 +627,49 @@ where
     /// store.set("a", 1);
     /// let got = store.get_many(&["b", "a"]).unwrap();
     /// assert!(got[0].is_none());
-    /// assert_eq!(*got[1].as_ref().unwrap().value, 1);
+    /// assert_eq!(got[1].as_ref().unwrap().value, 1);
     /// ```
     pub fn get_many(&self, keys: &[K]) -> Result<Vec<Option<Entry<V>>>, Error<K, V>> {
+        /// Double collects tried before locking.
+        const ATTEMPTS: usize = 16;
         if keys.len() > self.config.max_batch {
             return Err(Error::BatchTooLarge {
                 len: keys.len(),
                 max: self.config.max_batch,
             });
         }
+        let guard = self.raw.pin();
+        let hashes: Vec<u64> = keys.iter().map(|k| self.raw.hash(k)).collect();
+        let collect = |table| -> Vec<u64> {
+            keys.iter()
+                .zip(&hashes)
+                .map(|(k, &h)| self.raw.find(table, h, k).unwrap_or(EMPTY))
+                .collect()
+        };
+        let mut backoff = Backoff::new();
+        for _ in 0..ATTEMPTS {
+            let table = self.raw.table(&guard);
+            let first = collect(table);
+            // A batch in flight may commit between the passes without changing the word: wait.
+            if first.iter().any(|w| w & cell::LOCKED != 0) {
+                backoff.snooze();
+                continue;
+            }
+            // While we are pinned no node address is reused, so an unchanged word means an
+            // unchanged value (a lock taken and released unchanged in between left the value
+            // as it was); an unchanged current table means a frozen word was still current.
+            if collect(table) == first && std::ptr::eq(self.raw.table(&guard), table) {
+                return Ok(first
+                    .iter()
+                    // SAFETY: each word was loaded from a slot under `guard`.
+                    .map(|&w| unsafe { visible::<K, V>(w, &guard) }.map(Entry::of))
+                    .collect());
+            }
+        }
         let mut sorted: Vec<&K> = keys.iter().collect();
         sorted.sort();
         sorted.dedup();
-        let guard = self.raw.pin();
-        let held = self.lock_all(sorted.iter().copied(), sorted.len(), &guard);
+        let held = self.lock_all(sorted.iter().copied(), sorted.len(), &guard)?;
         let read: Vec<Option<Entry<V>>> = held
             .slots
             .iter()

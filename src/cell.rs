@@ -65,8 +65,9 @@ pub(crate) const DELETED: u64 = 4;
 /// The word is being moved to the next table; nobody changes it any more.
 pub(crate) const FROZEN: u64 = 8;
 /// The node address bits. Nodes are 16-aligned (the four low bits are the tags above) and live
-/// below 2^48, as every user-space address does on the 64-bit targets this crate supports
-/// (checked when a node is made).
+/// below 2^48, as every user-space address does on x86-64 and on aarch64 Linux without
+/// top-byte pointer tagging (checked when a node is made: a target whose allocator tags the
+/// top byte of pointers, such as Android with memory tagging, is not supported).
 const ADDRESS: u64 = 0x0000_FFFF_FFFF_FFF0;
 /// Where the hash tag sits.
 const TAG_SHIFT: u32 = 48;
@@ -295,15 +296,6 @@ impl<K, V> Record<K, V> {
     pub(crate) unsafe fn free(word: u64) {
         // SAFETY: the caller's contract; records are made by `Box` in `Record::word`.
         drop(unsafe { Box::from_raw(node_of::<Record<K, V>>(word)) });
-    }
-
-    /// Takes the record of an unpublished `word` back (a lost race): its key and value.
-    ///
-    /// # Safety
-    /// `word` came from [`Record::word`] and was never published.
-    pub(crate) unsafe fn unpublished(word: u64) -> Box<Record<K, V>> {
-        // SAFETY: the caller's contract.
-        unsafe { Box::from_raw(node_of::<Record<K, V>>(word)) }
     }
 }
 

@@ -31,8 +31,11 @@
 //!
 //! ## Consistency
 //! - Every single-key operation (get, set, set_cas, delete, delete_cas, compare_and_set) is
-//!   **linearizable**. Reads are lock-free, never wait for a writer, and write no shared memory
-//!   (through [`Store::pin`]; [`Store::get`] adds one reference-count increment on the value).
+//!   **linearizable**. Reads are lock-free and never wait for a writer. [`Store::get`] makes one
+//!   atomic read-modify-write (the epoch pin) and clones the value out; through a held
+//!   [`Store::pin`] handle a read writes no shared memory and clones nothing.
+//! - Values are stored inline, next to their key and indices, one allocation per version. Store
+//!   an `Arc<T>` to share a large value with readers instead of cloning it.
 //! - Per key, `modify_index` strictly increases; `create_index` is fixed from creation until
 //!   deletion. Indices are unique across the store and never reused; indices consumed by lost
 //!   races leave gaps.

@@ -210,6 +210,20 @@ where
         StoreBuilder::default().capacity(keys).build()
     }
 
+    /// How many keys the store's current table holds before it grows: half its slots. Keys
+    /// deleted since the last resize still count (a delete leaves a tomb in the key's slot, and
+    /// the next resize drops it, growing the table only for the keys still present).
+    ///
+    /// ```
+    /// # use caskv::Store;
+    /// let store: Store<u64, u64> = Store::with_capacity(1000);
+    /// assert!(store.capacity() >= 1000);
+    /// ```
+    pub fn capacity(&self) -> usize {
+        let guard = self.raw.pin();
+        self.raw.table(&guard).capacity() / 2
+    }
+
     /// The global index this store draws from.
     pub fn global_index(&self) -> &StdArc<GlobalIndex> {
         &self.clock
@@ -606,26 +620,27 @@ where
             create_index,
             flags,
         };
-        let node = Record::word(hash, key, value, meta, 0);
+        let mut node = Unpublished::<K, V>::none();
+        node.word = Record::word(hash, key, value, meta, 0);
         loop {
             // SAFETY: `node` is ours and unpublished.
-            let key = unsafe { &Raw::<K, V>::record(node, &guard).header.keyed.key };
+            let key = unsafe { &Raw::<K, V>::record(node.word, &guard).header.keyed.key };
             match self.observe(hash, key, &guard, &mut Backoff::new()) {
                 Step::Retry => continue,
-                Step::Vacant { table, slot } => match self.raw.claim(table, slot, node) {
-                    Claim::Claimed => return true,
+                Step::Vacant { table, slot } => match self.raw.claim(table, slot, node.word) {
+                    Claim::Claimed => {
+                        node.publish();
+                        return true;
+                    }
                     Claim::Lost => continue,
                     Claim::Resizing => self.raw.help_resize(table, 1, &guard),
                 },
                 Step::Slot {
                     current: Some(_), ..
-                } => {
-                    // SAFETY: `node` was never published.
-                    drop(unsafe { Record::<K, V>::unpublished(node) });
-                    return false;
-                }
+                } => return false, // `node` is freed unpublished
                 Step::Slot { slot, word, .. } => {
-                    if cas(slot, word, node) {
+                    if cas(slot, word, node.word) {
+                        node.publish();
                         // SAFETY: the tomb is replaced by our CAS; retired once, by us.
                         unsafe { cell::retire::<K, V>(word, &guard) };
                         return true;

@@ -14,13 +14,13 @@ compile_error!("--cfg caskv_loom needs the `loom` feature (and --cfg crossbeam_l
 
 #[cfg(caskv_loom)]
 pub(crate) use loom::sync::{
-    atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering},
     Arc,
 };
 
 #[cfg(not(caskv_loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering},
     Arc,
 };
 

@@ -25,16 +25,24 @@
 //!   and starts over in the next table; a batch first releases what it holds (see `batch.rs`).
 //!
 //! # Resize
-//! When a claim would pass half the slots, the claimant allocates the next table (twice the
-//! size, or the same size when more than a third of the claimed slots are tombs) and installs it
-//! in `next` with a CAS. Then every writer that arrives helps: it takes a chunk of slots with a
-//! `fetch_add` on `cursor`, freezes each slot (waiting while it is locked or settling: only the
-//! holder may change it), copies the word of a live record into the next table (the record
-//! itself moves by pointer, nothing is cloned), retires tombs, and adds the chunk to `copied`.
-//! The thread that completes the last chunk publishes the next table as current and retires the
-//! old one (its slot array only; the records now belong to the next table). A writer waits only
-//! for chunks other threads have taken: resizing is the one place where a single-key writer can
-//! wait for another thread, besides a batch's lock; readers never do.
+//! When a claim would pass half the slots, the claimant sizes the next table for the live keys
+//! plus what it needs (twice the size, or the same size once about a quarter of the claimed
+//! slots are tombs; never smaller) and installs it in `next` with a CAS; one thread sizes it at
+//! a time, the others wait for `next`. Then every writer that arrives helps: it takes a chunk of
+//! slots with a `fetch_add` on `cursor`, freezes each slot (waiting while it is locked or
+//! settling: only the holder may change it), copies the word of a live record into the next
+//! table (the record itself moves by pointer, nothing is cloned), skips tombs, and adds the chunk
+//! to `copied`. The thread that completes the last chunk publishes the next table as current and
+//! retires the old one: its slot array and its tombs (the records now belong to the next table;
+//! tombs are freed only then, because threads that pin while the old table is current can reach
+//! them).
+//!
+//! A writer waits only for chunks other threads have taken, and a copier waits only for a slot's
+//! lock holder or settling writer: resizing is the one place where a single-key writer can wait
+//! for another thread, besides a batch's lock; readers never do. Because a copier waits for
+//! locked slots, a batch that holds locks stalls every writer that meets a resize until it
+//! releases them: user code a batch runs while holding locks (`Hash`, `Eq`, `Ord`, `PartialEq`,
+//! `Clone` of keys and values) must be short and must not write to the same store.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
@@ -45,10 +53,14 @@ use crate::cell::{
     UNLOGGED,
 };
 use crate::sync::epoch::{self, Guard};
-use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Backoff, Ordering};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Backoff, Ordering};
 
 /// The hasher of every store: fast, and seeded per store.
+#[cfg(not(caskv_loom))]
 type Hasher = foldhash::fast::RandomState;
+/// Under loom the seed is fixed: loom replays each execution, which must be deterministic.
+#[cfg(caskv_loom)]
+type Hasher = foldhash::fast::FixedState;
 
 /// The fewest slots a table has.
 #[cfg(not(caskv_loom))]
@@ -82,6 +94,8 @@ struct Counters {
     cursor: AtomicUsize,
     /// Slots copied to the next table.
     copied: AtomicUsize,
+    /// Set by the one thread that sizes and allocates the next table.
+    sizing: AtomicBool,
 }
 
 /// Where a key stands in one table, for a writer.
@@ -116,11 +130,12 @@ impl Table {
                 claimed: AtomicUsize::new(0),
                 cursor: AtomicUsize::new(0),
                 copied: AtomicUsize::new(0),
+                sizing: AtomicBool::new(false),
             },
         })
     }
 
-    fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.mask + 1
     }
 
@@ -136,17 +151,28 @@ impl Table {
         &self.slots
     }
 
-    /// Frees a retired table's slot array (its nodes belong to the next table).
+    /// Frees a retired table: its slot array and the tombs frozen in it. Its records belong to
+    /// the next table, which the resize moved them to; its tombs were not moved, so this table
+    /// is the only thing that still points to them.
     ///
     /// # Safety
-    /// `word` is the address of a `Box<Table>` no thread can reach any more, freed once.
-    unsafe fn free(word: u64) {
+    /// `word` is the address of a `Box<Table>` whose resize completed (every slot frozen), that
+    /// no thread can reach any more, freed once.
+    unsafe fn free_with_tombs<K>(word: u64) {
         // SAFETY: the caller's contract.
-        drop(unsafe {
+        let table = unsafe {
             Box::from_raw(std::ptr::with_exposed_provenance_mut::<Table>(
                 word as usize,
             ))
-        });
+        };
+        for slot in table.slots.iter() {
+            // Relaxed: nobody else can reach the table any more.
+            let word = slot.load(Ordering::Relaxed);
+            if address(word) != 0 && word & DELETED != 0 {
+                // SAFETY: a frozen tomb, reachable only from this table (the copy skipped it).
+                unsafe { cell::Tomb::<K>::free(word) };
+            }
+        }
     }
 }
 
@@ -306,7 +332,22 @@ where
         // Acquire: pairs with the AcqRel CAS that installed `next`.
         let mut next = table.next.load(Ordering::Acquire);
         if next.is_null() {
-            next = self.start_resize(table, need);
+            // Relaxed: the flag only elects the sizer; `next` publishes the table.
+            if !table.counters.sizing.swap(true, Ordering::Relaxed) {
+                next = self.start_resize(table, need);
+            } else {
+                // Another thread scans and allocates (a large table costs both time and memory,
+                // so only one does); wait for its table.
+                let mut backoff = Backoff::new();
+                loop {
+                    // Acquire: as above.
+                    next = table.next.load(Ordering::Acquire);
+                    if !next.is_null() {
+                        break;
+                    }
+                    backoff.snooze();
+                }
+            }
         }
         // SAFETY: `next` was installed in `table.next` and is freed only after it was current
         // and then retired through the collector, which waits for `guard`.
@@ -318,7 +359,7 @@ where
                 break;
             }
             let end = (start + CHUNK).min(table.capacity());
-            self.copy_chunk(table, next_table, start..end, guard);
+            self.copy_chunk(table, next_table, start..end);
             // AcqRel: Release hands our copies to the publisher; Acquire (in the publisher)
             // gathers every helper's copies through the release sequence of `copied`.
             let done = table
@@ -375,13 +416,7 @@ where
     }
 
     /// Freezes and copies the slots `range` of `table` into `next`.
-    fn copy_chunk(
-        &self,
-        table: &Table,
-        next: &Table,
-        range: std::ops::Range<usize>,
-        guard: &Guard,
-    ) {
+    fn copy_chunk(&self, table: &Table, next: &Table, range: std::ops::Range<usize>) {
         let mut moved = 0;
         for slot in &table.slots[range] {
             let mut backoff = Backoff::new();
@@ -407,10 +442,9 @@ where
                 continue;
             }
             if word & DELETED != 0 {
-                // SAFETY: the tomb is unreachable from the next table, and this table stops
-                // being read by threads that pin after it is retired; it is retired once, by the
-                // one helper that froze its slot.
-                unsafe { cell::retire::<K, V>(word, guard) };
+                // Not copied, and not freed yet: this table is still current, so threads that
+                // pin from now on can reach the tomb. It is freed with the table's slot array
+                // (`Table::free_with_tombs`), after the table stopped being current.
                 continue;
             }
             // SAFETY: a live record's word, loaded under our pin.
@@ -442,15 +476,21 @@ where
         }
     }
 
-    /// Publishes `next` as the current table and retires `table`.
+    /// Publishes `next` as the current table and retires `table`, with its tombs.
     fn finish_copy(&self, table: &Table, next: *mut Table, guard: &Guard) {
-        // Release: pairs with the Acquire in `table()`: every copied word, and every node it
-        // points to, is visible to a thread that loads the new table.
-        self.current.store(next, Ordering::Release);
-        let old = std::ptr::from_ref(table).expose_provenance() as u64;
-        // SAFETY: `table` is no longer current, so threads that pin from now on cannot reach
-        // it; only this thread (the one that completed the copy) retires it.
-        unsafe { epoch::retire(guard, old, Table::free) };
+        // AcqRel: Release pairs with the Acquire in `table()`: every copied word, and every
+        // node it points to, is visible to a thread that loads the new table. Acquire: the
+        // pointer we get back carries the table's allocation, which we free later.
+        let old = self.current.swap(next, Ordering::AcqRel);
+        debug_assert!(
+            std::ptr::eq(old, table),
+            "only the current table is resized"
+        );
+        let old = old.expose_provenance() as u64;
+        // SAFETY: the old table is no longer current, so threads that pin from now on cannot
+        // reach it or the tombs frozen in it; only this thread (the one that completed the
+        // copy) retires it, and every one of its slots is frozen.
+        unsafe { epoch::retire(guard, old, Table::free_with_tombs::<K>) };
     }
 
     /// Calls `f` with the key, slot and word of every claimed slot of the current table.
@@ -502,7 +542,9 @@ impl<K, V> Drop for Raw<K, V> {
             }
             let next = t.next.load(Ordering::Relaxed);
             if !next.is_null() {
-                // A resize that never finished (its helper died): the nodes are in `t` too.
+                // A resize begun but not finished: impossible while no operation is in flight
+                // (nothing in a resize can panic), and the moved words are in `t` too, so only
+                // the array is freed.
                 drop(Box::from_raw(next));
             }
         }
