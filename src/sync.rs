@@ -43,7 +43,20 @@ pub(crate) mod epoch {
         crossbeam_epoch::pin()
     }
 
+    /// Retires between two flushes of this thread's garbage (see [`retire`]).
+    const RETIRES_PER_FLUSH: u32 = 64;
+
+    std::thread_local! {
+        /// Nodes this thread retired since its last flush.
+        static RETIRED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
     /// Calls `free(word)` once every thread pinned now has unpinned.
+    ///
+    /// Every [`RETIRES_PER_FLUSH`] retires the thread also flushes: it hands its bag over and
+    /// runs one collection (at most crossbeam's 8 bags of 64). crossbeam collects on its own
+    /// only every 128 *outermost* pins, so a writer inside a held [`Pinned`](crate::Pinned)
+    /// handle (whose pins nest) would retire far faster than anything is freed.
     ///
     /// # Safety
     /// `word`'s node is unreachable for every thread that pins from now on, and retired once.
@@ -51,7 +64,15 @@ pub(crate) mod epoch {
     pub(crate) unsafe fn retire(guard: &Guard, word: u64, free: unsafe fn(u64)) {
         // SAFETY: the caller's contract; `free` runs once, after every guard that could
         // still reach the node is gone.
-        unsafe { guard.defer_unchecked(move || free(word)) }
+        unsafe { guard.defer_unchecked(move || free(word)) };
+        let retired = RETIRED.with(|n| {
+            let retired = n.get().wrapping_add(1);
+            n.set(retired);
+            retired
+        });
+        if retired % RETIRES_PER_FLUSH == 0 {
+            guard.flush();
+        }
     }
 }
 

@@ -151,6 +151,14 @@ impl Table {
         &self.slots
     }
 
+    /// Slot `i`, where `i` is masked by `self.mask`.
+    #[inline(always)]
+    fn slot(&self, i: usize) -> &AtomicU64 {
+        debug_assert!(i <= self.mask);
+        // SAFETY: `i <= mask` and the array has `mask + 1` slots.
+        unsafe { self.slots.get_unchecked(i) }
+    }
+
     /// Frees a retired table: its slot array and the tombs frozen in it. Its records belong to
     /// the next table, which the resize moved them to; its tombs were not moved, so this table
     /// is the only thing that still points to them.
@@ -255,10 +263,13 @@ where
     {
         let tag = hash_tag(hash);
         let mut i = hash as usize & table.mask;
-        for _ in 0..=table.mask {
+        // Bounded by the table size; at most half the slots are claimed, so an empty one ends
+        // the probe long before.
+        let mut left = table.mask;
+        loop {
             // Acquire: pairs with the Release half of the CAS or store that wrote the word, so
             // the node it points to is fully visible.
-            let word = table.slots[i].load(Ordering::Acquire);
+            let word = table.slot(i).load(Ordering::Acquire);
             if address(word) == 0 {
                 return None;
             }
@@ -267,9 +278,12 @@ where
             if has_tag(word, tag) && unsafe { holds_key::<K, Q>(word, hash, key) } {
                 return Some(word);
             }
+            if left == 0 {
+                return None;
+            }
+            left -= 1;
             i = (i + 1) & table.mask;
         }
-        None
     }
 
     /// Where `key` stands in `table`, for a writer.
