@@ -231,10 +231,9 @@ where
 
     /// Pins the current thread for a series of reads (see [`Pinned`]).
     pub fn pin(&self) -> Pinned<'_, K, V> {
-        Pinned {
-            store: self,
-            guard: self.raw.pin(),
-        }
+        let guard = self.raw.pin();
+        crate::sync::epoch::hold();
+        Pinned { store: self, guard }
     }
 
     /// The record a reader sees for `key` under `guard`.
@@ -920,6 +919,12 @@ where
         Q: Hash + Eq + ?Sized,
     {
         self.store.read(key, &self.guard).map(EntryRef::of)
+    }
+}
+
+impl<K, V> Drop for Pinned<'_, K, V> {
+    fn drop(&mut self) {
+        crate::sync::epoch::release();
     }
 }
 

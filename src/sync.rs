@@ -43,20 +43,41 @@ pub(crate) mod epoch {
         crossbeam_epoch::pin()
     }
 
-    /// Retires between two flushes of this thread's garbage (see [`retire`]).
+    /// Retires between two flushes of this thread's garbage while it holds a handle (see
+    /// [`retire`]).
     const RETIRES_PER_FLUSH: u32 = 64;
 
     std::thread_local! {
-        /// Nodes this thread retired since its last flush.
-        static RETIRED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+        /// `Pinned` handles this thread holds, and nodes it retired since its last flush.
+        static HELD: std::cell::Cell<(u32, u32)> = const { std::cell::Cell::new((0, 0)) };
+    }
+
+    /// A `Pinned` handle was taken on this thread.
+    #[inline]
+    pub(crate) fn hold() {
+        HELD.with(|h| {
+            let (held, retired) = h.get();
+            h.set((held + 1, retired));
+        });
+    }
+
+    /// A `Pinned` handle of this thread was dropped.
+    #[inline]
+    pub(crate) fn release() {
+        HELD.with(|h| {
+            let (held, retired) = h.get();
+            h.set((held.saturating_sub(1), retired));
+        });
     }
 
     /// Calls `free(word)` once every thread pinned now has unpinned.
     ///
-    /// Every [`RETIRES_PER_FLUSH`] retires the thread also flushes: it hands its bag over and
-    /// runs one collection (at most crossbeam's 8 bags of 64). crossbeam collects on its own
-    /// only every 128 *outermost* pins, so a writer inside a held [`Pinned`](crate::Pinned)
-    /// handle (whose pins nest) would retire far faster than anything is freed.
+    /// While the thread holds a [`Pinned`](crate::Pinned) handle, every [`RETIRES_PER_FLUSH`]
+    /// retires it also flushes: it hands its bag over and runs one collection (at most
+    /// crossbeam's 8 bags of 64). crossbeam collects on its own only every 128 *outermost*
+    /// pins, and inside a held handle every pin nests, so writes there would otherwise retire
+    /// far faster than anything is freed. Outside a handle every operation's pin is outermost
+    /// and crossbeam's own cadence keeps up.
     ///
     /// # Safety
     /// `word`'s node is unreachable for every thread that pins from now on, and retired once.
@@ -65,12 +86,16 @@ pub(crate) mod epoch {
         // SAFETY: the caller's contract; `free` runs once, after every guard that could
         // still reach the node is gone.
         unsafe { guard.defer_unchecked(move || free(word)) };
-        let retired = RETIRED.with(|n| {
-            let retired = n.get().wrapping_add(1);
-            n.set(retired);
-            retired
+        let flush = HELD.with(|h| {
+            let (held, retired) = h.get();
+            if held == 0 {
+                return false;
+            }
+            let retired = retired.wrapping_add(1);
+            h.set((held, retired));
+            retired % RETIRES_PER_FLUSH == 0
         });
-        if retired % RETIRES_PER_FLUSH == 0 {
+        if flush {
             guard.flush();
         }
     }
@@ -119,6 +144,12 @@ pub(crate) mod epoch {
         /// As crossbeam's `Guard::flush`; nothing to hand over here (see the module docs).
         pub(crate) fn flush(&self) {}
     }
+
+    /// As the real `hold`: nothing to count here.
+    pub(crate) fn hold() {}
+
+    /// As the real `release`.
+    pub(crate) fn release() {}
 
     /// Keeps `word`'s node until the store is dropped.
     ///
