@@ -476,7 +476,7 @@ where
     /// store.set("a", "1");
     /// let err = store.batch(vec![Op::set_cas("a", "2", 999), Op::delete("zzz")]).unwrap_err();
     /// assert_eq!(err.conflicts().len(), 2); // every failure, and nothing applied
-    /// assert_eq!(*store.get("a").unwrap().value, "1");
+    /// assert_eq!(store.get("a").unwrap().value, "1");
     /// ```
     pub fn batch(&self, ops: Vec<Op<K, V>>) -> Result<u64, Error<K, V>>
     where

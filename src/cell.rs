@@ -51,6 +51,7 @@
 
 use std::borrow::Borrow;
 
+use crate::recycle;
 use crate::sync::epoch::Guard;
 use crate::sync::{epoch, Arc, AtomicU64, AtomicU8, Ordering};
 
@@ -279,13 +280,13 @@ where
 impl<K, V> Record<K, V> {
     /// A new record on the heap, as a slot word with hash tag and `bits`.
     pub(crate) fn word(hash: u64, key: K, value: V, meta: Meta, bits: u64) -> u64 {
-        let ptr = Box::into_raw(Box::new(Record {
+        let ptr = recycle::boxed(Record {
             header: Header {
                 keyed: Keyed { hash, key },
                 meta,
             },
             value,
-        }));
+        });
         word_of(ptr, hash_tag(hash), bits)
     }
 
@@ -294,15 +295,15 @@ impl<K, V> Record<K, V> {
     /// # Safety
     /// `word` points to a `Record<K, V>` that no thread can reach any more, freed once.
     pub(crate) unsafe fn free(word: u64) {
-        // SAFETY: the caller's contract; records are made by `Box` in `Record::word`.
-        drop(unsafe { Box::from_raw(node_of::<Record<K, V>>(word)) });
+        // SAFETY: the caller's contract; records are made by `recycle::boxed` in `Record::word`.
+        unsafe { recycle::drop_boxed(node_of::<Record<K, V>>(word)) };
     }
 }
 
 impl<K> Tomb<K> {
     /// A new tomb on the heap, as a slot word tagged `DELETED` plus `bits`.
     pub(crate) fn word(hash: u64, key: K, delete_index: u64, bits: u64) -> u64 {
-        let ptr = Box::into_raw(Box::new(Tomb {
+        let ptr = recycle::boxed(Tomb {
             header: Header {
                 keyed: Keyed { hash, key },
                 meta: Meta {
@@ -311,7 +312,7 @@ impl<K> Tomb<K> {
                     flags: 0,
                 },
             },
-        }));
+        });
         word_of(ptr, hash_tag(hash), DELETED | bits)
     }
 
@@ -320,20 +321,20 @@ impl<K> Tomb<K> {
     /// # Safety
     /// As [`Record::free`], for a `Tomb<K>`.
     pub(crate) unsafe fn free(word: u64) {
-        // SAFETY: the caller's contract; tombs are made by `Box` in `Tomb::word`.
-        drop(unsafe { Box::from_raw(node_of::<Tomb<K>>(word)) });
+        // SAFETY: the caller's contract; tombs are made by `recycle::boxed` in `Tomb::word`.
+        unsafe { recycle::drop_boxed(node_of::<Tomb<K>>(word)) };
     }
 }
 
 impl<K> Lock<K> {
     /// A new lock on the heap over `before`, as a slot word tagged `LOCKED`.
     pub(crate) fn word(hash: u64, key: K, txn: Arc<Txn>, before: u64) -> u64 {
-        let ptr = Box::into_raw(Box::new(Lock {
+        let ptr = recycle::boxed(Lock {
             keyed: Keyed { hash, key },
             txn,
             before,
             after: AtomicU64::new(EMPTY),
-        }));
+        });
         word_of(ptr, hash_tag(hash), LOCKED)
     }
 
@@ -342,8 +343,8 @@ impl<K> Lock<K> {
     /// # Safety
     /// As [`Record::free`], for a `Lock<K>`.
     pub(crate) unsafe fn free(word: u64) {
-        // SAFETY: the caller's contract; locks are made by `Box` in `Lock::word`.
-        drop(unsafe { Box::from_raw(node_of::<Lock<K>>(word)) });
+        // SAFETY: the caller's contract; locks are made by `recycle::boxed` in `Lock::word`.
+        unsafe { recycle::drop_boxed(node_of::<Lock<K>>(word)) };
     }
 }
 

@@ -68,6 +68,7 @@ mod entry;
 mod error;
 mod journal;
 pub mod persist;
+mod recycle;
 mod registry;
 mod store;
 mod sync;

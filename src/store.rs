@@ -362,7 +362,7 @@ where
     /// let store: Store<&str, String> = Store::new();
     /// store.compare_and_set("k", None, Some("a".to_string())).unwrap(); // only if absent
     /// let err = store.compare_and_set("k", Some(&"b".to_string()), None).unwrap_err();
-    /// assert_eq!(*err.conflict().unwrap().current.as_ref().unwrap().value, "a");
+    /// assert_eq!(err.conflict().unwrap().current.as_ref().unwrap().value, "a");
     /// ```
     pub fn compare_and_set(
         &self,
@@ -469,7 +469,7 @@ where
     /// let store: Store<&str, u64> = Store::new();
     /// store.update("hits", |v| v.copied().unwrap_or(0) + 1).unwrap();
     /// store.update("hits", |v| v.copied().unwrap_or(0) + 1).unwrap();
-    /// assert_eq!(*store.get("hits").unwrap().value, 2);
+    /// assert_eq!(store.get("hits").unwrap().value, 2);
     /// ```
     pub fn update<F>(&self, key: K, f: F) -> Result<u64, Error<K, V>>
     where

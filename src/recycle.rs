@@ -1,0 +1,186 @@
+//! Per-thread caches of node blocks, so that the steady-state write path neither mallocs nor
+//! frees: the epoch collector hands a retired node's block to the cache of the thread that
+//! collects it, and the next node that thread makes takes a block from there.
+//!
+//! Blocks come in size classes of 16 bytes (every node is 16-aligned, see `cell.rs`), up to
+//! [`MAX_BLOCK`]; a node type larger than that (a large inline value) uses the allocator
+//! directly. Each class keeps at most [`KEEP`] blocks per thread; beyond that, and when the
+//! thread exits, blocks go back to the allocator. A block is always allocated and deallocated
+//! with its class's layout, whatever node type it held, so any node of the class can reuse it.
+//!
+//! Why: with the system allocator, every write's record and every delete's tomb was a `malloc`
+//! and (after the epoch) a `free` of a small chunk, and the collector's larger allocations made
+//! glibc consolidate those freed chunks again and again (`malloc_consolidate` and
+//! `unlink_chunk` were a third of an insert/delete-heavy profile; see `BENCHMARKS.md`).
+//!
+//! Under loom the cache is off (nodes are plain allocations): the models check the cell
+//! protocol, not this cache, and loom would see its thread-locals as shared state.
+
+use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
+
+/// The largest block kept; larger nodes use the allocator directly.
+pub(crate) const MAX_BLOCK: usize = 256;
+/// Blocks one thread keeps per size class.
+const KEEP: usize = 1024;
+/// Size classes: 16, 32, …, `MAX_BLOCK` bytes.
+const CLASSES: usize = MAX_BLOCK / 16;
+
+/// The class layout a node of `layout` is allocated with, or `None` when it is not cached.
+#[inline]
+fn class_of(layout: Layout) -> Option<(usize, Layout)> {
+    if layout.size() == 0 || layout.size() > MAX_BLOCK || layout.align() > 16 {
+        return None;
+    }
+    let class = layout.size().div_ceil(16) - 1;
+    // `(class + 1) * 16` is at most `MAX_BLOCK` and a multiple of 16: always a valid layout.
+    Layout::from_size_align((class + 1) * 16, 16)
+        .ok()
+        .map(|l| (class, l))
+}
+
+#[cfg(not(caskv_loom))]
+mod cache {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// One thread's blocks, by class. Returned to the allocator when the thread exits.
+    pub(super) struct Blocks([Vec<*mut u8>; CLASSES]);
+
+    impl Drop for Blocks {
+        fn drop(&mut self) {
+            for (class, blocks) in self.0.iter_mut().enumerate() {
+                let layout = class_layout(class);
+                for block in blocks.drain(..) {
+                    // SAFETY: every cached block was allocated with its class's layout and is
+                    // owned by this cache alone.
+                    unsafe { dealloc(block, layout) };
+                }
+            }
+        }
+    }
+
+    fn class_layout(class: usize) -> Layout {
+        // SAFETY: `(class + 1) * 16 <= MAX_BLOCK` and 16 is a power of two (see `class_of`).
+        unsafe { Layout::from_size_align_unchecked((class + 1) * 16, 16) }
+    }
+
+    std::thread_local! {
+        static BLOCKS: RefCell<Blocks> = const {
+            RefCell::new(Blocks([const { Vec::new() }; CLASSES]))
+        };
+    }
+
+    /// A cached block of `class`, if this thread has one (and is not exiting).
+    #[inline]
+    pub(super) fn take(class: usize) -> Option<*mut u8> {
+        BLOCKS
+            .try_with(|b| b.try_borrow_mut().ok().and_then(|mut b| b.0[class].pop()))
+            .ok()
+            .flatten()
+    }
+
+    /// Keeps `block` for reuse; `false` (the caller deallocates it) when the class is full
+    /// or the thread is exiting.
+    #[inline]
+    pub(super) fn keep(class: usize, block: *mut u8) -> bool {
+        BLOCKS
+            .try_with(|b| match b.try_borrow_mut() {
+                Ok(mut b) if b.0[class].len() < KEEP => {
+                    b.0[class].push(block);
+                    true
+                }
+                _ => false,
+            })
+            .unwrap_or(false)
+    }
+}
+
+#[cfg(caskv_loom)]
+mod cache {
+    #[inline]
+    pub(super) fn take(_class: usize) -> Option<*mut u8> {
+        None
+    }
+
+    #[inline]
+    pub(super) fn keep(_class: usize, _block: *mut u8) -> bool {
+        false
+    }
+}
+
+/// Moves `node` to the heap, into a recycled block when one of its class is at hand.
+pub(crate) fn boxed<T>(node: T) -> *mut T {
+    let layout = Layout::new::<T>();
+    let ptr = match class_of(layout) {
+        Some((class, class_layout)) => match cache::take(class) {
+            Some(block) => block,
+            // SAFETY: the class layout has a nonzero size.
+            None => unsafe { alloc(class_layout) },
+        },
+        // Not cached: a plain allocation (a zero-sized node never occurs: every node holds a
+        // hash).
+        // SAFETY: `layout` has a nonzero size (`T` holds at least a hash).
+        None => unsafe { alloc(layout) },
+    };
+    if ptr.is_null() {
+        handle_alloc_error(layout);
+    }
+    let ptr = ptr.cast::<T>();
+    // SAFETY: `ptr` is a fresh block at least as large and as aligned as `T`, owned by us.
+    unsafe { ptr.write(node) };
+    ptr
+}
+
+/// Drops the node at `ptr` and recycles (or deallocates) its block.
+///
+/// # Safety
+/// `ptr` came from [`boxed::<T>`] and nothing else can reach it; it is dropped once.
+pub(crate) unsafe fn drop_boxed<T>(ptr: *mut T) {
+    // SAFETY: the caller's contract: a live `T` that only we can reach.
+    unsafe { std::ptr::drop_in_place(ptr) };
+    let layout = Layout::new::<T>();
+    let block = ptr.cast::<u8>();
+    match class_of(layout) {
+        Some((class, class_layout)) => {
+            if !cache::keep(class, block) {
+                // SAFETY: the block was allocated with its class's layout (see `boxed`).
+                unsafe { dealloc(block, class_layout) };
+            }
+        }
+        // SAFETY: an uncached node's block was allocated with its own layout (see `boxed`).
+        None => unsafe { dealloc(block, layout) },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_reused_within_a_class_and_large_nodes_bypass_the_cache() {
+        let a = boxed([1u64; 4]);
+        let addr = a as usize;
+        // SAFETY: `a` came from `boxed` and is dropped once.
+        unsafe { drop_boxed(a) };
+        // Another type of the same 32-byte class reuses the block.
+        let b = boxed((7u128, 9u128));
+        assert_eq!(b as usize, addr);
+        // SAFETY: as above.
+        unsafe { assert_eq!(*b, (7, 9)) };
+        // SAFETY: as above.
+        unsafe { drop_boxed(b) };
+        let big = boxed([0u8; 1024]);
+        // SAFETY: as above.
+        unsafe { drop_boxed(big) };
+    }
+
+    #[test]
+    fn values_with_drop_are_dropped_once() {
+        let counted = std::sync::Arc::new(());
+        let node = boxed((0u64, counted.clone()));
+        assert_eq!(std::sync::Arc::strong_count(&counted), 2);
+        // SAFETY: `node` came from `boxed` and is dropped once.
+        unsafe { drop_boxed(node) };
+        assert_eq!(std::sync::Arc::strong_count(&counted), 1);
+    }
+}
