@@ -5,9 +5,9 @@
 //! loom-aware build, so the loom models in `loom-tests/` run the real cell and batch code. Every
 //! other module imports from here and never from `std::sync` or `loom` directly.
 //!
-//! The one exception is [`StdArc`]: values are handed to callers as `std::sync::Arc<V>` in
-//! every build, because that type is part of the public API. Its reference count is not part of
-//! any protocol in this crate.
+//! The one exception is [`StdArc`]: the shared [`GlobalIndex`](crate::GlobalIndex) is handed
+//! around as `std::sync::Arc` in every build, because that type is part of the public API. Its
+//! reference count is not part of any protocol in this crate.
 
 #[cfg(all(caskv_loom, not(feature = "loom")))]
 compile_error!("--cfg caskv_loom needs the `loom` feature (and --cfg crossbeam_loom)");
