@@ -500,57 +500,66 @@ struct Overwrite {
     flushed: f64,
 }
 
-/// caskv `u64 -> u64`, then every key overwritten once with a new value.
-fn caskv_overwrite(n: u64) -> Overwrite {
+/// A map filled with `u64 -> u64`, then every key overwritten once with a new value: live
+/// bytes per entry after the fill, right after the overwrite and after `flush` (the map's own
+/// reclamation pushed along).
+fn overwrite<M>(
+    name: &'static str,
+    n: u64,
+    make: impl FnOnce() -> M,
+    insert: impl Fn(&M, u64, u64),
+    flush: impl Fn(&M),
+) -> Overwrite {
     flush_deferred();
     let before = Live::now();
-    let store: Store<u64, u64> = Store::new();
+    let map = make();
     for k in 0..n {
-        store.set(k, k);
+        insert(&map, k, k);
     }
-    flush_deferred();
+    flush(&map);
     let fresh = Live::now().since(before).bytes;
     for k in 0..n {
-        store.set(k, k + 1);
+        insert(&map, k, k + 1);
     }
     let right_after = Live::now().since(before).bytes;
-    flush_deferred();
+    flush(&map);
     let flushed = Live::now().since(before).bytes;
-    drop(store);
+    drop(map);
     let per = |b: i64| b as f64 / n.max(1) as f64;
     Overwrite {
-        name: "caskv",
+        name,
         fresh: per(fresh),
         right_after: per(right_after),
         flushed: per(flushed),
     }
 }
 
-/// The same for papaya, whose `insert` retires the replaced entry to its own collector.
+/// caskv, whose `set` retires the replaced record to crossbeam-epoch.
+fn caskv_overwrite(n: u64) -> Overwrite {
+    overwrite(
+        "caskv",
+        n,
+        Store::<u64, u64>::new,
+        |m, k, v| {
+            m.set(k, v);
+        },
+        |_| flush_deferred(),
+    )
+}
+
+/// papaya, whose `insert` retires the replaced entry to its own collector.
 fn papaya_overwrite(n: u64) -> Overwrite {
-    flush_deferred();
-    let before = Live::now();
-    let map: papaya::HashMap<u64, u64, Hasher> =
-        papaya::HashMap::builder().hasher(Hasher::default()).build();
-    for k in 0..n {
-        map.pin().insert(k, k);
-    }
-    flush_papaya(&map);
-    let fresh = Live::now().since(before).bytes;
-    for k in 0..n {
-        map.pin().insert(k, k + 1);
-    }
-    let right_after = Live::now().since(before).bytes;
-    flush_papaya(&map);
-    let flushed = Live::now().since(before).bytes;
-    drop(map);
-    let per = |b: i64| b as f64 / n.max(1) as f64;
-    Overwrite {
-        name: "papaya",
-        fresh: per(fresh),
-        right_after: per(right_after),
-        flushed: per(flushed),
-    }
+    overwrite(
+        "papaya",
+        n,
+        || -> papaya::HashMap<u64, u64, Hasher> {
+            papaya::HashMap::builder().hasher(Hasher::default()).build()
+        },
+        |m, k, v| {
+            m.pin().insert(k, v);
+        },
+        flush_papaya,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -29,7 +29,9 @@
 
 use std::hash::Hash;
 
-use crate::cell::{self, classify, visible, Lock, Meta, Record, State, Tomb, Txn, EMPTY};
+use crate::cell::{
+    self, classify, visible, Lock, Meta, Record, State, Tomb, Txn, Unpublished, EMPTY,
+};
 use crate::entry::{Entry, EntryRef};
 use crate::error::{Conflict, Error, Expected};
 use crate::journal::{Mutation, Written};
@@ -293,18 +295,18 @@ where
         let hash = raw.hash(key);
         let mut backoff = Backoff::new();
         let mut lock =
-            Unpublished::<K>::new(Lock::word(hash, key.clone(), self.txn.clone(), EMPTY));
-        let mut spare = Unpublished::<K>::new(EMPTY);
+            Unpublished::<K, V>::new(Lock::word(hash, key.clone(), self.txn.clone(), EMPTY));
+        let mut spare = Unpublished::<K, V>::new(EMPTY);
         loop {
             let table = raw.table(guard);
             let (slot, before) = match raw.locate(table, hash, key) {
                 Located::Resizing => return Err(Stop::Resizing(table)),
                 Located::Vacant { slot } => {
-                    lock.set_before(EMPTY);
-                    if spare.0 == EMPTY {
-                        spare.0 = Tomb::word(hash, key.clone(), 0, 0);
+                    set_before(&mut lock, EMPTY);
+                    if spare.word == EMPTY {
+                        spare.word = Tomb::word(hash, key.clone(), 0, 0);
                     }
-                    match raw.claim(table, slot, lock.0) {
+                    match raw.claim(table, slot, lock.word) {
                         Claim::Claimed => (slot, EMPTY),
                         Claim::Lost => continue,
                         Claim::Resizing => return Err(Stop::Resizing(table)),
@@ -328,11 +330,11 @@ where
                     }
                     State::Frozen(_) => return Err(Stop::Resizing(table)),
                     State::Absent | State::Present(_) => {
-                        lock.set_before(word);
+                        set_before(&mut lock, word);
                         // AcqRel: Release publishes the lock node (and its `before`) to readers'
                         // Acquire loads; Acquire orders us after the word we replace.
                         if slot
-                            .compare_exchange(word, lock.0, Ordering::AcqRel, Ordering::Acquire)
+                            .compare_exchange(word, lock.word, Ordering::AcqRel, Ordering::Acquire)
                             .is_err()
                         {
                             continue;
@@ -378,7 +380,7 @@ where
             debug_assert!(spare != EMPTY, "an empty slot is claimed with a spare tomb");
             spare
         } else {
-            drop(Unpublished::<K>::new(spare));
+            drop(Unpublished::<K, V>::new(spare));
             next
         };
         // Release: pairs with the Acquire load of readers, writers and copiers, publishing
@@ -421,39 +423,11 @@ where
     }
 }
 
-/// A lock or tomb node this thread made and has not published (by its word's bits): freed
-/// if the batch gives up.
-struct Unpublished<K>(u64, std::marker::PhantomData<K>);
-
-impl<K> Unpublished<K> {
-    fn new(word: u64) -> Self {
-        Unpublished(word, std::marker::PhantomData)
-    }
-
-    fn set_before(&mut self, before: u64) {
-        // SAFETY: the node is ours and unpublished: nobody else can see it.
-        unsafe { (*cell::node_of::<Lock<K>>(self.0)).before = before };
-    }
-
-    fn publish(&mut self) -> u64 {
-        std::mem::replace(&mut self.0, EMPTY)
-    }
-}
-
-impl<K> Drop for Unpublished<K> {
-    fn drop(&mut self) {
-        if self.0 == EMPTY {
-            return;
-        }
-        // SAFETY: made by this thread and never published; the bits say which node it is.
-        unsafe {
-            if self.0 & cell::LOCKED != 0 {
-                Lock::<K>::free(self.0)
-            } else {
-                Tomb::<K>::free(self.0)
-            }
-        }
-    }
+/// Sets the `before` of the unpublished lock node of `lock`.
+fn set_before<K, V>(lock: &mut Unpublished<K, V>, before: u64) {
+    // SAFETY: the node is a lock this thread made and has not published: nobody else can see
+    // it.
+    unsafe { (*cell::node_of::<Lock<K>>(lock.word)).before = before };
 }
 
 impl<K, V> Store<K, V>

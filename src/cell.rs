@@ -289,15 +289,6 @@ impl<K, V> Record<K, V> {
         });
         word_of(ptr, hash_tag(hash), bits)
     }
-
-    /// Frees the record of `word` now.
-    ///
-    /// # Safety
-    /// `word` points to a `Record<K, V>` that no thread can reach any more, freed once.
-    pub(crate) unsafe fn free(word: u64) {
-        // SAFETY: the caller's contract; records are made by `recycle::boxed` in `Record::word`.
-        unsafe { recycle::drop_boxed(node_of::<Record<K, V>>(word)) };
-    }
 }
 
 impl<K> Tomb<K> {
@@ -315,15 +306,6 @@ impl<K> Tomb<K> {
         });
         word_of(ptr, hash_tag(hash), DELETED | bits)
     }
-
-    /// Frees the tomb of `word` now.
-    ///
-    /// # Safety
-    /// As [`Record::free`], for a `Tomb<K>`.
-    pub(crate) unsafe fn free(word: u64) {
-        // SAFETY: the caller's contract; tombs are made by `recycle::boxed` in `Tomb::word`.
-        unsafe { recycle::drop_boxed(node_of::<Tomb<K>>(word)) };
-    }
 }
 
 impl<K> Lock<K> {
@@ -337,18 +319,10 @@ impl<K> Lock<K> {
         });
         word_of(ptr, hash_tag(hash), LOCKED)
     }
-
-    /// Frees the lock of `word` now.
-    ///
-    /// # Safety
-    /// As [`Record::free`], for a `Lock<K>`.
-    pub(crate) unsafe fn free(word: u64) {
-        // SAFETY: the caller's contract; locks are made by `recycle::boxed` in `Lock::word`.
-        unsafe { recycle::drop_boxed(node_of::<Lock<K>>(word)) };
-    }
 }
 
-/// Frees the node of a settled, unlocked `word` now: a record, a tomb, or nothing.
+/// Frees the node of `word` now: a lock, a tomb or a record, as the word's bits say (or
+/// nothing for an empty word). Every node is made by `recycle::boxed` in its `word` function.
 ///
 /// # Safety
 /// No thread can reach the node any more, and it is freed once.
@@ -356,13 +330,15 @@ pub(crate) unsafe fn free_node<K, V>(word: u64) {
     if address(word) == 0 {
         return;
     }
-    debug_assert!(word & LOCKED == 0, "freeing a lock as a version");
-    if word & DELETED != 0 {
-        // SAFETY: the caller's contract; a DELETED word points to a tomb.
-        unsafe { Tomb::<K>::free(word) }
-    } else {
-        // SAFETY: the caller's contract; an undeleted, unlocked word points to a record.
-        unsafe { Record::<K, V>::free(word) }
+    // SAFETY: the caller's contract, and the bits name the node's type in every branch.
+    unsafe {
+        if word & LOCKED != 0 {
+            recycle::drop_boxed(node_of::<Lock<K>>(word))
+        } else if word & DELETED != 0 {
+            recycle::drop_boxed(node_of::<Tomb<K>>(word))
+        } else {
+            recycle::drop_boxed(node_of::<Record<K, V>>(word))
+        }
     }
 }
 
@@ -377,18 +353,37 @@ where
     K: Send + 'static,
     V: Send + 'static,
 {
-    if address(word) == 0 {
-        return;
+    if address(word) != 0 {
+        // SAFETY: the caller's contract; `free_node` frees the node by its bits.
+        unsafe { epoch::retire(guard, word, free_node::<K, V>) };
     }
-    if word & LOCKED != 0 {
-        // SAFETY: the caller's contract; a LOCKED word points to a lock.
-        unsafe { epoch::retire(guard, word, Lock::<K>::free) };
-    } else if word & DELETED != 0 {
-        // SAFETY: the caller's contract; a DELETED word points to a tomb.
-        unsafe { epoch::retire(guard, word, Tomb::<K>::free) };
-    } else {
-        // SAFETY: the caller's contract; an unlocked, undeleted word points to a record.
-        unsafe { epoch::retire(guard, word, Record::<K, V>::free) };
+}
+
+/// A node this thread made and has not published: freed (by its word's bits) if the write
+/// gives up, whether its condition failed after a lost race or user code panicked.
+pub(crate) struct Unpublished<K, V> {
+    pub(crate) word: u64,
+    _owns: std::marker::PhantomData<(K, V)>,
+}
+
+impl<K, V> Unpublished<K, V> {
+    pub(crate) fn new(word: u64) -> Self {
+        Unpublished {
+            word,
+            _owns: std::marker::PhantomData,
+        }
+    }
+
+    /// The node is in a slot now: hands its word over and forgets it.
+    pub(crate) fn publish(&mut self) -> u64 {
+        std::mem::replace(&mut self.word, EMPTY)
+    }
+}
+
+impl<K, V> Drop for Unpublished<K, V> {
+    fn drop(&mut self) {
+        // SAFETY: the node was made by this thread and never published.
+        unsafe { free_node::<K, V>(self.word) }
     }
 }
 

@@ -5,7 +5,9 @@ use std::convert::Infallible;
 use std::hash::Hash;
 use std::time::Duration;
 
-use crate::cell::{self, classify, visible, Meta, Record, Settling, State, Tomb, UNLOGGED};
+use crate::cell::{
+    self, classify, visible, Meta, Record, Settling, State, Tomb, Unpublished, UNLOGGED,
+};
 use crate::clock::GlobalIndex;
 use crate::entry::{Entry, EntryRef};
 use crate::error::{Conflict, Error, Expected};
@@ -619,7 +621,7 @@ where
             create_index,
             flags,
         };
-        let mut node = Unpublished::<K, V>::none();
+        let mut node = Unpublished::<K, V>::new(cell::EMPTY);
         node.word = Record::word(hash, key, value, meta, 0);
         loop {
             // SAFETY: `node` is ours and unpublished.
@@ -709,7 +711,7 @@ where
         let bits = if self.journal.is_some() { UNLOGGED } else { 0 };
         // The key and value until the first decision to write; then the unpublished record.
         let mut parts = Some((key, value));
-        let mut node = Unpublished::<K, V>::none();
+        let mut node = Unpublished::<K, V>::new(cell::EMPTY);
         loop {
             let key = match &parts {
                 Some((key, _)) => key,
@@ -783,7 +785,7 @@ where
         let hash = self.raw.hash(key);
         let mut backoff = Backoff::new();
         let bits = if self.journal.is_some() { UNLOGGED } else { 0 };
-        let mut tomb = Unpublished::<K, V>::none();
+        let mut tomb = Unpublished::<K, V>::new(cell::EMPTY);
         loop {
             let (slot, word, current) = match self.observe(hash, key, &guard, &mut backoff) {
                 Step::Retry => continue,
@@ -807,7 +809,6 @@ where
             let index = self.clock.next();
             if tomb.word == cell::EMPTY {
                 tomb.word = Tomb::word(hash, key.clone(), index, bits);
-                tomb.tomb = true;
             } else {
                 // SAFETY: `tomb` is ours and unpublished: nobody else can see it.
                 unsafe {
@@ -839,45 +840,6 @@ fn cas(slot: &AtomicU64, current: u64, new: u64) -> bool {
     // found it.
     slot.compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
         .is_ok()
-}
-
-/// A record or tomb this thread made and has not published: freed if the write gives up
-/// (its condition failed after a lost race, or user code panicked).
-struct Unpublished<K, V> {
-    word: u64,
-    tomb: bool,
-    _owns: std::marker::PhantomData<(K, V)>,
-}
-
-impl<K, V> Unpublished<K, V> {
-    fn none() -> Self {
-        Unpublished {
-            word: cell::EMPTY,
-            tomb: false,
-            _owns: std::marker::PhantomData,
-        }
-    }
-
-    /// The node is in a slot now: hands its word over and forgets it.
-    fn publish(&mut self) -> u64 {
-        std::mem::replace(&mut self.word, cell::EMPTY)
-    }
-}
-
-impl<K, V> Drop for Unpublished<K, V> {
-    fn drop(&mut self) {
-        if self.word == cell::EMPTY {
-            return;
-        }
-        // SAFETY: the node was made by this thread and never published.
-        unsafe {
-            if self.tomb {
-                Tomb::<K>::free(self.word);
-            } else {
-                Record::<K, V>::free(self.word);
-            }
-        }
-    }
 }
 
 impl Store<(), ()> {

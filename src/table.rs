@@ -27,9 +27,10 @@
 //! # Resize
 //! When a claim would pass half the slots, the claimant sizes the next table for the live keys
 //! plus what it needs (twice the size, or the same size once about a quarter of the claimed
-//! slots are tombs; never smaller) and installs it in `next` with a CAS; one thread sizes it at
-//! a time, the others wait for `next`. Then every writer that arrives helps: it takes a chunk of
-//! slots with a `fetch_add` on `cursor`, freezes each slot (waiting while it is locked or
+//! slots are tombs; never smaller) and installs it in `next`; one thread (the winner of a
+//! `sizing` swap) sizes it, the others wait for `next`. Then every writer that arrives helps: it
+//! takes a chunk of slots with a `fetch_add` on `cursor`, freezes each slot (waiting while it is
+//! locked or
 //! settling: only the holder may change it), copies the word of a live record into the next
 //! table (the record itself moves by pointer, nothing is cloned), skips tombs, and adds the chunk
 //! to `copied`. The thread that completes the last chunk publishes the next table as current and
@@ -142,7 +143,7 @@ impl Table {
     /// Whether a resize of this table began.
     #[inline]
     pub(crate) fn resizing(&self) -> bool {
-        // Acquire: pairs with the AcqRel CAS that installed `next`, whose table we may read.
+        // Acquire: pairs with the Release store that installed `next`, whose table we may read.
         !self.next.load(Ordering::Acquire).is_null()
     }
 
@@ -178,7 +179,7 @@ impl Table {
             let word = slot.load(Ordering::Relaxed);
             if address(word) != 0 && word & DELETED != 0 {
                 // SAFETY: a frozen tomb, reachable only from this table (the copy skipped it).
-                unsafe { cell::Tomb::<K>::free(word) };
+                unsafe { free_node::<K, ()>(word) };
             }
         }
     }
@@ -298,7 +299,7 @@ where
         let tag = hash_tag(hash);
         let mut i = hash as usize & table.mask;
         for _ in 0..=table.mask {
-            let slot = &table.slots[i];
+            let slot = table.slot(i);
             // Acquire: as in `find`.
             let word = slot.load(Ordering::Acquire);
             if word & FROZEN != 0 {
@@ -343,7 +344,7 @@ where
     /// needs room for all of them at once, and its aborted claims left only tombs behind). The
     /// caller must hold no lock and no settling word.
     pub(crate) fn help_resize(&self, table: &Table, need: usize, guard: &Guard) {
-        // Acquire: pairs with the AcqRel CAS that installed `next`.
+        // Acquire: pairs with the Release store that installed `next` (`start_resize`).
         let mut next = table.next.load(Ordering::Acquire);
         if next.is_null() {
             // Relaxed: the flag only elects the sizer; `next` publishes the table.
@@ -392,7 +393,8 @@ where
         }
     }
 
-    /// Allocates the next table and installs it in `table.next`; returns the one installed.
+    /// Allocates the next table and installs it in `table.next`; returns it. Called only by the
+    /// thread that won `table`'s `sizing` flag.
     fn start_resize(&self, table: &Table, need: usize) -> *mut Table {
         // Counted on a live scan: tombs are dropped by the copy, so a table full of tombs is
         // rebuilt at the same size rather than grown.
@@ -412,21 +414,10 @@ where
             .unwrap_or(1 << (usize::BITS - 2))
             .max(table.capacity());
         let fresh = Box::into_raw(Table::new(capacity));
-        // AcqRel: Release publishes the fresh table's slots to helpers' Acquire loads of
-        // `next`; Acquire lets the loser read the winner's table.
-        match table.next.compare_exchange(
-            std::ptr::null_mut(),
-            fresh,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => fresh,
-            Err(winner) => {
-                // SAFETY: `fresh` was never published.
-                drop(unsafe { Box::from_raw(fresh) });
-                winner
-            }
-        }
+        // Release: publishes the fresh table's slots to helpers' Acquire loads of `next`. A
+        // plain store: only the thread that won `sizing` gets here, once per table.
+        table.next.store(fresh, Ordering::Release);
+        fresh
     }
 
     /// Freezes and copies the slots `range` of `table` into `next`.

@@ -12,9 +12,12 @@
 //! - Batches against single-key CAS on overlapping keys: counts and index order agree.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
+
+#[path = "support/watchdog.rs"]
+mod watchdog;
+use watchdog::within;
 
 use caskv::{Error, Op, Store};
 
@@ -306,19 +309,6 @@ fn readers_never_see_part_of_a_batch() {
         seen_batches.len() > 1,
         "the readers never ran alongside the writers"
     );
-}
-
-/// Runs `work` on its own thread and fails the test if it does not finish in `limit`: a
-/// deadlocked batch would otherwise hang the test run.
-fn within<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || tx.send(work()).ok());
-    match rx.recv_timeout(limit) {
-        Ok(result) => result,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("no progress in {limit:?}: deadlock"),
-        // The worker panicked; its message was already printed.
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the worker thread panicked"),
-    }
 }
 
 #[test]

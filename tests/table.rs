@@ -7,23 +7,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Barrier};
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
+
+#[path = "support/watchdog.rs"]
+mod watchdog;
+use watchdog::within;
 
 use caskv::{Op, Store};
 
 /// Scales sizes down under Miri.
 const SCALE: u64 = if cfg!(miri) { 1 } else { 20 };
-
-fn within<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || tx.send(work()).ok());
-    match rx.recv_timeout(limit) {
-        Ok(result) => result,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("no progress in {limit:?}"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the worker thread panicked"),
-    }
-}
 
 /// Regression: a batch of more new keys than a fresh table may claim used to release (its
 /// claims left tombs), resize to the same size (tombs are not live), and start over forever.
