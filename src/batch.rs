@@ -413,13 +413,6 @@ where
             };
             self.release_one(i, next);
         }
-        if self.slots.len() > 1 {
-            // A batch retires up to two nodes per key under one pin, while crossbeam-epoch
-            // reclaims only a few per pin on its own: without a push, batch-heavy writers
-            // outrun reclamation (measured: 1 s of 16-key batches grew RSS to ~900 MB). One
-            // flush per batch hands our garbage over and lets a collection run now.
-            self.guard.flush();
-        }
     }
 }
 

@@ -65,6 +65,11 @@ mod batch;
 mod cell;
 mod clock;
 mod entry;
+#[cfg(caskv_loom)]
+#[doc(hidden)]
+pub mod epoch;
+#[cfg(not(caskv_loom))]
+mod epoch;
 mod error;
 mod journal;
 pub mod persist;
@@ -93,3 +98,21 @@ pub use registry::{
     Registration, Registry, RegistryError, Service, ServiceEntry, DEFAULT_SERVICE_TTL,
 };
 pub use store::{Pinned, Store, StoreBuilder, DEFAULT_MAX_BATCH};
+
+/// Frees what the calling thread has retired (values replaced or deleted, through any
+/// store), as far as other threads' pins allow, and returns how many retired nodes it still
+/// holds.
+///
+/// Never needed for correctness: every write frees a couple of expired nodes of its thread as
+/// it goes. Call it where a thread that wrote a lot goes idle, or before measuring memory.
+///
+/// ```
+/// let store: caskv::Store<u64, String> = caskv::Store::new();
+/// store.set(1, "a".to_string());
+/// store.set(1, "b".to_string()); // retires "a"
+/// assert_eq!(caskv::reclaim(), 0); // no other thread is pinned: "a" is freed
+/// ```
+#[cfg(not(caskv_loom))]
+pub fn reclaim() -> usize {
+    epoch::reclaim()
+}

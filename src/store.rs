@@ -233,9 +233,10 @@ where
 
     /// Pins the current thread for a series of reads (see [`Pinned`]).
     pub fn pin(&self) -> Pinned<'_, K, V> {
-        let guard = self.raw.pin();
-        crate::sync::epoch::hold();
-        Pinned { store: self, guard }
+        Pinned {
+            store: self,
+            guard: self.raw.pin(),
+        }
     }
 
     /// The record a reader sees for `key` under `guard`.
@@ -881,12 +882,6 @@ where
         Q: Hash + Eq + ?Sized,
     {
         self.store.read(key, &self.guard).map(EntryRef::of)
-    }
-}
-
-impl<K, V> Drop for Pinned<'_, K, V> {
-    fn drop(&mut self) {
-        crate::sync::epoch::release();
     }
 }
 

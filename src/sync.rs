@@ -1,16 +1,16 @@
 //! The one place that names the concurrency primitives.
 //!
-//! Under `--cfg caskv_loom` (with the `loom` feature and `--cfg crossbeam_loom`) every atomic,
-//! lock, `Arc` and spin-wait below comes from [loom], and crossbeam-epoch switches itself to its
-//! loom-aware build, so the loom models in `loom-tests/` run the real cell and batch code. Every
-//! other module imports from here and never from `std::sync` or `loom` directly.
+//! Under `--cfg caskv_loom` (with the `loom` feature) every atomic, lock, `Arc` and spin-wait
+//! below comes from [loom], so the loom models in `loom-tests/` run the real cell, batch,
+//! table and collector code. Every other module imports from here and never from `std::sync`
+//! or `loom` directly.
 //!
 //! The one exception is [`StdArc`]: the shared [`GlobalIndex`](crate::GlobalIndex) is handed
 //! around as `std::sync::Arc` in every build, because that type is part of the public API. Its
 //! reference count is not part of any protocol in this crate.
 
 #[cfg(all(caskv_loom, not(feature = "loom")))]
-compile_error!("--cfg caskv_loom needs the `loom` feature (and --cfg crossbeam_loom)");
+compile_error!("--cfg caskv_loom needs the `loom` feature");
 
 #[cfg(caskv_loom)]
 pub(crate) use loom::sync::{
@@ -27,89 +27,46 @@ pub(crate) use std::sync::{
 /// The `Arc` of the public API (values, the shared [`GlobalIndex`](crate::GlobalIndex)); `std`'s in every build.
 pub(crate) use std::sync::Arc as StdArc;
 
-/// Epoch-based reclamation: the one scheme for every node and table of the store.
+/// Epoch-based reclamation: the one scheme for every node and table of the store, caskv's
+/// own (`src/epoch/`).
 ///
 /// Nodes are addressed by slot words (`u64`, see `cell.rs`), so they are retired as a word
-/// plus the function that frees it; crossbeam keeps such a deferred call inline in its bag
-/// (two words), so retiring allocates nothing.
+/// plus the function that frees it (two words in the retiring thread's queue; nothing is
+/// allocated).
 #[cfg(not(caskv_loom))]
 pub(crate) mod epoch {
-    pub(crate) use crossbeam_epoch::Guard;
+    /// A pin on the process-wide collector.
+    pub(crate) type Guard = crate::epoch::Guard<'static>;
 
-    /// Pins the current thread (one atomic read-modify-write, plus a collection every 128
-    /// pins: crossbeam-epoch's cadence).
+    /// Pins the current thread: a load, a plain store and a fence that is a compiler fence
+    /// where `membarrier` is available (see `src/epoch/`). No read-modify-write.
     #[inline]
     pub(crate) fn pin() -> Guard {
-        crossbeam_epoch::pin()
+        crate::epoch::pin()
     }
 
-    /// Retires between two flushes of this thread's garbage while it holds a handle (see
-    /// [`retire`]).
-    const RETIRES_PER_FLUSH: u32 = 64;
-
-    std::thread_local! {
-        /// `Pinned` handles this thread holds, and nodes it retired since its last flush.
-        static HELD: std::cell::Cell<(u32, u32)> = const { std::cell::Cell::new((0, 0)) };
-    }
-
-    /// A `Pinned` handle was taken on this thread.
-    #[inline]
-    pub(crate) fn hold() {
-        HELD.with(|h| {
-            let (held, retired) = h.get();
-            h.set((held + 1, retired));
-        });
-    }
-
-    /// A `Pinned` handle of this thread was dropped.
-    #[inline]
-    pub(crate) fn release() {
-        HELD.with(|h| {
-            let (held, retired) = h.get();
-            h.set((held.saturating_sub(1), retired));
-        });
-    }
-
-    /// Calls `free(word)` once every thread pinned now has unpinned.
-    ///
-    /// While the thread holds a [`Pinned`](crate::Pinned) handle, every [`RETIRES_PER_FLUSH`]
-    /// retires it also flushes: it hands its bag over and runs one collection (at most
-    /// crossbeam's 8 bags of 64). crossbeam collects on its own only every 128 *outermost*
-    /// pins, and inside a held handle every pin nests, so writes there would otherwise retire
-    /// far faster than anything is freed. Outside a handle every operation's pin is outermost
-    /// and crossbeam's own cadence keeps up.
+    /// Calls `free(word)` once every thread pinned now has unpinned; frees at most a couple of
+    /// this thread's own expired nodes on the way.
     ///
     /// # Safety
     /// `word`'s node is unreachable for every thread that pins from now on, and retired once.
     #[inline]
     pub(crate) unsafe fn retire(guard: &Guard, word: u64, free: unsafe fn(u64)) {
-        // SAFETY: the caller's contract; `free` runs once, after every guard that could
-        // still reach the node is gone.
-        unsafe { guard.defer_unchecked(move || free(word)) };
-        let flush = HELD.with(|h| {
-            let (held, retired) = h.get();
-            if held == 0 {
-                return false;
-            }
-            let retired = retired.wrapping_add(1);
-            h.set((held, retired));
-            retired % RETIRES_PER_FLUSH == 0
-        });
-        if flush {
-            guard.flush();
-        }
+        // SAFETY: the caller's contract.
+        unsafe { guard.retire(word, free) };
     }
 }
 
 /// Under loom, reclamation is a stand-in: a retired node is kept until the store is dropped,
 /// then freed.
 ///
-/// Why: crossbeam-epoch's pin and collect are a dozen loom operations each, which put even
-/// two-thread models of a batch beyond a CI budget, and its global collector finalizes in
-/// loom's thread teardown, which loom cannot replay. The models check *our* protocol (which
-/// word is published when, with which ordering); epoch reclamation is crossbeam's own, loom
-/// tested upstream. Use-after-free is what Miri checks on the real collector (`ci/miri.sh`).
-/// The stand-in adds one check loom could not make otherwise: a node retired twice panics.
+/// Why: the collector (`src/epoch/`) is modelled on its own (`loom-tests/tests/epoch.rs`:
+/// pins, retires and advances racing, with loom's checked cells standing in for nodes).
+/// Running its pins and advances inside every store model as well would put even two-thread
+/// models of a batch beyond a CI budget; the store models check *the store's* protocol (which
+/// word is published when, with which ordering). Use-after-free on the real collector under
+/// the store is what Miri checks (`ci/miri.sh`). The stand-in adds one check loom could not
+/// make otherwise: a node retired twice panics.
 #[cfg(caskv_loom)]
 pub(crate) mod epoch {
     use std::sync::{Arc, Mutex};
@@ -141,15 +98,7 @@ pub(crate) mod epoch {
             Guard { garbage }
         }
 
-        /// As crossbeam's `Guard::flush`; nothing to hand over here (see the module docs).
-        pub(crate) fn flush(&self) {}
     }
-
-    /// As the real `hold`: nothing to count here.
-    pub(crate) fn hold() {}
-
-    /// As the real `release`.
-    pub(crate) fn release() {}
 
     /// Keeps `word`'s node until the store is dropped.
     ///

@@ -1,0 +1,458 @@
+//! The collector: the global epoch, the participants, and each participant's garbage.
+//!
+//! # Invariants
+//! - The global epoch starts at 1 and only moves by one CAS from `e` to `e + 1`, after a
+//!   heavy fence and a scan that found every pinned participant at `e`.
+//! - A participant's `pinned` word is 0 (not pinned) or the global epoch it loaded when it
+//!   pinned; only its owner writes it.
+//! - Participants are never freed while the collector lives; a thread that exits leaves its
+//!   participant (and the garbage in it) to the next thread that registers.
+//! - Garbage stamped `s` (the global epoch loaded after the node was unlinked) is freed only
+//!   once the global epoch has reached `s + EXPIRY`, by the participant that retired it.
+
+use std::cell::{Cell, UnsafeCell};
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::ptr;
+
+use super::fence;
+use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+
+/// Garbage stamped `s` is freed once the global epoch is `s + EXPIRY` or later.
+///
+/// Three, not crossbeam's two, because the stamp is loaded without a fence of its own in the
+/// asymmetric scheme; the extra epoch is what orders the unlink before every later pin (see
+/// the proof in the module docs of `epoch`).
+const EXPIRY: u64 = 3;
+
+/// Retires between two attempts to advance the epoch while the oldest garbage is not yet
+/// free to go. An attempt costs one heavy fence (a `membarrier`, about 0.2–5 µs).
+const ADVANCE_EVERY: u32 = 128;
+
+/// Expired nodes one retire frees at most: more than one, so a backlog drains, and few, so
+/// no write runs more than a couple of destructors of other writes.
+const FREE_PER_RETIRE: usize = 2;
+
+/// Outermost pins between two collection steps (so that threads that mostly read still free
+/// what they once retired).
+const PINS_PER_STEP: u32 = 256;
+
+/// Expired nodes one collection step frees at most.
+const FREE_PER_STEP: usize = 8;
+
+/// A retired node: the word that addresses it, the function that frees it, and the global
+/// epoch loaded after it was unlinked.
+struct Retired {
+    stamp: u64,
+    word: u64,
+    free: unsafe fn(u64),
+}
+
+/// One epoch domain: the global epoch and the list of participants.
+///
+/// The store uses one process-wide collector (`epoch::pin`); the loom models make their own.
+pub struct Collector {
+    epoch: AtomicU64,
+    /// Head of the push-only list of participants.
+    participants: AtomicPtr<Participant>,
+}
+
+/// A thread's record in a collector: its pin word, read by every advance, and its garbage.
+///
+/// # Invariants
+/// `pinned`, `owned` and `next` are shared; `next` is written once, before the participant is
+/// published. Every other field is touched only by the owner: the thread that set `owned`
+/// (a registration) until it clears it (a release).
+#[repr(align(128))]
+pub struct Participant {
+    pinned: AtomicU64,
+    owned: AtomicBool,
+    next: *const Participant,
+    depth: Cell<u32>,
+    pins: Cell<u32>,
+    retires: Cell<u32>,
+    exiting: Cell<bool>,
+    garbage: UnsafeCell<VecDeque<Retired>>,
+}
+
+// SAFETY: the shared fields are atomics (`next` is immutable once published); the owner-only
+// fields are touched by one thread at a time, and ownership passes through the Release store
+// and Acquire CAS of `owned`.
+unsafe impl Sync for Participant {}
+// SAFETY: as above; the garbage's free functions may run on any thread (the store's nodes are
+// `Send`).
+unsafe impl Send for Participant {}
+
+impl Collector {
+    /// A collector with no participants, at epoch 1.
+    #[cfg(not(caskv_loom))]
+    pub const fn new() -> Self {
+        Collector {
+            epoch: AtomicU64::new(1),
+            participants: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// A collector with no participants, at epoch 1.
+    #[cfg(caskv_loom)]
+    pub fn new() -> Self {
+        Collector {
+            epoch: AtomicU64::new(1),
+            participants: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// The current global epoch (for tests and the models).
+    #[cfg(any(test, caskv_loom))]
+    pub fn epoch(&self) -> u64 {
+        // Acquire: as in `collect`.
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// A participant owned by the calling thread from now on: a released one if there is
+    /// one, else a new one pushed on the list.
+    pub(crate) fn register(&self) -> &Participant {
+        fence::init();
+        // Acquire: pairs with the Release CAS that published each participant.
+        let mut at = self.participants.load(Ordering::Acquire);
+        while !at.is_null() {
+            // SAFETY: participants are never freed while the collector lives.
+            let p = unsafe { &*at };
+            // Acquire: pairs with the Release in `release`, so the previous owner's writes to
+            // the owner-only fields (its garbage) are visible to us.
+            if !p.owned.load(Ordering::Relaxed)
+                && p.owned
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return p;
+            }
+            at = p.next.cast_mut();
+        }
+        let new = Box::into_raw(Box::new(Participant {
+            pinned: AtomicU64::new(0),
+            owned: AtomicBool::new(true),
+            next: ptr::null(),
+            depth: Cell::new(0),
+            pins: Cell::new(0),
+            retires: Cell::new(0),
+            exiting: Cell::new(false),
+            garbage: UnsafeCell::new(VecDeque::new()),
+        }));
+        let mut head = self.participants.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: `new` is ours alone until the CAS below publishes it.
+            unsafe { (*new).next = head };
+            // Release: publishes the participant's initial fields to scanners.
+            match self.participants.compare_exchange_weak(
+                head,
+                new,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                // SAFETY: published, and never freed while the collector lives.
+                Ok(_) => return unsafe { &*new },
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Moves the global epoch from `e` to `e + 1` if every pinned participant is at `e`;
+    /// returns the global epoch after the attempt.
+    pub fn try_advance(&self) -> u64 {
+        // Relaxed: the heavy fence below orders it (as crossbeam's `try_advance`).
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        // Pairs with every participant's light fence after its pin store: a pin that this scan
+        // misses is ordered after the fence, so its reads see every unlink before it.
+        fence::heavy();
+        // Acquire: pairs with the Release CAS that published each participant.
+        let mut at = self.participants.load(Ordering::Acquire);
+        while !at.is_null() {
+            // SAFETY: participants are never freed while the collector lives.
+            let p = unsafe { &*at };
+            // Acquire: pairs with the Release of an unpin, so the reads the participant made
+            // while pinned happen before anything freed after this advance.
+            let pinned = p.pinned.load(Ordering::Acquire);
+            if pinned != 0 && pinned != epoch {
+                return epoch;
+            }
+            at = p.next.cast_mut();
+        }
+        // Release: passes on what the scan acquired to every thread that frees after loading
+        // the new epoch (Acquire in `collect`). Acquire on failure: as `epoch()`.
+        match self.epoch.compare_exchange(
+            epoch,
+            epoch + 1,
+            Ordering::Release,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => epoch + 1,
+            Err(now) => now,
+        }
+    }
+
+    /// A handle that owns a participant until it is dropped (for the loom models and tests;
+    /// the store's threads own theirs through a thread-local).
+    #[cfg(any(test, caskv_loom))]
+    pub fn register_handle(&self) -> Handle<'_> {
+        Handle {
+            collector: self,
+            participant: self.register(),
+            _not_send: PhantomData,
+        }
+    }
+}
+
+impl Default for Collector {
+    fn default() -> Self {
+        Collector::new()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        // Only collectors other than the process-wide one are dropped, and `&mut self` says
+        // no handle or guard of ours is left: everything retired is unreachable.
+        let mut at = self.participants.load(Ordering::Acquire);
+        while !at.is_null() {
+            // SAFETY: every participant was made by `Box::into_raw` in `register` and is freed
+            // here once.
+            let p = unsafe { *Box::from_raw(at) };
+            at = p.next.cast_mut();
+            for r in p.garbage.into_inner() {
+                // SAFETY: retired once, and nothing can reach it any more (see above).
+                unsafe { (r.free)(r.word) };
+            }
+        }
+    }
+}
+
+impl Participant {
+    /// Pins (or nests a pin). The outermost pin publishes the global epoch and fences.
+    #[inline]
+    pub(crate) fn enter(&self, collector: &Collector) {
+        let depth = self.depth.get();
+        self.depth.set(depth + 1);
+        if depth == 0 {
+            // Acquire: our reads of the structure are ordered after the epoch we announce, so
+            // a reader pinned at `e` sees every unlink made visible before `e` was stored.
+            let epoch = collector.epoch.load(Ordering::Acquire);
+            // Relaxed: ordered by the light fence below (ThreadSanitizer's build uses an RMW
+            // instead, the only kind of ordering it can see).
+            #[cfg(not(caskv_sanitize_thread))]
+            self.pinned.store(epoch, Ordering::Relaxed);
+            #[cfg(caskv_sanitize_thread)]
+            self.pinned.swap(epoch, Ordering::SeqCst);
+            fence::light();
+            let pins = self.pins.get().wrapping_add(1);
+            self.pins.set(pins);
+            if pins % PINS_PER_STEP == 0 {
+                self.step(collector);
+            }
+        }
+    }
+
+    /// Unpins (or leaves a nested pin). Returns whether this released the participant (its
+    /// thread had exited while pinned).
+    #[inline]
+    pub(crate) fn leave(&self, collector: &Collector) -> bool {
+        let depth = self.depth.get() - 1;
+        self.depth.set(depth);
+        if depth == 0 {
+            // Release: every read made while pinned happens before an advance that sees 0.
+            self.pinned.store(0, Ordering::Release);
+            if self.exiting.get() {
+                self.release(collector);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Hands `word`'s node to the collector; frees at most [`FREE_PER_RETIRE`] expired nodes
+    /// and, every [`ADVANCE_EVERY`] retires, tries to advance the epoch.
+    ///
+    /// # Safety
+    /// The caller is pinned on this participant; the node is unreachable for every pin from
+    /// now on, and retired once; `free(word)` frees it.
+    #[inline]
+    pub(crate) unsafe fn retire(&self, collector: &Collector, word: u64, free: unsafe fn(u64)) {
+        // Orders the unlink (the caller's CAS) before the stamp load: a compiler fence in the
+        // asymmetric scheme (an advance's heavy fence interrupts us after the load, see the
+        // proof in `epoch`), crossbeam's SeqCst fence otherwise.
+        fence::light();
+        // Relaxed: a stale (smaller) stamp only delays the free; EXPIRY covers the rest.
+        let stamp = collector.epoch.load(Ordering::Relaxed);
+        // SAFETY: owner-only field, and no other reference to it is live (frees run below,
+        // after this borrow ends).
+        unsafe { (*self.garbage.get()).push_back(Retired { stamp, word, free }) };
+        let retires = self.retires.get().wrapping_add(1);
+        self.retires.set(retires);
+        self.collect(collector, FREE_PER_RETIRE, retires % ADVANCE_EVERY == 0);
+    }
+
+    /// A collection step of a pin: frees a few expired nodes, advancing first if the oldest
+    /// is still waiting.
+    #[cold]
+    fn step(&self, collector: &Collector) {
+        self.collect(collector, FREE_PER_STEP, true);
+    }
+
+    /// Frees up to `max` expired nodes, oldest first; with `advance`, first tries to move the
+    /// epoch on when the oldest is not yet expired.
+    fn collect(&self, collector: &Collector, max: usize, advance: bool) {
+        // Acquire: pairs with the Release CAS of the advance that reached this epoch, so every
+        // read of a reader seen unpinned by that advance happens before our frees.
+        let mut now = collector.epoch.load(Ordering::Acquire);
+        if advance && self.oldest().is_some_and(|s| now < s + EXPIRY) {
+            now = collector.try_advance();
+        }
+        for _ in 0..max {
+            // SAFETY: owner-only field; this borrow ends before `free` runs (which may retire
+            // and so push onto the queue again).
+            let next = unsafe {
+                let garbage = &mut *self.garbage.get();
+                match garbage.front() {
+                    Some(r) if now >= r.stamp + EXPIRY => garbage.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some(r) = next else { break };
+            // SAFETY: the node was retired once (the `retire` contract), and the epoch moved
+            // EXPIRY past its stamp, so no pin can still reach it.
+            unsafe { (r.free)(r.word) };
+        }
+    }
+
+    /// Frees everything the pins of other threads allow: advances the epoch up to
+    /// `EXPIRY + 1` times while garbage waits, then frees every expired node. Returns how many
+    /// are still pending (held back by a pin, possibly this thread's own).
+    pub(crate) fn flush(&self, collector: &Collector) -> usize {
+        for _ in 0..=EXPIRY {
+            if self.oldest().is_none() {
+                break;
+            }
+            collector.try_advance();
+        }
+        self.collect(collector, usize::MAX, false);
+        self.pending()
+    }
+
+    /// The stamp of the oldest garbage, if any.
+    fn oldest(&self) -> Option<u64> {
+        // SAFETY: owner-only field, no other reference live.
+        unsafe { (*self.garbage.get()).front().map(|r| r.stamp) }
+    }
+
+    /// Nodes retired and not yet freed (for tests).
+    pub fn pending(&self) -> usize {
+        // SAFETY: owner-only field, no other reference live.
+        unsafe { (*self.garbage.get()).len() }
+    }
+
+    /// Whether the participant is pinned.
+    pub(crate) fn is_pinned(&self) -> bool {
+        self.depth.get() != 0
+    }
+
+    /// The owner is going away: release now, or at the last unpin if still pinned.
+    pub(crate) fn exit(&self, collector: &Collector) {
+        if self.depth.get() == 0 {
+            self.release(collector);
+        } else {
+            self.exiting.set(true);
+        }
+    }
+
+    /// Marks the participant to be released at its last unpin (a thread pinning after its
+    /// thread-locals were destroyed).
+    pub(crate) fn release_on_unpin(&self) {
+        self.exiting.set(true);
+    }
+
+    /// Frees what has expired and gives the participant up; what has not expired stays in it
+    /// for the next owner.
+    fn release(&self, collector: &Collector) {
+        self.exiting.set(false);
+        self.collect(collector, usize::MAX, false);
+        // Release: pairs with the Acquire CAS of the next registration.
+        self.owned.store(false, Ordering::Release);
+    }
+}
+
+/// A pin on a collector: while it lives, nothing retired after it was taken is freed.
+pub struct Guard<'c> {
+    collector: &'c Collector,
+    participant: &'c Participant,
+    /// A guard belongs to the thread that pinned.
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<'c> Guard<'c> {
+    /// Pins `participant` of `collector`.
+    ///
+    /// # Safety
+    /// The calling thread owns `participant`.
+    #[inline]
+    pub(crate) unsafe fn enter(collector: &'c Collector, participant: &'c Participant) -> Self {
+        participant.enter(collector);
+        Guard {
+            collector,
+            participant,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Frees `word`'s node with `free` once no pin taken before now remains.
+    ///
+    /// # Safety
+    /// The node is unreachable for every pin from now on, and retired once.
+    #[inline]
+    pub unsafe fn retire(&self, word: u64, free: unsafe fn(u64)) {
+        // SAFETY: we are pinned on our own participant; the rest is the caller's contract.
+        unsafe { self.participant.retire(self.collector, word, free) };
+    }
+}
+
+impl Drop for Guard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.participant.leave(self.collector) {
+            super::forget_local(self.participant);
+        }
+    }
+}
+
+/// A participant owned until dropped (see [`Collector::register_handle`]).
+#[cfg(any(test, caskv_loom))]
+pub struct Handle<'c> {
+    collector: &'c Collector,
+    participant: &'c Participant,
+    _not_send: PhantomData<*mut ()>,
+}
+
+#[cfg(any(test, caskv_loom))]
+impl<'c> Handle<'c> {
+    /// Pins.
+    pub fn pin(&self) -> Guard<'c> {
+        // SAFETY: the handle's thread owns the participant (the handle is not `Send`).
+        unsafe { Guard::enter(self.collector, self.participant) }
+    }
+
+    /// Nodes this handle retired and has not freed yet.
+    pub fn pending(&self) -> usize {
+        self.participant.pending()
+    }
+
+    /// As [`reclaim`](crate::reclaim), for this handle's garbage.
+    pub fn flush(&self) -> usize {
+        self.participant.flush(self.collector)
+    }
+}
+
+#[cfg(any(test, caskv_loom))]
+impl Drop for Handle<'_> {
+    fn drop(&mut self) {
+        self.participant.exit(self.collector);
+    }
+}
