@@ -4,7 +4,7 @@
 #        LOOM_MAX_PREEMPTIONS=3 ci/loom.sh   (a deeper search, by hand)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export RUSTFLAGS="--cfg caskv_loom --cfg crossbeam_loom"
+export RUSTFLAGS="--cfg caskv_loom"
 export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}"
 # A separate target dir: the cfg flags would otherwise rebuild the main one every time.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/loom}"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Runs the core unit tests (src/) and the linearizability checker (tests/) under Miri on the real crossbeam-epoch collector, with several
-# seeds. Skips, saying so, when no nightly toolchain with Miri can be had.
+# Runs the core unit tests (src/) and the linearizability checker (tests/) under Miri on the real
+# epoch collector (src/epoch/, with its symmetric SeqCst fences: Miri has no membarrier), with
+# several seeds. Skips, saying so, when no nightly toolchain with Miri can be had.
 #
-# Tree Borrows, not Stacked Borrows: crossbeam-epoch 0.9 itself fails Stacked Borrows
-# (a retag inside its `internal.rs`, before any caskv code runs). Leaks are ignored because
-# the global epoch collector still holds deferred garbage when the test process exits.
+# Tree Borrows. Leaks are ignored because the process-wide collector keeps its participants,
+# and the garbage not yet expired in them, when the test process exits.
 # Isolation is off because the registry's tests read the real clock (TTL deadlines).
 # Permissive provenance: a slot word holds its node's address as an integer next to a hash tag
 # and state bits (src/cell.rs), made with `expose_provenance` and read back with

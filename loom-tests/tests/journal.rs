@@ -8,7 +8,7 @@
 //! for a delete). The journal is a stand-in that appends one [`Logged`] per key to a loom
 //! `Mutex<Vec<_>>`, so loom also explores the schedules around the journal's own lock.
 //!
-//! Run with `RUSTFLAGS="--cfg caskv_loom --cfg crossbeam_loom" cargo test -p caskv-loom-tests
+//! Run with `RUSTFLAGS="--cfg caskv_loom" cargo test -p caskv-loom-tests
 //! --release --test journal` (see `ci/loom.sh`). Each model is small: 2–3 threads, 1–2 keys.
 #![cfg(caskv_loom)]
 

@@ -1,6 +1,6 @@
 //! loom models of caskv's cell and batch protocols, run against the real `Store`.
 //!
-//! Run with `RUSTFLAGS="--cfg caskv_loom --cfg crossbeam_loom" cargo test -p caskv-loom-tests
+//! Run with `RUSTFLAGS="--cfg caskv_loom" cargo test -p caskv-loom-tests
 //! --release` (see `ci/loom.sh`). Each model is small: 2–3 threads, 1–2 keys.
 #![cfg(caskv_loom)]
 

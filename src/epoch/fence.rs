@@ -16,9 +16,10 @@
 //! heavy fence would order nothing.
 
 #[cfg(caskv_loom)]
-use loom::sync::atomic::{compiler_fence, fence};
+use loom::sync::atomic::fence;
+use std::sync::atomic::compiler_fence;
 #[cfg(not(caskv_loom))]
-use std::sync::atomic::{compiler_fence, fence};
+use std::sync::atomic::fence;
 use std::sync::atomic::Ordering;
 
 #[cfg(all(target_os = "linux", not(miri), not(caskv_loom), not(caskv_sanitize_thread)))]

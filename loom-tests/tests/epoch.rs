@@ -1,0 +1,153 @@
+//! loom models of the epoch collector (`src/epoch/`): pins, retires, advances and frees
+//! racing, with a loom `UnsafeCell` standing in for each node, so a free that is not ordered
+//! after a pinned reader's read of the node is a causality violation loom reports.
+//!
+//! Under loom the fences are the symmetric `SeqCst` ones (loom cannot model `membarrier`; the
+//! asymmetric argument is in `src/epoch/mod.rs`). Run with `ci/loom.sh`.
+#![cfg(caskv_loom)]
+
+use caskv::epoch::Collector;
+use loom::cell::UnsafeCell;
+use loom::sync::atomic::{AtomicU64, Ordering};
+use loom::sync::Arc;
+use loom::thread;
+
+mod support;
+use support::model;
+
+/// A node: a value a reader reads and the free overwrites.
+struct Node(UnsafeCell<u64>);
+
+fn node(v: u64) -> u64 {
+    Box::into_raw(Box::new(Node(UnsafeCell::new(v)))).expose_provenance() as u64
+}
+
+/// Reads the node of `word`.
+///
+/// # Safety
+/// `word` came from `node` and is not freed yet (the caller is pinned since it loaded it).
+unsafe fn read(word: u64) -> u64 {
+    let node = std::ptr::with_exposed_provenance::<Node>(word as usize);
+    // SAFETY: the caller's contract.
+    unsafe { (*node).0.with(|v| *v) }
+}
+
+/// Frees the node of `word`, writing to it first so loom checks the write against reads.
+unsafe fn free(word: u64) {
+    let node = std::ptr::with_exposed_provenance_mut::<Node>(word as usize);
+    // SAFETY: made by `node`, freed once (the collector's contract).
+    let node = unsafe { Box::from_raw(node) };
+    node.0.with_mut(|v| *v = 0);
+}
+
+/// A reader pinned before the writer's unlink reads the old node; the writer retires it and
+/// flushes (advancing as far as it can, then freeing what expired). Whatever the interleaving,
+/// the free never races the read, and the reader sees a live value (1 or 2, never 0).
+#[test]
+fn a_free_never_races_a_pinned_read() {
+    model(|| {
+        let c = Arc::new(Collector::new());
+        let slot = Arc::new(AtomicU64::new(node(1)));
+        let reader = {
+            let (c, slot) = (c.clone(), slot.clone());
+            thread::spawn(move || {
+                let h = c.register_handle();
+                let g = h.pin();
+                let w = slot.load(Ordering::Acquire);
+                // SAFETY: loaded under the pin.
+                let v = unsafe { read(w) };
+                drop(g);
+                v
+            })
+        };
+        let h = c.register_handle();
+        {
+            let g = h.pin();
+            let old = slot.swap(node(2), Ordering::AcqRel);
+            // SAFETY: unlinked above, retired once.
+            unsafe { g.retire(old, free) };
+        }
+        h.flush();
+        let v = reader.join().unwrap();
+        assert!(v == 1 || v == 2, "read {v}");
+        drop(h);
+        // SAFETY: the last node, unreachable now.
+        unsafe { free(slot.load(Ordering::Relaxed)) };
+    });
+}
+
+/// Two writers retire in turn while a reader reads twice under one pin: the advance must not
+/// pass the reader's epoch by two while it is pinned.
+#[test]
+fn a_long_pin_holds_back_every_later_free() {
+    model(|| {
+        let c = Arc::new(Collector::new());
+        let slot = Arc::new(AtomicU64::new(node(1)));
+        let reader = {
+            let (c, slot) = (c.clone(), slot.clone());
+            thread::spawn(move || {
+                let h = c.register_handle();
+                let g = h.pin();
+                let a = slot.load(Ordering::Acquire);
+                // SAFETY: loaded under the pin.
+                let va = unsafe { read(a) };
+                let b = slot.load(Ordering::Acquire);
+                // SAFETY: as above.
+                let vb = unsafe { read(b) };
+                drop(g);
+                (va, vb)
+            })
+        };
+        let h = c.register_handle();
+        for v in 2..4 {
+            let g = h.pin();
+            let old = slot.swap(node(v), Ordering::AcqRel);
+            // SAFETY: unlinked above, retired once.
+            unsafe { g.retire(old, free) };
+            drop(g);
+            h.flush();
+        }
+        let (va, vb) = reader.join().unwrap();
+        assert!(va != 0 && vb != 0 && va <= vb, "read {va} then {vb}");
+        assert_eq!(h.flush(), 0, "every node is freed once the reader is gone");
+        drop(h);
+        // SAFETY: the last node, unreachable now.
+        unsafe { free(slot.load(Ordering::Relaxed)) };
+    });
+}
+
+/// A thread that retires and exits while a reader is pinned leaves its garbage in its
+/// participant; the next registration takes it over (ownership passes through the Release
+/// store and Acquire CAS of `owned`) and frees it once the reader is gone, exactly once.
+#[test]
+fn an_exited_writers_garbage_is_freed_by_the_next_owner() {
+    model(|| {
+        let c = Arc::new(Collector::new());
+        let slot = Arc::new(AtomicU64::new(node(1)));
+        let writer = {
+            let (c, slot) = (c.clone(), slot.clone());
+            thread::spawn(move || {
+                let h = c.register_handle();
+                let g = h.pin();
+                let old = slot.swap(node(2), Ordering::AcqRel);
+                // SAFETY: unlinked above, retired once.
+                unsafe { g.retire(old, free) };
+            })
+        };
+        let reader = c.register_handle();
+        {
+            let g = reader.pin();
+            let w = slot.load(Ordering::Acquire);
+            // SAFETY: loaded under the pin.
+            let v = unsafe { read(w) };
+            assert!(v == 1 || v == 2);
+            drop(g);
+        }
+        writer.join().unwrap();
+        let next = c.register_handle();
+        assert_eq!(next.flush() + reader.flush(), 0);
+        drop((next, reader));
+        // SAFETY: the last node, unreachable now.
+        unsafe { free(slot.load(Ordering::Relaxed)) };
+    });
+}
