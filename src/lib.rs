@@ -31,9 +31,10 @@
 //!
 //! ## Consistency
 //! - Every single-key operation (get, set, set_cas, delete, delete_cas, compare_and_set) is
-//!   **linearizable**. Reads are lock-free and never wait for a writer. [`Store::get`] makes one
-//!   atomic read-modify-write (the epoch pin) and clones the value out; through a held
-//!   [`Store::pin`] handle a read writes no shared memory and clones nothing.
+//!   **linearizable**. Reads are lock-free and never wait for a writer. [`Store::get`] makes no
+//!   atomic read-modify-write (its epoch pin is a plain store to the thread's own word, see
+//!   `ARCHITECTURE.md`) and clones the value out; through a held [`Store::pin`] handle a read
+//!   writes nothing and clones nothing.
 //! - Values are stored inline, next to their key and indices, one allocation per version. Store
 //!   an `Arc<T>` to share a large value with readers instead of cloning it.
 //! - Per key, `modify_index` strictly increases; `create_index` is fixed from creation until

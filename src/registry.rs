@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::journal::Written;
 use crate::persist::codec::wire::{self, Reader};
-use crate::persist::{Codec, DecodeError};
+use crate::persist::{Codec, DecodeError, MAX_ENTRY_BYTES};
 use crate::sync::{AtomicU64, Ordering, StdArc as Arc};
 use crate::{Entry, Error, GlobalIndex, Store};
 
@@ -222,6 +222,16 @@ impl Registry {
             service,
             expires_at_ms: AtomicU64::new(self.deadline_from(now)),
         });
+        if self.store.journal.is_some() {
+            // Bounded before it is applied: a record the log cannot hold would fail the log.
+            let len = name.encoded_len() + registration.encoded_len();
+            if len > MAX_ENTRY_BYTES {
+                return Err(Error::EntryTooLarge {
+                    len,
+                    max: MAX_ENTRY_BYTES,
+                });
+            }
+        }
         match cas {
             None => Ok(self.store.write_set(name, registration, None)),
             Some(expected) => self.store.write_set_cas(name, registration, expected, None),

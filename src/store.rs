@@ -254,7 +254,8 @@ where
     }
 
     /// The key's current entry (the value cloned), or `None`. Lock-free; never waits for a
-    /// writer; one atomic read-modify-write (the epoch pin).
+    /// writer; no atomic read-modify-write (the epoch pin is a plain store to this thread's
+    /// own word).
     ///
     /// ```
     /// # use caskv::Store;

@@ -97,7 +97,6 @@ pub(crate) mod epoch {
         pub(crate) fn new(garbage: Arc<Garbage>) -> Self {
             Guard { garbage }
         }
-
     }
 
     /// Keeps `word`'s node until the store is dropped.

@@ -953,6 +953,51 @@ fn serve_with_a_data_dir_keeps_every_write_across_a_restart() {
     );
 }
 
+/// Limits a log record cannot hold (issue #16's two 35 MiB values in one batch, which used to
+/// fail the log and turn every later write into a 503) are refused at start-up, in one line,
+/// before the data directory is touched.
+#[test]
+fn serve_refuses_limits_the_log_cannot_hold() {
+    for (flags, named) in [
+        (
+            [
+                "--max-body-bytes",
+                "209715200",
+                "--max-value-bytes",
+                "104857600",
+            ],
+            "--max-key-bytes plus --max-value-bytes",
+        ),
+        (
+            ["--max-body-bytes", "209715200", "--max-value-bytes", "1024"],
+            "--max-body-bytes",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut child = caskv()
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .args(flags)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        if wait_timeout(&mut child, Duration::from_secs(10)).is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve with limits the log cannot hold kept running");
+        }
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains(named), "{stderr:?}");
+        assert!(stderr.contains("one log record can hold"), "{stderr:?}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr:?}");
+        assert!(!data.exists(), "the data directory was created");
+    }
+}
+
 #[test]
 fn serve_with_a_corrupt_data_dir_exits_2_naming_the_file_and_offset() {
     let dir = tempfile::tempdir().unwrap();

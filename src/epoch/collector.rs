@@ -180,12 +180,10 @@ impl Collector {
         }
         // Release: passes on what the scan acquired to every thread that frees after loading
         // the new epoch (Acquire in `collect`). Acquire on failure: as `epoch()`.
-        match self.epoch.compare_exchange(
-            epoch,
-            epoch + 1,
-            Ordering::Release,
-            Ordering::Acquire,
-        ) {
+        match self
+            .epoch
+            .compare_exchange(epoch, epoch + 1, Ordering::Release, Ordering::Acquire)
+        {
             Ok(_) => epoch + 1,
             Err(now) => now,
         }
@@ -246,7 +244,7 @@ impl Participant {
             fence::light();
             let pins = self.pins.get().wrapping_add(1);
             self.pins.set(pins);
-            if pins % PINS_PER_STEP == 0 {
+            if pins.is_multiple_of(PINS_PER_STEP) {
                 self.step(collector);
             }
         }
@@ -288,7 +286,11 @@ impl Participant {
         unsafe { (*self.garbage.get()).push_back(Retired { stamp, word, free }) };
         let retires = self.retires.get().wrapping_add(1);
         self.retires.set(retires);
-        self.collect(collector, FREE_PER_RETIRE, retires % ADVANCE_EVERY == 0);
+        self.collect(
+            collector,
+            FREE_PER_RETIRE,
+            retires.is_multiple_of(ADVANCE_EVERY),
+        );
     }
 
     /// A collection step of a pin: frees a few expired nodes, advancing first if the oldest

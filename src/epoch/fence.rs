@@ -22,7 +22,12 @@ use std::sync::atomic::compiler_fence;
 use std::sync::atomic::fence;
 use std::sync::atomic::Ordering;
 
-#[cfg(all(target_os = "linux", not(miri), not(caskv_loom), not(caskv_sanitize_thread)))]
+#[cfg(all(
+    target_os = "linux",
+    not(miri),
+    not(caskv_loom),
+    not(caskv_sanitize_thread)
+))]
 mod strategy {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Once;
@@ -74,7 +79,12 @@ mod strategy {
     }
 }
 
-#[cfg(not(all(target_os = "linux", not(miri), not(caskv_loom), not(caskv_sanitize_thread))))]
+#[cfg(not(all(
+    target_os = "linux",
+    not(miri),
+    not(caskv_loom),
+    not(caskv_sanitize_thread)
+)))]
 mod strategy {
     pub(super) fn init() {}
 

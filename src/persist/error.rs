@@ -43,6 +43,19 @@ pub enum PersistError {
         /// The newest version this build reads.
         supported: u32,
     },
+    /// A configured bound lets a client send a write that one log record cannot hold (a
+    /// server's `--max-key-bytes` plus `--max-value-bytes` above
+    /// [`MAX_ENTRY_BYTES`](super::MAX_ENTRY_BYTES), or `--max-body-bytes` above
+    /// [`MAX_BATCH_BYTES`](super::MAX_BATCH_BYTES)): refused before the directory is opened.
+    #[error("{what} is {len} bytes, above the {max} bytes one log record can hold; lower it")]
+    LimitTooLarge {
+        /// The bound (the flags that set it).
+        what: &'static str,
+        /// Its configured size.
+        len: usize,
+        /// What the log holds.
+        max: usize,
+    },
     /// Another process has the directory open.
     #[error("{}: the data directory is in use by another process", path.display())]
     Locked {

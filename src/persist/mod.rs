@@ -160,10 +160,11 @@ impl Options {
     }
 }
 
-/// The largest key plus value one write may log (16 MiB), and the most a whole batch may log
-/// (60 MiB): a record must fit the log's 64 MiB frame.
+/// The largest key plus value one write may log (16 MiB): a record must fit the log's 64 MiB
+/// frame. A bigger write is refused before it is applied ([`Error::EntryTooLarge`]).
 pub const MAX_ENTRY_BYTES: usize = 16 << 20;
-const MAX_BATCH_BYTES: usize = 60 << 20;
+/// The most a whole batch may log (60 MiB), for the same reason.
+pub const MAX_BATCH_BYTES: usize = 60 << 20;
 
 /// A write applied in memory and logged, whose durability is still to be waited for.
 ///

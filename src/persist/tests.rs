@@ -636,6 +636,37 @@ fn a_failed_fsync_is_never_acknowledged_and_refuses_later_writes() {
     assert!(db.store().get("c").is_none(), "a refused write was applied");
 }
 
+/// A registration the log cannot hold is refused before it is applied, and the log goes on:
+/// it used to reach the log and fail it, so every later write was refused until a restart.
+#[test]
+fn an_oversized_registration_is_refused_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db: Db = Persistent::open(dir.path(), options()).unwrap();
+    let service = |meta: String| Service {
+        name: "big".into(),
+        address: "10.0.0.1".into(),
+        port: 80,
+        tags: vec![],
+        meta: [("blob".to_string(), meta)].into(),
+    };
+    let err = db
+        .register(service("x".repeat(MAX_ENTRY_BYTES)), None)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::EntryTooLarge { max, .. } if max == MAX_ENTRY_BYTES),
+        "{err}"
+    );
+    assert!(
+        db.registry().get("big").is_none(),
+        "a refused registration was applied"
+    );
+    db.register(service("small".into()), None)
+        .unwrap()
+        .wait()
+        .unwrap();
+    db.set("k".into(), "v".to_string()).unwrap().wait().unwrap();
+}
+
 #[test]
 fn oversized_entries_are_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();

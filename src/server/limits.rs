@@ -1,6 +1,7 @@
 //! The bounds on everything a client controls. Each has a default (SPEC §1, §3) and a flag.
 
 use super::error::ApiError;
+use crate::persist::{PersistError, MAX_BATCH_BYTES, MAX_ENTRY_BYTES};
 
 /// Size bounds of the HTTP API.
 #[derive(Debug, Clone)]
@@ -27,6 +28,30 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// Refuses bounds that would let a client send a write one log record cannot hold (checked
+    /// when the server has a data directory): a key plus a value must fit
+    /// [`MAX_ENTRY_BYTES`], and a body (every key and value of a batch, escaped) must fit
+    /// [`MAX_BATCH_BYTES`]. Without this, such a write would reach the log and fail it, and
+    /// every later write would answer 503 until a restart.
+    pub fn check_loggable(&self) -> Result<(), PersistError> {
+        let entry = self.max_key_bytes.saturating_add(self.max_value_bytes);
+        if entry > MAX_ENTRY_BYTES {
+            return Err(PersistError::LimitTooLarge {
+                what: "--max-key-bytes plus --max-value-bytes",
+                len: entry,
+                max: MAX_ENTRY_BYTES,
+            });
+        }
+        if self.max_body_bytes > MAX_BATCH_BYTES {
+            return Err(PersistError::LimitTooLarge {
+                what: "--max-body-bytes",
+                len: self.max_body_bytes,
+                max: MAX_BATCH_BYTES,
+            });
+        }
+        Ok(())
+    }
+
     /// A key is 1..=`max_key_bytes` bytes of UTF-8 with no NUL.
     pub fn check_key(&self, key: &str) -> Result<(), ApiError> {
         if key.is_empty() {

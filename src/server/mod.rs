@@ -94,6 +94,7 @@ impl AppState {
         limits: Limits,
         service_ttl: Duration,
     ) -> Result<Self, PersistError> {
+        limits.check_loggable()?;
         let options = Options::default()
             .fsync(fsync)
             .max_batch(limits.max_batch)
