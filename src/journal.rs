@@ -75,7 +75,7 @@ pub enum Mutation<'a, K, V> {
 /// let changes = std::sync::Arc::new(Changes::default());
 /// let store: Store<String, u32> = Store::builder().build_journaled(Box::new(changes.clone()));
 /// let a = store.set("k".into(), 1);
-/// let b = store.delete(&"k".to_string()).unwrap();
+/// let b = store.delete("k").unwrap();
 /// assert_eq!(*changes.0.lock().unwrap(), [("k".to_string(), a), ("k".to_string(), b)]);
 /// ```
 pub trait Journal<K, V>: Send + Sync {

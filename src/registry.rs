@@ -195,11 +195,7 @@ impl Registry {
                     Ordering::Acquire,
                 )
                 .is_ok();
-        claimed
-            && self
-                .store
-                .delete_cas(&name.to_string(), entry.modify_index)
-                .is_ok()
+        claimed && self.store.delete_cas(name, entry.modify_index).is_ok()
     }
 
     /// Registers or replaces a service. `cas: None` always writes; `Some(0)` only if absent;

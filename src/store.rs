@@ -35,7 +35,7 @@ pub const DEFAULT_MAX_BATCH: usize = 1000;
 /// let store: Store<String, String> = Store::new();
 /// let created = store.set_cas("lock".into(), "owner-1".to_string(), 0).unwrap(); // create-only
 /// assert!(store.set_cas("lock".into(), "owner-2".to_string(), 0).unwrap_err().is_conflict());
-/// store.delete_cas(&"lock".to_string(), created).unwrap();
+/// store.delete_cas("lock", created).unwrap();
 /// assert!(store.get("lock").is_none());
 /// ```
 pub struct Store<K, V> {
@@ -345,12 +345,29 @@ where
     }
 
     /// Deletes the key. Returns the index the delete took; [`Error::NotFound`] if absent.
-    pub fn delete(&self, key: &K) -> Result<u64, Error<K, V>> {
+    ///
+    /// Takes any borrowed form of the key, as `get` does:
+    /// ```
+    /// # use caskv::Store;
+    /// let store: Store<String, u32> = Store::new();
+    /// store.set("k".to_string(), 1);
+    /// assert!(store.delete("k").is_ok());
+    /// assert!(store.delete("k").unwrap_err().is_not_found());
+    /// ```
+    pub fn delete<Q>(&self, key: &Q) -> Result<u64, Error<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         Ok(self.write_delete(key, None)?.index)
     }
 
     /// Deletes the key only if its `modify_index` is `expected` (≥ 1).
-    pub fn delete_cas(&self, key: &K, expected: u64) -> Result<u64, Error<K, V>> {
+    pub fn delete_cas<Q>(&self, key: &Q, expected: u64) -> Result<u64, Error<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         Ok(self.write_delete(key, Some(expected))?.index)
     }
 
@@ -408,20 +425,25 @@ where
     }
 
     /// `delete` (`expected: None`) and `delete_cas` with the journal ticket.
-    pub(crate) fn write_delete(
+    /// The key is owned (for an error) only when it is absent: a present key's record has it.
+    pub(crate) fn write_delete<Q>(
         &self,
-        key: &K,
+        key: &Q,
         expected: Option<u64>,
-    ) -> Result<Written, Error<K, V>> {
+    ) -> Result<Written, Error<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         if expected == Some(0) {
-            return Err(Error::CreateOnlyDelete(key.clone()));
+            return Err(Error::CreateOnlyDelete(key.to_owned()));
         }
-        let removed = self.remove(key, |key, current| match (expected, current) {
-            (Some(n), _) => check_index(key, n, current).map(|()| true),
+        let removed = self.remove(key, |current| match (expected, current) {
+            (Some(n), Some(r)) => check_index(&r.header.keyed.key, n, current).map(|()| true),
             (None, Some(_)) => Ok(true),
-            (None, None) => Err(Error::NotFound(key.clone())),
+            (_, None) => Err(Error::NotFound(key.to_owned())),
         })?;
-        removed.ok_or_else(|| Error::NotFound(key.clone()))
+        removed.ok_or_else(|| Error::NotFound(key.to_owned()))
     }
 
     /// `compare_and_set` with the journal ticket.
@@ -456,8 +478,8 @@ where
                     Ok(flags_or_kept(None, current))
                 })
                 .map(Some),
-            None => self.remove(&key, |key, current| {
-                check(key, current)?;
+            None => self.remove(&key, |current| {
+                check(&key, current)?;
                 Ok(current.is_some())
             }),
         }
@@ -778,11 +800,15 @@ where
     /// The write path of every single-key removal: `decide` returns whether to remove (a
     /// present key) or the error to report. Returns the index of the delete, or `None` when
     /// the key was absent and `decide` accepted that.
-    fn remove<E>(
+    fn remove<Q, E>(
         &self,
-        key: &K,
-        mut decide: impl FnMut(&K, Option<&Record<K, V>>) -> Result<bool, E>,
-    ) -> Result<Option<Written>, E> {
+        key: &Q,
+        mut decide: impl FnMut(Option<&Record<K, V>>) -> Result<bool, E>,
+    ) -> Result<Option<Written>, E>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let guard = self.raw.pin();
         let hash = self.raw.hash(key);
         let mut backoff = Backoff::new();
@@ -792,7 +818,7 @@ where
             let (slot, word, current) = match self.observe(hash, key, &guard, &mut backoff) {
                 Step::Retry => continue,
                 Step::Vacant { .. } => {
-                    decide(key, None)?;
+                    decide(None)?;
                     return Ok(None);
                 }
                 Step::Slot {
@@ -802,12 +828,14 @@ where
                 } => (slot, word, current),
             };
             let Some(current) = current else {
-                decide(key, None)?;
+                decide(None)?;
                 return Ok(None);
             };
-            if !decide(key, Some(current))? {
+            if !decide(Some(current))? {
                 return Ok(None);
             }
+            // The owned key, from the record we replace (live for the pin).
+            let key = &current.header.keyed.key;
             let index = self.clock.next();
             if tomb.word == cell::EMPTY {
                 tomb.word = Tomb::word(hash, key.clone(), index, bits);

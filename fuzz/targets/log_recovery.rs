@@ -495,7 +495,7 @@ pub mod seed {
             .wait()
             .unwrap()
             .unwrap();
-        wait(db.delete_cas(&"d".into(), d));
+        wait(db.delete_cas("d", d));
         wait(db.update("e/1".into(), |v| {
             format!("{}+", v.map_or("", String::as_str))
         }));
@@ -549,7 +549,7 @@ pub mod seed {
             kv_writes(db);
             db.snapshot().unwrap();
             wait(db.set("a".into(), "after".to_string()));
-            wait(db.delete(&"c".into()));
+            wait(db.delete("c"));
             wait(db.register(service("web", 80), None));
         });
         let snapshot = &pair["snapshot-0000000000000002.caskv"][HEADER_LEN..];

@@ -52,6 +52,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Borrow;
 use std::fs::File;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
@@ -504,18 +505,25 @@ where
         Ok(self.pending(w.index, Some(w)))
     }
 
-    /// [`Store::delete`], logged.
-    pub fn delete(&self, key: &K) -> Result<Pending<u64>, Error<K, V>> {
+    /// [`Store::delete`], logged. (No size check: a key that was written fits the log, and an
+    /// absent one logs nothing.)
+    pub fn delete<Q>(&self, key: &Q) -> Result<Pending<u64>, Error<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         self.check()?;
-        Self::check_size(key, None)?;
         let w = self.inner.store.write_delete(key, None)?;
         Ok(self.pending(w.index, Some(w)))
     }
 
     /// [`Store::delete_cas`], logged.
-    pub fn delete_cas(&self, key: &K, expected: u64) -> Result<Pending<u64>, Error<K, V>> {
+    pub fn delete_cas<Q>(&self, key: &Q, expected: u64) -> Result<Pending<u64>, Error<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         self.check()?;
-        Self::check_size(key, None)?;
         let w = self.inner.store.write_delete(key, Some(expected))?;
         Ok(self.pending(w.index, Some(w)))
     }
