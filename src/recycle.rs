@@ -21,8 +21,10 @@ use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 /// The largest block kept; larger nodes use the allocator directly.
 pub(crate) const MAX_BLOCK: usize = 256;
 /// Blocks one thread keeps per size class.
+#[cfg_attr(caskv_loom, allow(dead_code))]
 const KEEP: usize = 1024;
 /// Size classes: 16, 32, …, `MAX_BLOCK` bytes.
+#[cfg_attr(caskv_loom, allow(dead_code))]
 const CLASSES: usize = MAX_BLOCK / 16;
 
 /// The class layout a node of `layout` is allocated with, or `None` when it is not cached.

@@ -352,11 +352,6 @@ impl Participant {
         unsafe { (*self.garbage.get()).len() }
     }
 
-    /// Whether the participant is pinned.
-    pub(crate) fn is_pinned(&self) -> bool {
-        self.depth.get() != 0
-    }
-
     /// The owner is going away: release now, or at the last unpin if still pinned.
     pub(crate) fn exit(&self, collector: &Collector) {
         if self.depth.get() == 0 {
@@ -368,6 +363,7 @@ impl Participant {
 
     /// Marks the participant to be released at its last unpin (a thread pinning after its
     /// thread-locals were destroyed).
+    #[cfg(not(caskv_loom))]
     pub(crate) fn release_on_unpin(&self) {
         self.exiting.set(true);
     }

@@ -130,14 +130,6 @@ mod global {
         // SAFETY: as in `pin`.
         unsafe { &*p }.flush(&COLLECTOR)
     }
-
-    /// Whether the calling thread is pinned (for debug assertions).
-    #[allow(dead_code)]
-    pub(crate) fn is_pinned() -> bool {
-        let p = LOCAL.with(Cell::get);
-        // SAFETY: as in `pin`.
-        !p.is_null() && unsafe { &*p }.is_pinned()
-    }
 }
 
 #[cfg(not(caskv_loom))]
