@@ -40,9 +40,16 @@ pub enum ApiError {
     NoRoute(String),
     /// 405: the route exists, the method does not.
     MethodNotAllowed(String),
-    /// 503: the data directory's log failed; writes are refused until restart.
+    /// 503: the data directory's log failed; writes are refused until restart. The detail (a
+    /// path, an OS error) goes to the server's log, which recorded the failure when it
+    /// happened; the client gets a fixed message.
     Storage(String),
 }
+
+/// What a client is told when the data directory cannot take writes (the cause is in the
+/// server's log, not in a response).
+const STORAGE_MESSAGE: &str =
+    "the server cannot write to its data directory; writes are refused until it is restarted (the cause is in the server's log)";
 
 /// One failing key of a batch.
 #[derive(Debug)]
@@ -221,10 +228,15 @@ impl IntoResponse for ApiError {
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": "method not allowed", "message": message}),
             ),
-            ApiError::Storage(message) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "storage unavailable", "message": message}),
-            ),
+            ApiError::Storage(detail) => {
+                // Debug only: the log reported the failure once, at error level, when it
+                // happened; every refused write repeats it.
+                tracing::debug!(%detail, "caskv: write refused, storage unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": "storage unavailable", "message": STORAGE_MESSAGE}),
+                )
+            }
         };
         (status, Json(body)).into_response()
     }

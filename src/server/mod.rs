@@ -499,10 +499,9 @@ mod tests {
         broken.store(true, Ordering::SeqCst);
         let (status, body) = send(&app, "PUT", "/kv/b", r#"{"value":"2"}"#).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-        assert!(
-            body.contains("storage unavailable") && body.contains("disk on fire"),
-            "{body}"
-        );
+        assert!(body.contains("storage unavailable"), "{body}");
+        // The cause (an OS error, a path) is for the server's log, not for the client.
+        assert!(!body.contains("disk on fire"), "{body}");
         // Later writes are refused before they are applied.
         let (status, _) = send(&app, "PUT", "/kv/c", r#"{"value":"3"}"#).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
