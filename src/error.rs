@@ -21,7 +21,23 @@ use crate::entry::Entry;
 /// let conflict = err.conflict().unwrap();
 /// assert_eq!(conflict.current_index(), Some(first + 1));
 /// ```
-#[derive(Debug)]
+///
+/// It is a [`std::error::Error`] whenever `K: Debug` (values need no `Debug`: messages name
+/// keys, as `Debug` writes them, and indices, never values), so `?` into `Box<dyn Error>` works
+/// for any store whose key type derives `Debug`:
+/// ```
+/// # use caskv::Store;
+/// struct Blob(Vec<u8>); // no Debug, no Display
+/// impl Clone for Blob { fn clone(&self) -> Self { Blob(self.0.clone()) } }
+/// fn run() -> Result<(), Box<dyn std::error::Error>> {
+///     let store: Store<(u32, u32), Blob> = Store::new();
+///     store.set_cas((1, 2), Blob(vec![1]), 0)?;
+///     let err = store.set_cas((1, 2), Blob(vec![2]), 0).unwrap_err();
+///     assert_eq!(err.to_string(), "CAS conflict for key (1, 2): expected absent (create-only), but current is 1");
+///     Ok(())
+/// }
+/// # run().unwrap();
+/// ```
 #[non_exhaustive]
 pub enum Error<K, V> {
     /// A single-key condition failed: the index or value the caller expected is not the
@@ -111,7 +127,7 @@ impl<K, V> From<StorageError> for Error<K, V> {
 }
 
 /// One failed condition: what the caller expected of `key` and what it found.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Conflict<K, V> {
     /// The key whose condition failed.
@@ -202,11 +218,11 @@ impl fmt::Display for Expected {
     }
 }
 
-impl<K: fmt::Display, V> fmt::Display for Conflict<K, V> {
+impl<K: fmt::Debug, V> fmt::Display for Conflict<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "CAS conflict for key '{}': expected {}, but ",
+            "CAS conflict for key {:?}: expected {}, but ",
             self.key, self.expected
         )?;
         match self.current_index() {
@@ -216,11 +232,22 @@ impl<K: fmt::Display, V> fmt::Display for Conflict<K, V> {
     }
 }
 
-impl<K: fmt::Display, V> fmt::Display for Error<K, V> {
+/// The key, the condition and the current index; not the value (which need not be `Debug`).
+impl<K: fmt::Debug, V> fmt::Debug for Conflict<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conflict")
+            .field("key", &self.key)
+            .field("expected", &self.expected)
+            .field("current_index", &self.current_index())
+            .finish()
+    }
+}
+
+impl<K: fmt::Debug, V> fmt::Display for Error<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Conflict(c) => c.fmt(f),
-            Error::NotFound(k) => write!(f, "key '{k}' not found"),
+            Error::Conflict(c) => fmt::Display::fmt(c, f),
+            Error::NotFound(k) => write!(f, "key {k:?} not found"),
             Error::BatchConflict(cs) => {
                 write!(f, "batch failed on {} key(s), nothing applied", cs.len())?;
                 for c in cs {
@@ -232,20 +259,20 @@ impl<K: fmt::Display, V> fmt::Display for Error<K, V> {
             Error::BatchTooLarge { len, max } => {
                 write!(f, "batch of {len} operations exceeds the limit of {max}")
             }
-            Error::DuplicateKey(k) => write!(f, "key '{k}' appears more than once in the batch"),
+            Error::DuplicateKey(k) => write!(f, "key {k:?} appears more than once in the batch"),
             Error::CreateOnlyDelete(k) => {
                 write!(
                     f,
-                    "delete of key '{k}' with cas=0: create-only has no meaning for delete"
+                    "delete of key {k:?} with cas=0: create-only has no meaning for delete"
                 )
             }
             Error::RetriesExhausted { key, attempts } => {
                 write!(
                     f,
-                    "update of key '{key}' gave up after {attempts} conflicting attempts"
+                    "update of key {key:?} gave up after {attempts} conflicting attempts"
                 )
             }
-            Error::Storage(e) => e.fmt(f),
+            Error::Storage(e) => fmt::Display::fmt(e, f),
             Error::EntryTooLarge { len, max } => {
                 write!(f, "{len} bytes to log exceed the limit of {max}")
             }
@@ -253,4 +280,41 @@ impl<K: fmt::Display, V> fmt::Display for Error<K, V> {
     }
 }
 
-impl<K: fmt::Display + fmt::Debug, V: fmt::Debug> std::error::Error for Error<K, V> {}
+/// As `Display`, in `Debug`'s shape: keys and indices, never values.
+impl<K: fmt::Debug, V> fmt::Debug for Error<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Conflict(c) => f.debug_tuple("Conflict").field(c).finish(),
+            Error::NotFound(k) => f.debug_tuple("NotFound").field(k).finish(),
+            Error::BatchConflict(cs) => f.debug_tuple("BatchConflict").field(cs).finish(),
+            Error::EmptyBatch => f.write_str("EmptyBatch"),
+            Error::BatchTooLarge { len, max } => f
+                .debug_struct("BatchTooLarge")
+                .field("len", len)
+                .field("max", max)
+                .finish(),
+            Error::DuplicateKey(k) => f.debug_tuple("DuplicateKey").field(k).finish(),
+            Error::CreateOnlyDelete(k) => f.debug_tuple("CreateOnlyDelete").field(k).finish(),
+            Error::RetriesExhausted { key, attempts } => f
+                .debug_struct("RetriesExhausted")
+                .field("key", key)
+                .field("attempts", attempts)
+                .finish(),
+            Error::Storage(e) => f.debug_tuple("Storage").field(e).finish(),
+            Error::EntryTooLarge { len, max } => f
+                .debug_struct("EntryTooLarge")
+                .field("len", len)
+                .field("max", max)
+                .finish(),
+        }
+    }
+}
+
+impl<K: fmt::Debug, V> std::error::Error for Error<K, V> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Storage(e) => Some(e),
+            _ => None,
+        }
+    }
+}

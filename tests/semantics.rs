@@ -52,7 +52,7 @@ fn set_cas_with_index_updates_only_at_that_index() {
     assert_eq!(err.conflict().unwrap().current_index(), Some(b));
     assert_eq!(
         err.to_string(),
-        format!("CAS conflict for key 'k': expected ModifyIndex {a}, but current is {b}")
+        format!("CAS conflict for key \"k\": expected ModifyIndex {a}, but current is {b}")
     );
     assert_eq!(st.get("k").unwrap().value, "v2");
 }
