@@ -3,6 +3,7 @@
 use std::borrow::Borrow;
 use std::convert::Infallible;
 use std::hash::Hash;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::cell::{
@@ -76,13 +77,34 @@ impl Default for Config {
 /// assert_eq!(store.set(1, 1), 101);
 /// assert_eq!(index.high_water(), 101);
 /// ```
-#[derive(Debug, Default)]
-pub struct StoreBuilder {
+pub struct StoreBuilder<K, V> {
     config: Config,
     clock: Option<StdArc<GlobalIndex>>,
+    /// The store's types, fixed by [`Store::builder`] (`fn` so the builder is `Send` and
+    /// `Sync` whatever they are).
+    _types: PhantomData<fn() -> (K, V)>,
 }
 
-impl StoreBuilder {
+impl<K, V> Default for StoreBuilder<K, V> {
+    fn default() -> Self {
+        StoreBuilder {
+            config: Config::default(),
+            clock: None,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for StoreBuilder<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreBuilder")
+            .field("config", &self.config)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+impl<K, V> StoreBuilder<K, V> {
     /// The most operations one batch may hold. Default [`DEFAULT_MAX_BATCH`] (1000).
     pub fn max_batch(mut self, max: usize) -> Self {
         self.config.max_batch = max;
@@ -126,7 +148,7 @@ impl StoreBuilder {
     }
 
     /// Builds the store.
-    pub fn build<K, V>(self) -> Store<K, V>
+    pub fn build(self) -> Store<K, V>
     where
         K: Hash + Eq + Send + 'static,
         V: Send + 'static,
@@ -142,7 +164,7 @@ impl StoreBuilder {
     /// Builds a store that hands every committed mutation to `journal`, in per-key order
     /// (see [`Journal`]). Writers of a key wait while its previous mutation is being recorded,
     /// so single-key writes are no longer lock-free; reads still never wait.
-    pub fn build_journaled<K, V>(self, journal: Box<dyn Journal<K, V>>) -> Store<K, V>
+    pub fn build_journaled(self, journal: Box<dyn Journal<K, V>>) -> Store<K, V>
     where
         K: Hash + Eq + Send + 'static,
         V: Send + 'static,
@@ -872,9 +894,15 @@ fn cas(slot: &AtomicU64, current: u64, new: u64) -> bool {
         .is_ok()
 }
 
-impl Store<(), ()> {
-    /// A builder for a configured store (the key and value types come from `build`).
-    pub fn builder() -> StoreBuilder {
+impl<K, V> Store<K, V> {
+    /// A builder for a configured store of these key and value types (written out, as in
+    /// `Store::<u64, String>::builder()`, or inferred from where the store goes).
+    ///
+    /// ```
+    /// let store = caskv::Store::<u64, String>::builder().capacity(1_000).build();
+    /// store.set(1, "one".to_string());
+    /// ```
+    pub fn builder() -> StoreBuilder<K, V> {
         StoreBuilder::default()
     }
 }
