@@ -302,6 +302,7 @@ impl Participant {
 
     /// Frees up to `max` expired nodes, oldest first; with `advance`, first tries to move the
     /// epoch on when the oldest is not yet expired.
+    #[inline]
     fn collect(&self, collector: &Collector, max: usize, advance: bool) {
         // Acquire: pairs with the Release CAS of the advance that reached this epoch, so every
         // read of a reader seen unpinned by that advance happens before our frees.
