@@ -16,8 +16,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::journal::Written;
-use crate::persist::codec::wire::{self, Reader};
-use crate::persist::{Codec, DecodeError, MAX_ENTRY_BYTES};
 use crate::sync::{AtomicU64, Ordering, StdArc as Arc};
 use crate::{Entry, Error, GlobalIndex, Store};
 
@@ -51,7 +49,7 @@ pub struct Service {
 /// A stored registration: the service and its renewable deadline.
 #[derive(Debug)]
 pub struct Registration {
-    service: Service,
+    pub(crate) service: Service,
     /// Milliseconds since the Unix epoch; [`Registration::REAPING`] once a reaper claimed it.
     expires_at_ms: AtomicU64,
 }
@@ -84,7 +82,7 @@ impl Registration {
         UNIX_EPOCH + Duration::from_millis(self.expires_at_ms.load(Ordering::Relaxed))
     }
 
-    fn deadline(&self) -> u64 {
+    pub(crate) fn deadline(&self) -> u64 {
         // Relaxed: as in `expires_at`.
         self.expires_at_ms.load(Ordering::Relaxed)
     }
@@ -130,7 +128,13 @@ pub type RegistryError = Error<String, Arc<Registration>>;
 pub struct Registry {
     store: Store<String, Arc<Registration>>,
     ttl: Duration,
+    /// Refuses a registration before it is applied (a persistent registry's bound on what one
+    /// log record holds; `persist/registration.rs`). `None` in memory.
+    admit: Option<Admit>,
 }
+
+/// A registry's check of a registration before it is applied.
+pub(crate) type Admit = fn(&str, &Registration) -> Result<(), RegistryError>;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -142,12 +146,17 @@ impl Registry {
     /// A registry drawing indices from `index` (share the KV store's), with registrations
     /// living `ttl` unless renewed.
     pub fn new(index: Arc<GlobalIndex>, ttl: Duration) -> Self {
-        Registry::with_store(Store::builder().global_index(index).build(), ttl)
+        Registry::with_store(Store::builder().global_index(index).build(), ttl, None)
     }
 
-    /// A registry over a store built elsewhere (a persistent one, with a journal).
-    pub(crate) fn with_store(store: Store<String, Arc<Registration>>, ttl: Duration) -> Self {
-        Registry { store, ttl }
+    /// A registry over a store built elsewhere (a persistent one, with a journal, and its
+    /// `admit` check).
+    pub(crate) fn with_store(
+        store: Store<String, Arc<Registration>>,
+        ttl: Duration,
+        admit: Option<Admit>,
+    ) -> Self {
+        Registry { store, ttl, admit }
     }
 
     /// The store of registrations.
@@ -218,15 +227,8 @@ impl Registry {
             service,
             expires_at_ms: AtomicU64::new(self.deadline_from(now)),
         });
-        if self.store.journal.is_some() {
-            // Bounded before it is applied: a record the log cannot hold would fail the log.
-            let len = name.encoded_len() + registration.encoded_len();
-            if len > MAX_ENTRY_BYTES {
-                return Err(Error::EntryTooLarge {
-                    len,
-                    max: MAX_ENTRY_BYTES,
-                });
-            }
+        if let Some(admit) = self.admit {
+            admit(&name, &registration)?;
         }
         match cas {
             None => Ok(self.store.write_set(name, registration, None)),
@@ -325,49 +327,6 @@ impl Registry {
     /// Whether no registration is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// A registration in the log: the service, then its deadline (ms since the Unix epoch).
-impl Codec for Registration {
-    fn encode(&self, out: &mut Vec<u8>) {
-        let s = &self.service;
-        wire::put_bytes(out, s.name.as_bytes());
-        wire::put_bytes(out, s.address.as_bytes());
-        out.extend_from_slice(&s.port.to_le_bytes());
-        out.extend_from_slice(&(s.tags.len() as u32).to_le_bytes());
-        for tag in &s.tags {
-            wire::put_bytes(out, tag.as_bytes());
-        }
-        out.extend_from_slice(&(s.meta.len() as u32).to_le_bytes());
-        for (k, v) in &s.meta {
-            wire::put_bytes(out, k.as_bytes());
-            wire::put_bytes(out, v.as_bytes());
-        }
-        wire::put_u64(out, self.deadline());
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(bytes);
-        let name = r.string()?;
-        let address = r.string()?;
-        let port = r.u16()?;
-        let tags = (0..r.u32()?)
-            .map(|_| r.string())
-            .collect::<Result<Vec<_>, _>>()?;
-        let meta = (0..r.u32()?)
-            .map(|_| Ok((r.string()?, r.string()?)))
-            .collect::<Result<BTreeMap<_, _>, DecodeError>>()?;
-        let deadline = r.u64()?;
-        r.finish()?;
-        let service = Service {
-            name,
-            address,
-            port,
-            tags,
-            meta,
-        };
-        Ok(Registration::restored(service, deadline))
     }
 }
 

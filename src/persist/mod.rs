@@ -47,6 +47,7 @@ mod journal;
 pub(crate) mod log;
 mod record;
 mod recover;
+mod registration;
 mod reserve;
 mod snapshot;
 #[cfg(test)]
@@ -350,7 +351,8 @@ where
                 Registration::restored(reg.service().clone(), reg.expires_at_ms().max(renewed));
             services.restore(name, Arc::new(reg), v.flags, v.modify_index, v.create_index);
         }
-        let registry = Registry::with_store(services, options.service_ttl);
+        let registry =
+            Registry::with_store(services, options.service_ttl, Some(registration::admit));
 
         let mut report = recovered.report;
         report.high_water = recovered.high_water;
