@@ -14,7 +14,7 @@ if ! rustup +nightly component list --installed 2>/dev/null | grep -q '^rust-src
 fi
 # caskv_sanitize_thread: the epoch collector pins with an RMW instead of a store and a fence
 # (TSan cannot see fences), and uses no membarrier.
-export RUSTFLAGS="-Zsanitizer=thread --cfg caskv_sanitize_thread --cfg crossbeam_sanitize_thread"
+export RUSTFLAGS="-Zsanitizer=thread --cfg caskv_sanitize_thread"
 export RUSTDOCFLAGS="$RUSTFLAGS"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/tsan}"
 export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/ci/tsan.supp}"

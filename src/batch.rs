@@ -367,7 +367,9 @@ where
 
     /// Replaces the lock of held slot `i` (which only we may change) with `next`; a slot left
     /// with nothing gets its spare tomb, since a claimed slot never becomes empty again. Runs
-    /// no user code and allocates nothing (it runs in `Drop`, perhaps while unwinding).
+    /// no user code (it runs in `Drop`, perhaps while unwinding; a retire only queues the
+    /// node, and the collector frees it at a later outermost pin) and allocates at most a
+    /// slot of the thread's garbage queue.
     fn release_one(&mut self, i: usize, next: u64) {
         let guard = self.guard;
         let held = &mut self.slots[i];

@@ -104,8 +104,11 @@ pub use store::{Pinned, Store, StoreBuilder, DEFAULT_MAX_BATCH};
 /// store), as far as other threads' pins allow, and returns how many retired nodes it still
 /// holds.
 ///
-/// Never needed for correctness: every write frees a couple of expired nodes of its thread as
-/// it goes. Call it where a thread that wrote a lot goes idle, or before measuring memory.
+/// Never needed for correctness: a thread's operations free a couple of its expired nodes per
+/// write as they go (at the start of each call, where no lock is held), and garbage of exited
+/// threads is adopted by the others. Call it where a thread that wrote a lot goes idle, or
+/// before measuring memory. Frees nothing while the calling thread holds a
+/// [`Pinned`](crate::Pinned) handle (its own pin holds the garbage back).
 ///
 /// ```
 /// let store: caskv::Store<u64, String> = caskv::Store::new();

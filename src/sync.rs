@@ -45,8 +45,8 @@ pub(crate) mod epoch {
         crate::epoch::pin()
     }
 
-    /// Calls `free(word)` once every thread pinned now has unpinned; frees at most a couple of
-    /// this thread's own expired nodes on the way.
+    /// Calls `free(word)` once every thread pinned now has unpinned. Only queues it: frees run
+    /// at this thread's later outermost pins, where it holds no per-key lock.
     ///
     /// # Safety
     /// `word`'s node is unreachable for every thread that pins from now on, and retired once.

@@ -26,12 +26,17 @@ use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 const EXPIRY: u64 = 3;
 
 /// Retires between two attempts to advance the epoch while the oldest garbage is not yet
-/// free to go. An attempt costs one heavy fence (a `membarrier`, about 0.2–5 µs).
+/// free to go. An attempt costs one heavy fence (a `membarrier`, about 0.2–5 µs) unless a
+/// cheap scan already sees a participant behind.
 const ADVANCE_EVERY: u32 = 128;
 
-/// Expired nodes one retire frees at most: more than one, so a backlog drains, and few, so
-/// no write runs more than a couple of destructors of other writes.
+/// Expired nodes a collection frees per retire since the last one: more than one, so a
+/// backlog drains, and few, so no call runs more than a couple of destructors of other
+/// writes per write it made.
 const FREE_PER_RETIRE: usize = 2;
+
+/// Orphaned nodes a step adopts at most.
+const ADOPT_PER_STEP: usize = 64;
 
 /// Outermost pins between two collection steps (so that threads that mostly read still free
 /// what they once retired).
@@ -55,6 +60,12 @@ pub struct Collector {
     epoch: AtomicU64,
     /// Head of the push-only list of participants.
     participants: AtomicPtr<Participant>,
+    /// Garbage of exited threads that had not expired, adopted by other threads' steps.
+    /// A plain `std` mutex: it hands whole nodes over (and orders them), it is not part of
+    /// the pin/advance protocol the loom models check.
+    orphans: std::sync::Mutex<Vec<Retired>>,
+    /// Whether `orphans` may hold something (a hint, so steps skip the lock).
+    has_orphans: AtomicBool,
 }
 
 /// A thread's record in a collector: its pin word, read by every advance, and its garbage.
@@ -70,7 +81,12 @@ pub struct Participant {
     next: *const Participant,
     depth: Cell<u32>,
     pins: Cell<u32>,
-    retires: Cell<u32>,
+    /// Frees owed by retires since the last collection.
+    owed: Cell<u32>,
+    /// Retires since the last advance attempt.
+    since_advance: Cell<u32>,
+    /// A collection (or flush, or release) is running on this thread.
+    collecting: Cell<bool>,
     exiting: Cell<bool>,
     garbage: UnsafeCell<VecDeque<Retired>>,
 }
@@ -90,6 +106,8 @@ impl Collector {
         Collector {
             epoch: AtomicU64::new(1),
             participants: AtomicPtr::new(ptr::null_mut()),
+            orphans: std::sync::Mutex::new(Vec::new()),
+            has_orphans: AtomicBool::new(false),
         }
     }
 
@@ -99,6 +117,8 @@ impl Collector {
         Collector {
             epoch: AtomicU64::new(1),
             participants: AtomicPtr::new(ptr::null_mut()),
+            orphans: std::sync::Mutex::new(Vec::new()),
+            has_orphans: AtomicBool::new(false),
         }
     }
 
@@ -135,7 +155,9 @@ impl Collector {
             next: ptr::null(),
             depth: Cell::new(0),
             pins: Cell::new(0),
-            retires: Cell::new(0),
+            owed: Cell::new(0),
+            since_advance: Cell::new(0),
+            collecting: Cell::new(false),
             exiting: Cell::new(false),
             garbage: UnsafeCell::new(VecDeque::new()),
         }));
@@ -160,26 +182,21 @@ impl Collector {
     /// Moves the global epoch from `e` to `e + 1` if every pinned participant is at `e`;
     /// returns the global epoch after the attempt.
     pub fn try_advance(&self) -> u64 {
-        // Relaxed: the heavy fence below orders it (as crossbeam's `try_advance`).
-        let epoch = self.epoch.load(Ordering::Relaxed);
+        // Acquire: the caller may free by the value returned when the attempt fails early.
+        let epoch = self.epoch.load(Ordering::Acquire);
+        // A scan without the fence first: a participant already seen behind needs no
+        // `membarrier` to tell (it can only be behind more after the fence).
+        if self.any_behind(epoch) {
+            return epoch;
+        }
         // Pairs with every participant's light fence after its pin store: a pin that this scan
         // misses is ordered after the fence, so its reads see every unlink before it.
         fence::heavy();
-        // Acquire: pairs with the Release CAS that published each participant.
-        let mut at = self.participants.load(Ordering::Acquire);
-        while !at.is_null() {
-            // SAFETY: participants are never freed while the collector lives.
-            let p = unsafe { &*at };
-            // Acquire: pairs with the Release of an unpin, so the reads the participant made
-            // while pinned happen before anything freed after this advance.
-            let pinned = p.pinned.load(Ordering::Acquire);
-            if pinned != 0 && pinned != epoch {
-                return epoch;
-            }
-            at = p.next.cast_mut();
+        if self.any_behind(epoch) {
+            return epoch;
         }
         // Release: passes on what the scan acquired to every thread that frees after loading
-        // the new epoch (Acquire in `collect`). Acquire on failure: as `epoch()`.
+        // the new epoch (Acquire in `collect`). Acquire on failure: as above.
         match self
             .epoch
             .compare_exchange(epoch, epoch + 1, Ordering::Release, Ordering::Acquire)
@@ -187,6 +204,24 @@ impl Collector {
             Ok(_) => epoch + 1,
             Err(now) => now,
         }
+    }
+
+    /// Whether some participant is pinned at an epoch other than `epoch`.
+    fn any_behind(&self, epoch: u64) -> bool {
+        // Acquire: pairs with the Release CAS that published each participant.
+        let mut at = self.participants.load(Ordering::Acquire);
+        while !at.is_null() {
+            // SAFETY: participants are never freed while the collector lives.
+            let p = unsafe { &*at };
+            // Acquire: pairs with the Release of an unpin (or of a later pin), so the reads
+            // the participant made while pinned happen before anything freed after an advance.
+            let pinned = p.pinned.load(Ordering::Acquire);
+            if pinned != 0 && pinned != epoch {
+                return true;
+            }
+            at = p.next.cast_mut();
+        }
+        false
     }
 
     /// A handle that owns a participant until it is dropped (for the loom models and tests;
@@ -211,6 +246,11 @@ impl Drop for Collector {
     fn drop(&mut self) {
         // Only collectors other than the process-wide one are dropped, and `&mut self` says
         // no handle or guard of ours is left: everything retired is unreachable.
+        let orphans = std::mem::take(self.orphans.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for r in orphans {
+            // SAFETY: retired once, and nothing can reach it any more (see above).
+            unsafe { (r.free)(r.word) };
+        }
         let mut at = self.participants.load(Ordering::Acquire);
         while !at.is_null() {
             // SAFETY: every participant was made by `Box::into_raw` in `register` and is freed
@@ -226,28 +266,31 @@ impl Drop for Collector {
 }
 
 impl Participant {
-    /// Pins (or nests a pin). The outermost pin publishes the global epoch and fences.
+    /// Pins (or nests a pin). The outermost pin first pays what this thread owes the
+    /// collector (see [`Participant::collect`]), then publishes the global epoch and fences.
     #[inline]
     pub(crate) fn enter(&self, collector: &Collector) {
         let depth = self.depth.get();
-        self.depth.set(depth + 1);
         if depth == 0 {
+            let pins = self.pins.get().wrapping_add(1);
+            self.pins.set(pins);
+            let step = pins.is_multiple_of(PINS_PER_STEP);
+            if self.owed.get() != 0 || step {
+                self.collect(collector, step);
+            }
             // Acquire: our reads of the structure are ordered after the epoch we announce, so
             // a reader pinned at `e` sees every unlink made visible before `e` was stored.
             let epoch = collector.epoch.load(Ordering::Acquire);
-            // Relaxed: ordered by the light fence below (ThreadSanitizer's build uses an RMW
-            // instead, the only kind of ordering it can see).
+            // Release: a scan that reads this word (or a later one) is ordered after the
+            // reads of our previous pin; the ordering against the advance is the light fence
+            // below (ThreadSanitizer's build uses an RMW, the only ordering it can see).
             #[cfg(not(caskv_sanitize_thread))]
-            self.pinned.store(epoch, Ordering::Relaxed);
+            self.pinned.store(epoch, Ordering::Release);
             #[cfg(caskv_sanitize_thread)]
             self.pinned.swap(epoch, Ordering::SeqCst);
             fence::light();
-            let pins = self.pins.get().wrapping_add(1);
-            self.pins.set(pins);
-            if pins.is_multiple_of(PINS_PER_STEP) {
-                self.step(collector);
-            }
         }
+        self.depth.set(depth + 1);
     }
 
     /// Unpins (or leaves a nested pin). Returns whether this released the participant (its
@@ -267,8 +310,9 @@ impl Participant {
         false
     }
 
-    /// Hands `word`'s node to the collector; frees at most [`FREE_PER_RETIRE`] expired nodes
-    /// and, every [`ADVANCE_EVERY`] retires, tries to advance the epoch.
+    /// Queues `word`'s node; it is freed at one of this thread's later outermost pins, once
+    /// the epoch has moved [`EXPIRY`] past now. Runs no other code and frees nothing: the
+    /// caller may hold per-key locks, and a freed value's `Drop` is user code.
     ///
     /// # Safety
     /// The caller is pinned on this participant; the node is unreachable for every pin from
@@ -281,38 +325,57 @@ impl Participant {
         fence::light();
         // Relaxed: a stale (smaller) stamp only delays the free; EXPIRY covers the rest.
         let stamp = collector.epoch.load(Ordering::Relaxed);
-        // SAFETY: owner-only field, and no other reference to it is live (frees run below,
-        // after this borrow ends).
+        // SAFETY: owner-only field, and no other reference to it is live (a collection never
+        // holds one across a free).
         unsafe { (*self.garbage.get()).push_back(Retired { stamp, word, free }) };
-        let retires = self.retires.get().wrapping_add(1);
-        self.retires.set(retires);
-        self.collect(
-            collector,
-            FREE_PER_RETIRE,
-            retires.is_multiple_of(ADVANCE_EVERY),
-        );
+        self.owed
+            .set(self.owed.get().saturating_add(FREE_PER_RETIRE as u32));
+        self.since_advance
+            .set(self.since_advance.get().saturating_add(1));
     }
 
-    /// A collection step of a pin: frees a few expired nodes, advancing first if the oldest
-    /// is still waiting.
+    /// The collection an outermost pin runs before it publishes itself (so this thread holds
+    /// no pin and no per-key lock, and a panicking `Drop` unwinds out of `pin` with nothing
+    /// published): frees up to what the thread owes ([`FREE_PER_RETIRE`] per retire since the
+    /// last collection, plus [`FREE_PER_STEP`] on a step, every [`PINS_PER_STEP`] pins),
+    /// oldest first, after trying to advance the epoch if the oldest is not expired and this
+    /// is a step or [`ADVANCE_EVERY`] retires passed. A step also adopts a few orphans
+    /// (garbage of exited threads). Not re-entered: a `Drop` that pins again collects nothing.
     #[cold]
-    fn step(&self, collector: &Collector) {
-        self.collect(collector, FREE_PER_STEP, true);
-    }
-
-    /// Frees up to `max` expired nodes, oldest first; with `advance`, first tries to move the
-    /// epoch on when the oldest is not yet expired.
-    #[inline]
-    fn collect(&self, collector: &Collector, max: usize, advance: bool) {
+    #[inline(never)]
+    fn collect(&self, collector: &Collector, step: bool) {
+        if self.collecting.get() {
+            return;
+        }
+        let _collecting = Collecting::new(&self.collecting);
+        if step {
+            self.adopt_orphans(collector, ADOPT_PER_STEP);
+        }
         // Acquire: pairs with the Release CAS of the advance that reached this epoch, so every
         // read of a reader seen unpinned by that advance happens before our frees.
         let mut now = collector.epoch.load(Ordering::Acquire);
-        if advance && self.oldest().is_some_and(|s| now < s + EXPIRY) {
+        if (step || self.since_advance.get() >= ADVANCE_EVERY) && !self.expired(now) {
+            self.since_advance.set(0);
             now = collector.try_advance();
         }
-        for _ in 0..max {
-            // SAFETY: owner-only field; this borrow ends before `free` runs (which may retire
-            // and so push onto the queue again).
+        let max = self.owed.get() as usize + if step { FREE_PER_STEP } else { 0 };
+        self.free_expired(now, max);
+        // What could not be freed now is forgiven: later retires owe more, two each, so a
+        // backlog drains at one per retire once the epoch moves.
+        self.owed.set(0);
+    }
+
+    /// Whether the oldest garbage has expired at epoch `now` (or there is none).
+    fn expired(&self, now: u64) -> bool {
+        self.oldest().is_none_or(|s| now >= s + EXPIRY)
+    }
+
+    /// Frees up to `max` nodes expired at `now`, oldest first; returns how many.
+    fn free_expired(&self, now: u64, max: usize) -> usize {
+        let mut freed = 0;
+        while freed < max {
+            // SAFETY: owner-only field; this borrow ends before `free` runs (which may pin and
+            // retire, and so push onto the queue).
             let next = unsafe {
                 let garbage = &mut *self.garbage.get();
                 match garbage.front() {
@@ -324,20 +387,51 @@ impl Participant {
             // SAFETY: the node was retired once (the `retire` contract), and the epoch moved
             // EXPIRY past its stamp, so no pin can still reach it.
             unsafe { (r.free)(r.word) };
+            freed += 1;
+        }
+        freed
+    }
+
+    /// Moves up to `max` orphaned nodes (their stamps kept) into this thread's queue.
+    fn adopt_orphans(&self, collector: &Collector, max: usize) {
+        // Relaxed: a hint; the lock below orders the nodes themselves.
+        if !collector.has_orphans.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(mut orphans) = collector.orphans.try_lock() else {
+            return;
+        };
+        let take = orphans.len().min(max);
+        let start = orphans.len() - take;
+        // SAFETY: owner-only field, no other reference live (no free runs while we hold it).
+        let garbage = unsafe { &mut *self.garbage.get() };
+        garbage.extend(orphans.drain(start..));
+        if orphans.is_empty() {
+            collector.has_orphans.store(false, Ordering::Relaxed);
         }
     }
 
-    /// Frees everything the pins of other threads allow: advances the epoch up to
-    /// `EXPIRY + 1` times while garbage waits, then frees every expired node. Returns how many
-    /// are still pending (held back by a pin, possibly this thread's own).
+    /// Frees everything the pins of other threads allow (orphans included): advances the
+    /// epoch up to `EXPIRY + 1` times while garbage waits, then frees every expired node.
+    /// Frees nothing while this thread is pinned or collecting (it may be inside a store
+    /// operation). Returns how many nodes it still holds.
     pub(crate) fn flush(&self, collector: &Collector) -> usize {
+        if self.depth.get() != 0 || self.collecting.get() {
+            return self.pending();
+        }
+        let _collecting = Collecting::new(&self.collecting);
+        self.adopt_orphans(collector, usize::MAX);
+        // SAFETY: owner-only field, no other reference live.
+        let newest = unsafe { (*self.garbage.get()).iter().map(|r| r.stamp).max() };
+        let mut now = collector.epoch.load(Ordering::Acquire);
         for _ in 0..=EXPIRY {
-            if self.oldest().is_none() {
+            if newest.is_none_or(|s| now >= s + EXPIRY) {
                 break;
             }
-            collector.try_advance();
+            now = collector.try_advance();
         }
-        self.collect(collector, usize::MAX, false);
+        self.free_expired(now, usize::MAX);
+        self.owed.set(0);
         self.pending()
     }
 
@@ -369,13 +463,38 @@ impl Participant {
         self.exiting.set(true);
     }
 
-    /// Frees what has expired and gives the participant up; what has not expired stays in it
-    /// for the next owner.
+    /// Frees what the other threads' pins allow, hands the rest to the collector's orphans
+    /// (adopted a few at a time by other threads' steps), and gives the participant up.
     fn release(&self, collector: &Collector) {
         self.exiting.set(false);
-        self.collect(collector, usize::MAX, false);
+        self.flush(collector);
+        // SAFETY: owner-only field, no other reference live.
+        let garbage = unsafe { &mut *self.garbage.get() };
+        if !garbage.is_empty() {
+            let mut orphans = collector.orphans.lock().unwrap_or_else(|e| e.into_inner());
+            orphans.extend(garbage.drain(..));
+            // Relaxed: a hint (see `adopt_orphans`).
+            collector.has_orphans.store(true, Ordering::Relaxed);
+        }
         // Release: pairs with the Acquire CAS of the next registration.
         self.owned.store(false, Ordering::Release);
+    }
+}
+
+/// Marks a participant as collecting while it lives (so a `Drop` that pins or flushes again
+/// does not collect re-entrantly); cleared on unwind too.
+struct Collecting<'a>(&'a Cell<bool>);
+
+impl<'a> Collecting<'a> {
+    fn new(flag: &'a Cell<bool>) -> Self {
+        flag.set(true);
+        Collecting(flag)
+    }
+}
+
+impl Drop for Collecting<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
     }
 }
 

@@ -10,17 +10,23 @@
 //! (a write's p99.9). Neither can be changed from outside the crate. Here:
 //! - **a pin is a load, a plain store and a compiler fence** ([`fence::light`]); the epoch
 //!   advance, a few times per thousand writes, pays a process-wide `membarrier` instead;
-//! - **each thread frees only its own garbage, at most two nodes per retire** (and eight per
-//!   256 pins), oldest first, into its own block cache (`recycle.rs`): no queue is shared, no
-//!   call runs more than a few destructors.
+//! - **each thread frees only its own garbage, at its next outermost pin, at most two nodes
+//!   per retire since its last collection** (and eight more every 256 pins), into its own
+//!   block cache (`recycle.rs`): no queue is shared, no call runs more than a few destructors,
+//!   and none runs inside a store operation (a freed value's `Drop` is user code: it may
+//!   write the store, panic, or retire in turn).
 //!
 //! # The protocol
 //! - *Pin* (outermost): load the global epoch `G` (Acquire), store it in the participant's pin
 //!   word, light fence. *Unpin*: store 0 (Release).
 //! - *Retire* (after the unlink): light fence, load `G` (Relaxed) as the stamp `s`, queue the
-//!   node. It is freed by its own participant once `G ≥ s + 3`.
-//! - *Advance*: load `G = e`, heavy fence, scan every participant; if each is unpinned or
-//!   pinned at `e`, CAS `G` from `e` to `e + 1` (Release).
+//!   node; nothing else. It is freed by its own participant once `G ≥ s + 3`, in the
+//!   collection an outermost pin runs *before* it publishes itself (no pin, no per-key lock
+//!   held; a panicking `Drop` unwinds out of `pin` with nothing published; a `Drop` that pins
+//!   again does not collect re-entrantly).
+//! - *Advance*: load `G = e`, scan (a participant already behind ends it: no fence needed),
+//!   heavy fence, scan every participant again; if each is unpinned or pinned at `e`, CAS `G`
+//!   from `e` to `e + 1` (Release).
 //!
 //! # Why `s + 3` is safe (asymmetric fences)
 //! Let writer `R` unlink node `N` and read stamp `s`; let reader `T` reach `N`, so `T` read
@@ -30,7 +36,8 @@
 //!    after that load, hence after its unlink: the unlink is globally visible once the heavy
 //!    fence returns, before `G = s + 2` is stored.
 //! 2. The advance to `s + 3` scanned after its heavy fence. If `T`'s pin store was before its
-//!    interrupt point, the scan saw it, so `T` was pinned at `s + 2` (or had unpinned): it
+//!    interrupt point, the scan saw it (or a later unpin or re-pin, each a Release store), so
+//!    `T` was pinned at `s + 2` (or had unpinned): it
 //!    loaded `G = s + 2` (Acquire) before reading the slot, and `s + 2` was stored after the
 //!    unlink became visible (1), so `T` read the unlinked slot. If the pin store came after
 //!    the interrupt point, `T`'s read came after a full barrier executed after (1): the same.
@@ -41,9 +48,11 @@
 //!
 //! # Threads
 //! A thread registers a participant at its first pin and gives it back when it exits (at its
-//! last unpin, if a thread-local destructor still holds a pin then); what has not expired by
-//! then stays in the participant for the next thread that registers. A thread that retires
-//! and then goes idle keeps what it retired until it runs again or exits.
+//! last unpin, if a thread-local destructor still holds a pin then), after advancing and
+//! freeing what it can; what has not expired by then goes to the collector's orphans, which
+//! other threads adopt a few at a time at their collection steps (and `reclaim` all at once).
+//! A thread that retires and then goes idle keeps what it retired until it runs again, calls
+//! `reclaim`, or exits.
 
 mod collector;
 mod fence;
@@ -224,11 +233,12 @@ mod tests {
     }
 
     #[test]
-    fn an_exited_threads_garbage_passes_to_the_next_owner() {
+    fn an_exited_threads_garbage_goes_to_the_orphans_and_is_freed_by_another_thread() {
         let c = Arc::new(Collector::new());
         let blocker = c.register_handle();
         let held = blocker.pin();
         let c2 = c.clone();
+        let before = FREED.load(Ordering::Relaxed);
         std::thread::spawn(move || {
             let h = c2.register_handle();
             let g = h.pin();
@@ -237,14 +247,14 @@ mod tests {
         })
         .join()
         .unwrap();
-        // The exited thread's participant still holds the node (the pin blocks it); a new
-        // registration takes the participant over, garbage included.
-        drop(held);
-        drop(blocker);
+        // The pin held the node back when its thread exited: it is an orphan now, in no
+        // participant.
         let h = c.register_handle();
-        let other = c.register_handle();
-        assert_eq!(h.pending() + other.pending(), 1);
-        assert_eq!(h.flush() + other.flush(), 0);
+        assert_eq!(h.pending() + blocker.pending(), 0);
+        drop(held);
+        // Another thread's flush adopts it and, the pin gone, frees it.
+        assert_eq!(blocker.flush(), 0);
+        assert!(FREED.load(Ordering::Relaxed) > before);
     }
 
     #[test]
