@@ -352,3 +352,39 @@ fn an_exited_threads_garbage_is_freed_by_the_threads_that_remain() {
     settle(); // this thread adopts the orphans and frees them
     assert_eq!(LIVE.load(Ordering::Relaxed), base);
 }
+
+/// Orphans are adopted by the remaining threads' ordinary calls too (a collection step every
+/// 256 pins adopts up to 64 and frees them), not only by `reclaim`.
+#[test]
+fn orphans_are_freed_by_ordinary_reads_of_the_remaining_threads() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    settle();
+    let store: Arc<Store<u64, Tracked>> = Arc::new(Store::new());
+    store.set(0, Tracked::new(0));
+    let base = LIVE.load(Ordering::Relaxed);
+    let pinned = store.pin();
+    {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for i in 0..500 {
+                store.set(1 + i % 4, Tracked::new(i));
+            }
+            for k in 1..5 {
+                store.delete(&k).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+    }
+    drop(pinned);
+    let mut reads = 0u64;
+    while LIVE.load(Ordering::Relaxed) > base && reads < 1_000_000 {
+        assert!(store.get(&0).is_some());
+        reads += 1;
+    }
+    assert_eq!(
+        LIVE.load(Ordering::Relaxed),
+        base,
+        "orphans still alive after {reads} reads"
+    );
+}

@@ -348,9 +348,11 @@ impl Participant {
             return;
         }
         let _collecting = Collecting::new(&self.collecting);
-        if step {
-            self.adopt_orphans(collector, ADOPT_PER_STEP);
-        }
+        let adopted = if step {
+            self.adopt_orphans(collector, ADOPT_PER_STEP)
+        } else {
+            0
+        };
         // Acquire: pairs with the Release CAS of the advance that reached this epoch, so every
         // read of a reader seen unpinned by that advance happens before our frees.
         let mut now = collector.epoch.load(Ordering::Acquire);
@@ -358,7 +360,8 @@ impl Participant {
             self.since_advance.set(0);
             now = collector.try_advance();
         }
-        let max = self.owed.get() as usize + if step { FREE_PER_STEP } else { 0 };
+        // A step pays for what it adopted, too.
+        let max = self.owed.get() as usize + if step { FREE_PER_STEP + adopted } else { 0 };
         self.free_expired(now, max);
         // What could not be freed now is forgiven: later retires owe more, two each, so a
         // backlog drains at one per retire once the epoch moves.
@@ -392,14 +395,15 @@ impl Participant {
         freed
     }
 
-    /// Moves up to `max` orphaned nodes (their stamps kept) into this thread's queue.
-    fn adopt_orphans(&self, collector: &Collector, max: usize) {
+    /// Moves up to `max` orphaned nodes (their stamps kept) into this thread's queue; returns
+    /// how many.
+    fn adopt_orphans(&self, collector: &Collector, max: usize) -> usize {
         // Relaxed: a hint; the lock below orders the nodes themselves.
         if !collector.has_orphans.load(Ordering::Relaxed) {
-            return;
+            return 0;
         }
         let Ok(mut orphans) = collector.orphans.try_lock() else {
-            return;
+            return 0;
         };
         let take = orphans.len().min(max);
         let start = orphans.len() - take;
@@ -409,6 +413,7 @@ impl Participant {
         if orphans.is_empty() {
             collector.has_orphans.store(false, Ordering::Relaxed);
         }
+        take
     }
 
     /// Frees everything the pins of other threads allow (orphans included): advances the
@@ -463,11 +468,13 @@ impl Participant {
         self.exiting.set(true);
     }
 
-    /// Frees what the other threads' pins allow, hands the rest to the collector's orphans
-    /// (adopted a few at a time by other threads' steps), and gives the participant up.
+    /// Hands every node still queued to the collector's orphans (adopted a few at a time by
+    /// other threads' steps, all at once by `reclaim`) and gives the participant up. Frees
+    /// nothing: this runs in a thread-local destructor, where a value's `Drop` (user code)
+    /// could find the thread's other thread-locals gone.
     fn release(&self, collector: &Collector) {
         self.exiting.set(false);
-        self.flush(collector);
+        self.owed.set(0);
         // SAFETY: owner-only field, no other reference live.
         let garbage = unsafe { &mut *self.garbage.get() };
         if !garbage.is_empty() {

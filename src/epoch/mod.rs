@@ -48,9 +48,10 @@
 //!
 //! # Threads
 //! A thread registers a participant at its first pin and gives it back when it exits (at its
-//! last unpin, if a thread-local destructor still holds a pin then), after advancing and
-//! freeing what it can; what has not expired by then goes to the collector's orphans, which
-//! other threads adopt a few at a time at their collection steps (and `reclaim` all at once).
+//! last unpin, if a thread-local destructor still holds a pin then). What it still holds goes
+//! to the collector's orphans (nothing is freed in a thread-local destructor, where a value's
+//! `Drop` could find the thread's other thread-locals gone); other threads adopt them a few at
+//! a time at their collection steps, and `reclaim` all at once.
 //! A thread that retires and then goes idle keeps what it retired until it runs again, calls
 //! `reclaim`, or exits.
 
