@@ -35,6 +35,11 @@ const ADVANCE_EVERY: u32 = 128;
 /// writes per write it made.
 const FREE_PER_RETIRE: usize = 2;
 
+/// What a retire brings the next collection forward by, in pins: a collection comes every
+/// [`PINS_PER_STEP`] outermost pins, or every 8 retires (one collection call per few writes
+/// rather than per write, and still a handful of destructors per call).
+const RETIRE_WEIGHT: u32 = PINS_PER_STEP / 8;
+
 /// Orphaned nodes a step adopts at most.
 const ADOPT_PER_STEP: usize = 64;
 
@@ -80,7 +85,8 @@ pub struct Participant {
     owned: AtomicBool,
     next: *const Participant,
     depth: Cell<u32>,
-    pins: Cell<u32>,
+    /// Outermost pins until the next collection (retires bring it forward).
+    until_collect: Cell<u32>,
     /// Frees owed by retires since the last collection.
     owed: Cell<u32>,
     /// Retires since the last advance attempt.
@@ -154,7 +160,7 @@ impl Collector {
             owned: AtomicBool::new(true),
             next: ptr::null(),
             depth: Cell::new(0),
-            pins: Cell::new(0),
+            until_collect: Cell::new(PINS_PER_STEP),
             owed: Cell::new(0),
             since_advance: Cell::new(0),
             collecting: Cell::new(false),
@@ -272,11 +278,11 @@ impl Participant {
     pub(crate) fn enter(&self, collector: &Collector) {
         let depth = self.depth.get();
         if depth == 0 {
-            let pins = self.pins.get().wrapping_add(1);
-            self.pins.set(pins);
-            let step = pins.is_multiple_of(PINS_PER_STEP);
-            if self.owed.get() != 0 || step {
-                self.collect(collector, step);
+            let until = self.until_collect.get();
+            if until <= 1 {
+                self.collect(collector);
+            } else {
+                self.until_collect.set(until - 1);
             }
             // Acquire: our reads of the structure are ordered after the epoch we announce, so
             // a reader pinned at `e` sees every unlink made visible before `e` was stored.
@@ -330,39 +336,41 @@ impl Participant {
         unsafe { (*self.garbage.get()).push_back(Retired { stamp, word, free }) };
         self.owed
             .set(self.owed.get().saturating_add(FREE_PER_RETIRE as u32));
+        self.until_collect
+            .set(self.until_collect.get().saturating_sub(RETIRE_WEIGHT));
         self.since_advance
             .set(self.since_advance.get().saturating_add(1));
     }
 
     /// The collection an outermost pin runs before it publishes itself (so this thread holds
     /// no pin and no per-key lock, and a panicking `Drop` unwinds out of `pin` with nothing
-    /// published): frees up to what the thread owes ([`FREE_PER_RETIRE`] per retire since the
-    /// last collection, plus [`FREE_PER_STEP`] on a step, every [`PINS_PER_STEP`] pins),
-    /// oldest first, after trying to advance the epoch if the oldest is not expired and this
-    /// is a step or [`ADVANCE_EVERY`] retires passed. A step also adopts a few orphans
-    /// (garbage of exited threads). Not re-entered: a `Drop` that pins again collects nothing.
+    /// published), every [`PINS_PER_STEP`] outermost pins or 8 retires (see
+    /// [`RETIRE_WEIGHT`]): adopts a few orphans (garbage of exited threads), then frees, oldest
+    /// first, up to what it owes ([`FREE_PER_RETIRE`] per retire since the last collection)
+    /// plus [`FREE_PER_STEP`] plus what it adopted, after trying to advance the epoch if the
+    /// oldest is not expired. Not re-entered: a `Drop` that pins again collects nothing.
     #[cold]
     #[inline(never)]
-    fn collect(&self, collector: &Collector, step: bool) {
+    fn collect(&self, collector: &Collector) {
         if self.collecting.get() {
             return;
         }
         let _collecting = Collecting::new(&self.collecting);
-        let adopted = if step {
-            self.adopt_orphans(collector, ADOPT_PER_STEP)
-        } else {
-            0
-        };
+        self.until_collect.set(PINS_PER_STEP);
+        let adopted = self.adopt_orphans(collector, ADOPT_PER_STEP);
         // Acquire: pairs with the Release CAS of the advance that reached this epoch, so every
         // read of a reader seen unpinned by that advance happens before our frees.
         let mut now = collector.epoch.load(Ordering::Acquire);
-        if (step || self.since_advance.get() >= ADVANCE_EVERY) && !self.expired(now) {
+        let owed = self.owed.get();
+        // Advance when the oldest waits, at most once per ADVANCE_EVERY retires of a writing
+        // thread (each attempt may cost a membarrier), or at a collection that pins alone
+        // brought (a thread that has stopped writing).
+        if (owed == 0 || self.since_advance.get() >= ADVANCE_EVERY) && !self.expired(now) {
             self.since_advance.set(0);
             now = collector.try_advance();
         }
-        // A step pays for what it adopted, too.
-        let max = self.owed.get() as usize + if step { FREE_PER_STEP + adopted } else { 0 };
-        self.free_expired(now, max);
+        // What it owes, plus a step's worth, plus what it adopted.
+        self.free_expired(now, owed as usize + FREE_PER_STEP + adopted);
         // What could not be freed now is forgiven: later retires owe more, two each, so a
         // backlog drains at one per retire once the epoch moves.
         self.owed.set(0);

@@ -10,8 +10,8 @@
 //! (a write's p99.9). Neither can be changed from outside the crate. Here:
 //! - **a pin is a load, a plain store and a compiler fence** ([`fence::light`]); the epoch
 //!   advance, a few times per thousand writes, pays a process-wide `membarrier` instead;
-//! - **each thread frees only its own garbage, at its next outermost pin, at most two nodes
-//!   per retire since its last collection** (and eight more every 256 pins), into its own
+//! - **each thread frees only its own garbage, at an outermost pin (every 8 retires), at most
+//!   two nodes per retire since its last collection** (and eight more every 256 pins), into its own
 //!   block cache (`recycle.rs`): no queue is shared, no call runs more than a few destructors,
 //!   and none runs inside a store operation (a freed value's `Drop` is user code: it may
 //!   write the store, panic, or retire in turn).
