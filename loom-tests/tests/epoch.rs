@@ -6,7 +6,7 @@
 //! asymmetric argument is in `src/epoch/mod.rs`). Run with `ci/loom.sh`.
 #![cfg(caskv_loom)]
 
-use caskv::epoch::Collector;
+use caskv::epoch::{Collector, Handle};
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::sync::Arc;
@@ -40,6 +40,27 @@ unsafe fn free(word: u64) {
     node.0.with_mut(|v| *v = 0);
 }
 
+/// Under one pin of `h`, installs a node holding `v` in `slot` and retires the one it replaces.
+fn replace(h: &Handle<'_>, slot: &AtomicU64, v: u64) {
+    let g = h.pin();
+    let old = slot.swap(node(v), Ordering::AcqRel);
+    // SAFETY: unlinked above, retired once.
+    unsafe { g.retire(old, free) };
+}
+
+/// Reads the node `slot` holds; the caller is pinned.
+fn read_slot(slot: &AtomicU64) -> u64 {
+    let w = slot.load(Ordering::Acquire);
+    // SAFETY: loaded under the caller's pin, which keeps the node from being freed.
+    unsafe { read(w) }
+}
+
+/// Frees the node `slot` holds at the end of a model (no thread can reach it any more).
+fn free_last(slot: &AtomicU64) {
+    // SAFETY: every handle and reader is gone; the node was never retired.
+    unsafe { free(slot.load(Ordering::Relaxed)) };
+}
+
 /// A reader pinned before the writer's unlink reads the old node; the writer retires it and
 /// flushes (advancing as far as it can, then freeing what expired). Whatever the interleaving,
 /// the free never races the read, and the reader sees a live value (1 or 2, never 0).
@@ -52,27 +73,17 @@ fn a_free_never_races_a_pinned_read() {
             let (c, slot) = (c.clone(), slot.clone());
             thread::spawn(move || {
                 let h = c.register_handle();
-                let g = h.pin();
-                let w = slot.load(Ordering::Acquire);
-                // SAFETY: loaded under the pin.
-                let v = unsafe { read(w) };
-                drop(g);
-                v
+                let _pin = h.pin();
+                read_slot(&slot)
             })
         };
         let h = c.register_handle();
-        {
-            let g = h.pin();
-            let old = slot.swap(node(2), Ordering::AcqRel);
-            // SAFETY: unlinked above, retired once.
-            unsafe { g.retire(old, free) };
-        }
+        replace(&h, &slot, 2);
         h.flush();
         let v = reader.join().unwrap();
         assert!(v == 1 || v == 2, "read {v}");
         drop(h);
-        // SAFETY: the last node, unreachable now.
-        unsafe { free(slot.load(Ordering::Relaxed)) };
+        free_last(&slot);
     });
 }
 
@@ -87,38 +98,26 @@ fn a_long_pin_holds_back_every_later_free() {
             let (c, slot) = (c.clone(), slot.clone());
             thread::spawn(move || {
                 let h = c.register_handle();
-                let g = h.pin();
-                let a = slot.load(Ordering::Acquire);
-                // SAFETY: loaded under the pin.
-                let va = unsafe { read(a) };
-                let b = slot.load(Ordering::Acquire);
-                // SAFETY: as above.
-                let vb = unsafe { read(b) };
-                drop(g);
-                (va, vb)
+                let _pin = h.pin();
+                (read_slot(&slot), read_slot(&slot))
             })
         };
         let h = c.register_handle();
         for v in 2..4 {
-            let g = h.pin();
-            let old = slot.swap(node(v), Ordering::AcqRel);
-            // SAFETY: unlinked above, retired once.
-            unsafe { g.retire(old, free) };
-            drop(g);
+            replace(&h, &slot, v);
             h.flush();
         }
         let (va, vb) = reader.join().unwrap();
         assert!(va != 0 && vb != 0 && va <= vb, "read {va} then {vb}");
         assert_eq!(h.flush(), 0, "every node is freed once the reader is gone");
         drop(h);
-        // SAFETY: the last node, unreachable now.
-        unsafe { free(slot.load(Ordering::Relaxed)) };
+        free_last(&slot);
     });
 }
 
-/// A thread that retires and exits while a reader may be pinned frees what it can and leaves
-/// the rest to the collector's orphans; another thread's flush adopts them and frees them once
-/// the reader is gone, exactly once.
+/// A thread that retires and exits while a reader may be pinned leaves what it retired to the
+/// collector's orphans (it frees nothing as it exits); another thread's flush adopts them and
+/// frees them once the reader is gone, exactly once.
 #[test]
 fn an_exited_writers_garbage_is_freed_once_by_another_thread() {
     model(|| {
@@ -128,26 +127,19 @@ fn an_exited_writers_garbage_is_freed_once_by_another_thread() {
             let (c, slot) = (c.clone(), slot.clone());
             thread::spawn(move || {
                 let h = c.register_handle();
-                let g = h.pin();
-                let old = slot.swap(node(2), Ordering::AcqRel);
-                // SAFETY: unlinked above, retired once.
-                unsafe { g.retire(old, free) };
+                replace(&h, &slot, 2);
             })
         };
         let reader = c.register_handle();
         {
-            let g = reader.pin();
-            let w = slot.load(Ordering::Acquire);
-            // SAFETY: loaded under the pin.
-            let v = unsafe { read(w) };
+            let _pin = reader.pin();
+            let v = read_slot(&slot);
             assert!(v == 1 || v == 2);
-            drop(g);
         }
         writer.join().unwrap();
         let next = c.register_handle();
         assert_eq!(next.flush() + reader.flush(), 0);
         drop((next, reader));
-        // SAFETY: the last node, unreachable now.
-        unsafe { free(slot.load(Ordering::Relaxed)) };
+        free_last(&slot);
     });
 }
