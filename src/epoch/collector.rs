@@ -78,7 +78,8 @@ pub struct Collector {
 /// # Invariants
 /// `pinned`, `owned` and `next` are shared; `next` is written once, before the participant is
 /// published. Every other field is touched only by the owner: the thread that set `owned`
-/// (a registration) until it clears it (a release).
+/// (a registration) until it clears it (a release). The methods that touch them are `unsafe`
+/// with that contract; the private helpers they call inherit it.
 #[repr(align(128))]
 pub struct Participant {
     pinned: AtomicU64,
@@ -274,8 +275,11 @@ impl Drop for Collector {
 impl Participant {
     /// Pins (or nests a pin). The outermost pin first pays what this thread owes the
     /// collector (see [`Participant::collect`]), then publishes the global epoch and fences.
+    ///
+    /// # Safety
+    /// The calling thread owns this participant (it registered it and has not released it).
     #[inline]
-    pub(crate) fn enter(&self, collector: &Collector) {
+    pub(crate) unsafe fn enter(&self, collector: &Collector) {
         let depth = self.depth.get();
         if depth == 0 {
             let until = self.until_collect.get();
@@ -301,8 +305,12 @@ impl Participant {
 
     /// Unpins (or leaves a nested pin). Returns whether this released the participant (its
     /// thread had exited while pinned).
+    ///
+    /// # Safety
+    /// The calling thread owns this participant (it registered it and has not released it)
+    /// and is pinned on it.
     #[inline]
-    pub(crate) fn leave(&self, collector: &Collector) -> bool {
+    pub(crate) unsafe fn leave(&self, collector: &Collector) -> bool {
         let depth = self.depth.get() - 1;
         self.depth.set(depth);
         if depth == 0 {
@@ -321,8 +329,8 @@ impl Participant {
     /// caller may hold per-key locks, and a freed value's `Drop` is user code.
     ///
     /// # Safety
-    /// The caller is pinned on this participant; the node is unreachable for every pin from
-    /// now on, and retired once; `free(word)` frees it.
+    /// The calling thread owns this participant and is pinned on it; the node is unreachable
+    /// for every pin from now on, and retired once; `free(word)` frees it.
     #[inline]
     pub(crate) unsafe fn retire(&self, collector: &Collector, word: u64, free: unsafe fn(u64)) {
         // Orders the unlink (the caller's CAS) before the stamp load: a compiler fence in the
@@ -428,9 +436,13 @@ impl Participant {
     /// epoch up to `EXPIRY + 1` times while garbage waits, then frees every expired node.
     /// Frees nothing while this thread is pinned or collecting (it may be inside a store
     /// operation). Returns how many nodes it still holds.
-    pub(crate) fn flush(&self, collector: &Collector) -> usize {
+    ///
+    /// # Safety
+    /// The calling thread owns this participant (it registered it and has not released it).
+    pub(crate) unsafe fn flush(&self, collector: &Collector) -> usize {
         if self.depth.get() != 0 || self.collecting.get() {
-            return self.pending();
+            // SAFETY: our caller owns the participant.
+            return unsafe { self.pending() };
         }
         let _collecting = Collecting::new(&self.collecting);
         self.adopt_orphans(collector, usize::MAX);
@@ -445,7 +457,8 @@ impl Participant {
         }
         self.free_expired(now, usize::MAX);
         self.owed.set(0);
-        self.pending()
+        // SAFETY: our caller owns the participant.
+        unsafe { self.pending() }
     }
 
     /// The stamp of the oldest garbage, if any.
@@ -455,13 +468,19 @@ impl Participant {
     }
 
     /// Nodes retired and not yet freed (for tests).
-    pub fn pending(&self) -> usize {
+    ///
+    /// # Safety
+    /// The calling thread owns this participant (it registered it and has not released it).
+    pub unsafe fn pending(&self) -> usize {
         // SAFETY: owner-only field, no other reference live.
         unsafe { (*self.garbage.get()).len() }
     }
 
     /// The owner is going away: release now, or at the last unpin if still pinned.
-    pub(crate) fn exit(&self, collector: &Collector) {
+    ///
+    /// # Safety
+    /// The calling thread owns this participant (it registered it and has not released it).
+    pub(crate) unsafe fn exit(&self, collector: &Collector) {
         if self.depth.get() == 0 {
             self.release(collector);
         } else {
@@ -471,8 +490,11 @@ impl Participant {
 
     /// Marks the participant to be released at its last unpin (a thread pinning after its
     /// thread-locals were destroyed).
+    ///
+    /// # Safety
+    /// The calling thread owns this participant (it registered it and has not released it).
     #[cfg(not(caskv_loom))]
-    pub(crate) fn release_on_unpin(&self) {
+    pub(crate) unsafe fn release_on_unpin(&self) {
         self.exiting.set(true);
     }
 
@@ -528,7 +550,8 @@ impl<'c> Guard<'c> {
     /// The calling thread owns `participant`.
     #[inline]
     pub(crate) unsafe fn enter(collector: &'c Collector, participant: &'c Participant) -> Self {
-        participant.enter(collector);
+        // SAFETY: the caller's contract: this thread owns `participant`.
+        unsafe { participant.enter(collector) };
         Guard {
             collector,
             participant,
@@ -550,7 +573,9 @@ impl<'c> Guard<'c> {
 impl Drop for Guard<'_> {
     #[inline]
     fn drop(&mut self) {
-        if self.participant.leave(self.collector) {
+        // SAFETY: a guard is made by `Guard::enter` on its owner's thread and never leaves it
+        // (it is not `Send`); it pinned the participant, so it may unpin it.
+        if unsafe { self.participant.leave(self.collector) } {
             super::forget_local(self.participant);
         }
     }
@@ -574,18 +599,21 @@ impl<'c> Handle<'c> {
 
     /// Nodes this handle retired and has not freed yet.
     pub fn pending(&self) -> usize {
-        self.participant.pending()
+        // SAFETY: the handle registered the participant on this thread (it is not `Send`).
+        unsafe { self.participant.pending() }
     }
 
     /// As [`reclaim`](crate::reclaim), for this handle's garbage.
     pub fn flush(&self) -> usize {
-        self.participant.flush(self.collector)
+        // SAFETY: as in `pending`.
+        unsafe { self.participant.flush(self.collector) }
     }
 }
 
 #[cfg(any(test, caskv_loom))]
 impl Drop for Handle<'_> {
     fn drop(&mut self) {
-        self.participant.exit(self.collector);
+        // SAFETY: as in `pending`.
+        unsafe { self.participant.exit(self.collector) };
     }
 }

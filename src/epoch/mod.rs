@@ -89,8 +89,9 @@ mod global {
         fn drop(&mut self) {
             let p = LOCAL.with(|l| l.replace(ptr::null()));
             if !p.is_null() {
-                // SAFETY: participants of the static collector are never freed.
-                unsafe { &*p }.exit(&COLLECTOR);
+                // SAFETY: participants of the static collector are never freed, and `LOCAL`
+                // holds the one this thread owns.
+                unsafe { (*p).exit(&COLLECTOR) };
             }
         }
     }
@@ -114,7 +115,8 @@ mod global {
         // from another thread-local's destructor), the participant goes back at the last
         // unpin instead.
         if OWNER.try_with(|_| ()).is_err() {
-            p.release_on_unpin();
+            // SAFETY: registered just now, by this thread.
+            unsafe { p.release_on_unpin() };
         }
         LOCAL.with(|l| l.set(p));
         // SAFETY: registered just now, by this thread.
@@ -138,7 +140,7 @@ mod global {
             return 0;
         }
         // SAFETY: as in `pin`.
-        unsafe { &*p }.flush(&COLLECTOR)
+        unsafe { (*p).flush(&COLLECTOR) }
     }
 }
 
