@@ -62,19 +62,19 @@ struct ServeArgs {
     #[arg(long, env = "CASKV_SERVICE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     service_ttl: Duration,
     /// Longest key or service name, in bytes.
-    #[arg(long, env = "CASKV_MAX_KEY_BYTES", default_value_t = 512)]
+    #[arg(long, env = "CASKV_MAX_KEY_BYTES", default_value_t = crate::server::DEFAULT_MAX_KEY_BYTES)]
     max_key_bytes: usize,
     /// Longest value, in bytes.
-    #[arg(long, env = "CASKV_MAX_VALUE_BYTES", default_value_t = 512 * 1024)]
+    #[arg(long, env = "CASKV_MAX_VALUE_BYTES", default_value_t = crate::server::DEFAULT_MAX_VALUE_BYTES)]
     max_value_bytes: usize,
     /// Largest request body, in bytes.
-    #[arg(long, env = "CASKV_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "CASKV_MAX_BODY_BYTES", default_value_t = crate::server::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
     /// Most operations in one batch.
-    #[arg(long, env = "CASKV_MAX_BATCH", default_value_t = 1000)]
+    #[arg(long, env = "CASKV_MAX_BATCH", default_value_t = crate::DEFAULT_MAX_BATCH)]
     max_batch: usize,
     /// Most connections served at once.
-    #[arg(long, env = "CASKV_MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(long, env = "CASKV_MAX_CONNECTIONS", default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
     /// Time a client has to send a request head.
     #[arg(long, env = "CASKV_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -491,6 +491,43 @@ fn service(cmd: ServiceCommand) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every default of `serve` is the library's own (one home: `Limits::default`,
+    /// `ConnLimits::default`, `DEFAULT_SERVICE_TTL`); the duration flags spell theirs as text,
+    /// so this is what keeps the two from drifting apart.
+    #[test]
+    fn serve_defaults_are_the_librarys() {
+        for var in [
+            "CASKV_SERVICE_TTL",
+            "CASKV_MAX_KEY_BYTES",
+            "CASKV_MAX_VALUE_BYTES",
+            "CASKV_MAX_BODY_BYTES",
+            "CASKV_MAX_BATCH",
+            "CASKV_MAX_CONNECTIONS",
+            "CASKV_HEADER_TIMEOUT",
+            "CASKV_BODY_TIMEOUT",
+        ] {
+            assert!(
+                std::env::var_os(var).is_none(),
+                "{var} is set: defaults not testable"
+            );
+        }
+        let Cli {
+            command: Command::Serve(args),
+        } = Cli::try_parse_from(["caskv", "serve"]).unwrap()
+        else {
+            panic!("`caskv serve` did not parse as serve");
+        };
+        let (limits, conn) = (Limits::default(), ConnLimits::default());
+        assert_eq!(args.max_key_bytes, limits.max_key_bytes);
+        assert_eq!(args.max_value_bytes, limits.max_value_bytes);
+        assert_eq!(args.max_body_bytes, limits.max_body_bytes);
+        assert_eq!(args.max_batch, limits.max_batch);
+        assert_eq!(args.max_connections, conn.max_connections);
+        assert_eq!(args.header_timeout, conn.header_timeout);
+        assert_eq!(args.body_timeout, conn.body_timeout);
+        assert_eq!(args.service_ttl, crate::DEFAULT_SERVICE_TTL);
+    }
 
     #[test]
     fn keys_keep_slashes_and_escape_the_rest() {

@@ -3,6 +3,14 @@
 use super::error::ApiError;
 use crate::persist::{PersistError, MAX_BATCH_BYTES, MAX_ENTRY_BYTES};
 
+/// Default longest key (and service name), in bytes: the one home of this default (the CLI's
+/// `--max-key-bytes` and [`Limits::default`] both read it).
+pub const DEFAULT_MAX_KEY_BYTES: usize = 512;
+/// Default longest value, in bytes (512 KiB).
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 512 * 1024;
+/// Default largest request body, in bytes (1 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
 /// Size bounds of the HTTP API.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -19,9 +27,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_key_bytes: 512,
-            max_value_bytes: 512 * 1024,
-            max_body_bytes: 1024 * 1024,
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_batch: crate::DEFAULT_MAX_BATCH,
         }
     }

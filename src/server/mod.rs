@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use error::ApiError;
-pub use limits::Limits;
+pub use limits::{Limits, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES};
 use metrics::{Metrics, Op as Metric, Status};
 
 use crate::journal::Written;
@@ -164,10 +164,13 @@ pub struct ConnLimits {
     pub shutdown_grace: Duration,
 }
 
+/// Default most connections served at once (the CLI's `--max-connections` reads it too).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
 impl Default for ConnLimits {
     fn default() -> Self {
         ConnLimits {
-            max_connections: 1024,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
