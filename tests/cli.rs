@@ -953,6 +953,29 @@ fn serve_with_a_data_dir_keeps_every_write_across_a_restart() {
     );
 }
 
+/// Runs `caskv serve --data-dir data extra…`, which must exit on its own within 10 s (a
+/// refusal at start-up); returns its output. `what` names the case in the failure message.
+fn serve_until_it_exits(
+    data: &std::path::Path,
+    extra: &[&str],
+    what: &str,
+) -> std::process::Output {
+    let mut child = caskv()
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    if wait_timeout(&mut child, Duration::from_secs(10)).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("serve with {what} kept running");
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// Limits a log record cannot hold (issue #16's two 35 MiB values in one batch, which used to
 /// fail the log and turn every later write into a 503) are refused at start-up, in one line,
 /// before the data directory is touched.
@@ -975,20 +998,7 @@ fn serve_refuses_limits_the_log_cannot_hold() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let mut child = caskv()
-            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .args(flags)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        if wait_timeout(&mut child, Duration::from_secs(10)).is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("serve with limits the log cannot hold kept running");
-        }
-        let out = child.wait_with_output().unwrap();
+        let out = serve_until_it_exits(&data, &flags, "limits the log cannot hold");
         assert_eq!(out.status.code(), Some(2));
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert!(stderr.contains(named), "{stderr:?}");
@@ -1003,20 +1013,7 @@ fn serve_with_a_corrupt_data_dir_exits_2_naming_the_file_and_offset() {
     let dir = tempfile::tempdir().unwrap();
     let segment = dir.path().join("log-0000000000000001.caskv");
     std::fs::write(&segment, b"this is not a caskv log, and it is long enough").unwrap();
-    let mut child = caskv()
-        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let status = wait_timeout(&mut child, Duration::from_secs(10));
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("serve with a corrupt data dir kept running");
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = serve_until_it_exits(dir.path(), &[], "a corrupt data dir");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("log-0000000000000001.caskv"), "{stderr:?}");

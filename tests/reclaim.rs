@@ -323,6 +323,18 @@ fn frees_that_retire_do_not_recurse() {
     assert_eq!(pending, 0, "nodes left pending");
 }
 
+/// Runs `write` on a thread that exits while this thread's pin holds back what it retired,
+/// so that garbage becomes the collector's orphans; the pin is dropped on return.
+fn exit_leaving_orphans(
+    store: &Arc<Store<u64, Tracked>>,
+    write: impl FnOnce(&Store<u64, Tracked>) + Send + 'static,
+) {
+    let pinned = store.pin();
+    let store = store.clone();
+    std::thread::spawn(move || write(&store)).join().unwrap();
+    drop(pinned);
+}
+
 /// A thread that exits with garbage another thread's pin still holds back leaves it to the
 /// collector's orphans; it is freed by the next thread that collects, not stranded until some
 /// new thread happens to register.
@@ -333,18 +345,11 @@ fn an_exited_threads_garbage_is_freed_by_the_threads_that_remain() {
     let store: Arc<Store<u64, Tracked>> = Arc::new(Store::new());
     store.set(0, Tracked::new(0));
     let base = LIVE.load(Ordering::Relaxed);
-    let pinned = store.pin(); // this thread's pin holds the writer's garbage back
-    {
-        let store = store.clone();
-        std::thread::spawn(move || {
-            for i in 0..140 {
-                store.set(0, Tracked::new(i));
-            }
-        })
-        .join()
-        .unwrap();
-    }
-    drop(pinned);
+    exit_leaving_orphans(&store, |store| {
+        for i in 0..140 {
+            store.set(0, Tracked::new(i));
+        }
+    });
     assert!(
         LIVE.load(Ordering::Relaxed) > base,
         "the writer's garbage was freed while a pin held it back"
@@ -362,21 +367,14 @@ fn orphans_are_freed_by_ordinary_reads_of_the_remaining_threads() {
     let store: Arc<Store<u64, Tracked>> = Arc::new(Store::new());
     store.set(0, Tracked::new(0));
     let base = LIVE.load(Ordering::Relaxed);
-    let pinned = store.pin();
-    {
-        let store = store.clone();
-        std::thread::spawn(move || {
-            for i in 0..500 {
-                store.set(1 + i % 4, Tracked::new(i));
-            }
-            for k in 1..5 {
-                store.delete(&k).unwrap();
-            }
-        })
-        .join()
-        .unwrap();
-    }
-    drop(pinned);
+    exit_leaving_orphans(&store, |store| {
+        for i in 0..500 {
+            store.set(1 + i % 4, Tracked::new(i));
+        }
+        for k in 1..5 {
+            store.delete(&k).unwrap();
+        }
+    });
     let mut reads = 0u64;
     while LIVE.load(Ordering::Relaxed) > base && reads < 1_000_000 {
         assert!(store.get(&0).is_some());

@@ -61,6 +61,20 @@ fn free_last(slot: &AtomicU64) {
     unsafe { free(slot.load(Ordering::Relaxed)) };
 }
 
+/// A thread that registers on `c`, pins, and runs `read` on `slot` under that pin.
+fn spawn_pinned<T: Send + 'static>(
+    c: &Arc<Collector>,
+    slot: &Arc<AtomicU64>,
+    read: fn(&AtomicU64) -> T,
+) -> thread::JoinHandle<T> {
+    let (c, slot) = (c.clone(), slot.clone());
+    thread::spawn(move || {
+        let h = c.register_handle();
+        let _pin = h.pin();
+        read(&slot)
+    })
+}
+
 /// A reader pinned before the writer's unlink reads the old node; the writer retires it and
 /// flushes (advancing as far as it can, then freeing what expired). Whatever the interleaving,
 /// the free never races the read, and the reader sees a live value (1 or 2, never 0).
@@ -69,14 +83,7 @@ fn a_free_never_races_a_pinned_read() {
     model(|| {
         let c = Arc::new(Collector::new());
         let slot = Arc::new(AtomicU64::new(node(1)));
-        let reader = {
-            let (c, slot) = (c.clone(), slot.clone());
-            thread::spawn(move || {
-                let h = c.register_handle();
-                let _pin = h.pin();
-                read_slot(&slot)
-            })
-        };
+        let reader = spawn_pinned(&c, &slot, read_slot);
         let h = c.register_handle();
         replace(&h, &slot, 2);
         h.flush();
@@ -94,14 +101,7 @@ fn a_long_pin_holds_back_every_later_free() {
     model(|| {
         let c = Arc::new(Collector::new());
         let slot = Arc::new(AtomicU64::new(node(1)));
-        let reader = {
-            let (c, slot) = (c.clone(), slot.clone());
-            thread::spawn(move || {
-                let h = c.register_handle();
-                let _pin = h.pin();
-                (read_slot(&slot), read_slot(&slot))
-            })
-        };
+        let reader = spawn_pinned(&c, &slot, |slot| (read_slot(slot), read_slot(slot)));
         let h = c.register_handle();
         for v in 2..4 {
             replace(&h, &slot, v);

@@ -5,10 +5,12 @@
 //!   heavy fence and a scan that found every pinned participant at `e`.
 //! - A participant's `pinned` word is 0 (not pinned) or the global epoch it loaded when it
 //!   pinned; only its owner writes it.
-//! - Participants are never freed while the collector lives; a thread that exits leaves its
-//!   participant (and the garbage in it) to the next thread that registers.
+//! - Participants are never freed while the collector lives; a thread that exits gives its
+//!   participant back for the next thread that registers, and what it still held to the
+//!   collector's orphans.
 //! - Garbage stamped `s` (the global epoch loaded after the node was unlinked) is freed only
-//!   once the global epoch has reached `s + EXPIRY`, by the participant that retired it.
+//!   once the global epoch has reached `s + EXPIRY`, by the participant that retired it or
+//!   the one that adopted it as an orphan, never inside a pin.
 
 use std::cell::{Cell, UnsafeCell};
 use std::collections::VecDeque;
@@ -389,10 +391,9 @@ impl Participant {
         self.oldest().is_none_or(|s| now >= s + EXPIRY)
     }
 
-    /// Frees up to `max` nodes expired at `now`, oldest first; returns how many.
-    fn free_expired(&self, now: u64, max: usize) -> usize {
-        let mut freed = 0;
-        while freed < max {
+    /// Frees up to `max` nodes expired at `now`, oldest first.
+    fn free_expired(&self, now: u64, max: usize) {
+        for _ in 0..max {
             // SAFETY: owner-only field; this borrow ends before `free` runs (which may pin and
             // retire, and so push onto the queue).
             let next = unsafe {
@@ -406,9 +407,7 @@ impl Participant {
             // SAFETY: the node was retired once (the `retire` contract), and the epoch moved
             // EXPIRY past its stamp, so no pin can still reach it.
             unsafe { (r.free)(r.word) };
-            freed += 1;
         }
-        freed
     }
 
     /// Moves up to `max` orphaned nodes (their stamps kept) into this thread's queue; returns

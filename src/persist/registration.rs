@@ -27,6 +27,24 @@ impl Codec for Registration {
         wire::put_u64(out, self.deadline());
     }
 
+    /// Counted, not encoded: `admit` measures every registration of a persistent registry,
+    /// oversized ones included, before anything is written.
+    fn encoded_len(&self) -> usize {
+        let s = &self.service;
+        let bytes = |b: &str| 4 + b.len();
+        bytes(&s.name)
+            + bytes(&s.address)
+            + 2
+            + 4
+            + s.tags.iter().map(|t| bytes(t)).sum::<usize>()
+            + 4
+            + s.meta
+                .iter()
+                .map(|(k, v)| bytes(k) + bytes(v))
+                .sum::<usize>()
+            + 8
+    }
+
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let name = r.string()?;
@@ -63,4 +81,24 @@ pub(crate) fn admit(name: &str, registration: &Registration) -> Result<(), Regis
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counted_length_is_the_encoded_one() {
+        let service = Service {
+            name: "web".into(),
+            address: "10.0.0.1".into(),
+            port: 80,
+            tags: vec!["a".into(), String::new(), "ccc".into()],
+            meta: [("zone".to_string(), "eu".to_string())].into(),
+        };
+        let r = Registration::restored(service, 42);
+        let mut out = Vec::new();
+        r.encode(&mut out);
+        assert_eq!(r.encoded_len(), out.len());
+    }
 }
