@@ -135,9 +135,14 @@ mod global {
     /// Frees what the calling thread has retired, as far as other threads' pins allow; see
     /// [`crate::reclaim`].
     pub(crate) fn reclaim() -> usize {
-        let p = LOCAL.with(Cell::get);
+        let mut p = LOCAL.with(Cell::get);
         if p.is_null() {
-            return 0;
+            // A thread that never pinned still takes orphans: register it (a pin and unpin).
+            drop(pin());
+            p = LOCAL.with(Cell::get);
+            if p.is_null() {
+                return 0; // released at that unpin (thread-locals being torn down)
+            }
         }
         // SAFETY: as in `pin`.
         unsafe { (*p).flush(&COLLECTOR) }
