@@ -24,6 +24,21 @@ pub(crate) use std::sync::{
     Arc,
 };
 
+/// The log's group commit (`persist/log.rs`): its lock, the condition variables its blocking
+/// waiters and flusher sleep on, and the flusher thread, so that `loom-tests/tests/group_commit.rs`
+/// runs the real hand-off between writers, waiters and the flusher.
+#[cfg(caskv_loom)]
+pub(crate) use loom::{
+    sync::{Condvar, Mutex, MutexGuard},
+    thread,
+};
+
+#[cfg(not(caskv_loom))]
+pub(crate) use std::{
+    sync::{Condvar, Mutex, MutexGuard},
+    thread,
+};
+
 /// The `Arc` of the public API (values, the shared [`GlobalIndex`](crate::GlobalIndex)); `std`'s in every build.
 pub(crate) use std::sync::Arc as StdArc;
 

@@ -7,12 +7,27 @@
 //! are the positions up to which the stream has been handed to the OS and made durable.
 //!
 //! # Group commit
-//! A writer that must wait for its ticket becomes the **leader** if no flush is running: it
-//! takes the whole in-memory tail (its own record and everything appended before and since),
-//! writes it with one `write`, syncs it if its policy needs that, and publishes the new
-//! positions. Writers that arrive meanwhile wait on a condition variable and are usually
-//! covered when the leader finishes; the first of them still uncovered leads the next round.
-//! So one fsync serves every writer whose record was appended before the leader took the tail.
+//! A **round** takes the whole in-memory tail (every record appended since the last round took
+//! it, usually while that round's fsync ran), writes it with one `write`, syncs it if the level
+//! needs that, publishes the new positions and wakes every waiter they cover, together. One
+//! round runs at a time (`flushing`); whoever ends one wakes whoever must lead the next.
+//!
+//! Two kinds of waiter share the rounds:
+//! - **Blocking** ([`Shared::wait`], behind `Pending::wait`): leader/follower. A waiter whose
+//!   ticket is uncovered leads a round itself if none runs, and otherwise sleeps on `progress`
+//!   until the running round ends, then checks again. No thread hand-off on the way.
+//! - **Async** ([`Shared::poll_ticket`], behind `Pending` as a `Future`): an async caller must
+//!   not fsync on its runtime's thread, so it registers its waker keyed by its ticket, raises
+//!   `wanted`, and the log's **flusher thread** (started with the log, stopped and joined when
+//!   it is dropped, after a final synced flush) leads rounds at the ack level until the
+//!   position reaches `wanted`. Under `EverySec`/`Never` only a `write` is needed, and an async
+//!   waiter leads it itself when no round runs (no hand-off; a `write` to the page cache does
+//!   not wait for the disk).
+//!
+//! The section that publishes a position (under the state lock) also removes the registered
+//! wakers at or below it, and they are woken once the lock is released; a registration checks
+//! the position and the failure under that same lock, so none is missed. A dropped future
+//! removes its registration; one woken already is gone.
 //!
 //! # Sync markers
 //! After each successful sync the next round first appends a marker record naming the segment
@@ -21,18 +36,21 @@
 //! unsynced write reach the disk in any order) from damage in data that was synced (corruption).
 //!
 //! # Failure
-//! A failed write or sync poisons the log: every waiter, present and future, gets the error, and
+//! A failed write or sync poisons the log: every waiter, present and future, gets the error (the
+//! section that records the failure takes every registered waker and wakes it), and
 //! the persistent store refuses new writes. Nothing is retried: after a failed fsync the kernel
 //! may have dropped the dirty pages, so a later successful fsync proves nothing.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
+use std::task::{Poll, Waker};
 
 use super::frame::{self, FileKind};
 use super::record;
 use crate::error::StorageError;
+use crate::sync::{thread, Arc, AtomicU64, Condvar, Mutex, MutexGuard, Ordering, StdArc};
 
 /// When a write is acknowledged relative to the disk.
 ///
@@ -73,7 +91,7 @@ impl SegmentFile for std::fs::File {
 
 /// Creates a new, empty segment file at a path (the file must not exist).
 pub(crate) type CreateSegment =
-    Arc<dyn Fn(&Path) -> io::Result<Box<dyn SegmentFile>> + Send + Sync>;
+    StdArc<dyn Fn(&Path) -> io::Result<Box<dyn SegmentFile>> + Send + Sync>;
 
 /// The default [`CreateSegment`]: a real file, opened for appending.
 pub(crate) fn create_file(path: &Path) -> io::Result<Box<dyn SegmentFile>> {
@@ -94,14 +112,25 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// The log. See the module docs.
+/// The log: the handle that owns the flusher thread. Everything else lives in [`Shared`], which
+/// the flusher holds too; `Log` derefs to it.
 pub(crate) struct Log {
+    shared: Arc<Shared>,
+    flusher: Option<thread::JoinHandle<()>>,
+}
+
+/// What the writers, the waiters and the flusher thread share. See the module docs.
+pub(crate) struct Shared {
     dir: PathBuf,
     policy: FsyncPolicy,
     create: CreateSegment,
     state: Mutex<State>,
-    /// Signalled whenever a flush round ends (positions moved, or the log failed).
+    /// Signalled whenever a flush round ends (positions moved, or the log failed): blocking
+    /// waiters ([`Shared::wait`]) wait on it.
     progress: Condvar,
+    /// Signalled when the flusher has work: an async waiter registered while no round ran, a
+    /// round ended with async waiters still uncovered, or the log is closing.
+    work: Condvar,
     /// Stream position handed to the OS.
     written: AtomicU64,
     /// Stream position known durable.
@@ -110,21 +139,32 @@ pub(crate) struct Log {
 }
 
 struct State {
-    /// Appended, not yet taken by a leader.
+    /// Appended, not yet taken by a round.
     tail: Vec<u8>,
     /// A cleared buffer to swap in for `tail` (saves an allocation per round).
     spare: Vec<u8>,
     /// Stream position at the end of `tail`.
     appended: u64,
-    /// A leader is writing; `file` is out with it.
+    /// A round is writing; `file` is out with it.
     flushing: bool,
     file: Option<Box<dyn SegmentFile>>,
     /// The current segment's number.
     seq: u64,
-    /// Bytes in the current segment file, header included (as the leader has written them).
+    /// Bytes in the current segment file, header included (as the rounds have written them).
     segment_len: u64,
     /// A segment offset known durable that no marker has recorded yet.
     unmarked_sync: Option<u64>,
+    /// Async waiters, keyed by (ticket, registration number). Invariant: every entry's ticket
+    /// is above the ack level's position; the section that moves the position (or fails the
+    /// log) removes the entries it covers and wakes them once the lock is released.
+    wakers: BTreeMap<(u64, u64), Waker>,
+    /// The next registration number.
+    next_waiter: u64,
+    /// The highest ticket an async waiter has registered for: the flusher runs rounds until
+    /// the ack level's position reaches it.
+    wanted: u64,
+    /// The log is closing: the flusher makes its final flush and exits.
+    closing: bool,
 }
 
 /// Whether a flush round must sync.
@@ -136,8 +176,16 @@ pub(crate) enum Level {
     Synced,
 }
 
+impl std::ops::Deref for Log {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
 impl Log {
-    /// Starts a log in a new segment `seq` (which must not exist yet) of `dir`.
+    /// Starts a log in a new segment `seq` (which must not exist yet) of `dir`, with its
+    /// flusher thread.
     pub(crate) fn create(
         dir: &Path,
         seq: u64,
@@ -145,7 +193,24 @@ impl Log {
         create: CreateSegment,
     ) -> io::Result<Log> {
         let file = new_segment(dir, seq, &create)?;
-        Ok(Log {
+        Log::start(dir, seq, policy, create, file)
+    }
+
+    /// A log over an already open segment (the loom models' in-memory stand-in, no header).
+    #[cfg(caskv_loom)]
+    pub(crate) fn over(policy: FsyncPolicy, file: Box<dyn SegmentFile>) -> io::Result<Log> {
+        let create: CreateSegment = StdArc::new(|_: &Path| Err(io::Error::other("no files")));
+        Log::start(Path::new(""), 0, policy, create, file)
+    }
+
+    fn start(
+        dir: &Path,
+        seq: u64,
+        policy: FsyncPolicy,
+        create: CreateSegment,
+        file: Box<dyn SegmentFile>,
+    ) -> io::Result<Log> {
+        let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             policy,
             create,
@@ -158,14 +223,44 @@ impl Log {
                 seq,
                 segment_len: frame::HEADER_LEN as u64,
                 unmarked_sync: None,
+                wakers: BTreeMap::new(),
+                next_waiter: 0,
+                wanted: 0,
+                closing: false,
             }),
             progress: Condvar::new(),
+            work: Condvar::new(),
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             failed: OnceLock::new(),
+        });
+        let flusher = {
+            let shared = shared.clone();
+            thread::Builder::new()
+                .name("caskv-log-flush".into())
+                .spawn(move || shared.flusher())?
+        };
+        Ok(Log {
+            shared,
+            flusher: Some(flusher),
         })
     }
+}
 
+impl Drop for Log {
+    /// Stops the flusher after its final flush, and joins it.
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.closing = true;
+        self.shared.work.notify_all();
+        drop(st);
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
+    }
+}
+
+impl Shared {
     /// The fsync policy.
     #[cfg(feature = "server")]
     pub(crate) fn policy(&self) -> FsyncPolicy {
@@ -195,8 +290,11 @@ impl Log {
     pub(crate) fn fail(&self, e: io::Error) -> u64 {
         tracing::error!(error = %e, "caskv: the log cannot take a record; refusing every write until restart");
         let _ = self.failed.set(StorageError::from(e));
-        let _st = self.lock();
+        let mut st = self.lock();
+        let woken = std::mem::take(&mut st.wakers);
         self.progress.notify_all();
+        drop(st);
+        woken.into_values().for_each(Waker::wake);
         u64::MAX
     }
 
@@ -213,54 +311,104 @@ impl Log {
         self.lock().appended
     }
 
-    fn reached(&self, ticket: u64, level: Level) -> bool {
-        let at = match level {
-            // Acquire: pairs with the Release in `finish_round`; the position is only a
-            // number, but reading it after the leader's store keeps the wait monotonic.
+    fn position(&self, level: Level) -> u64 {
+        match level {
+            // Acquire: pairs with the Release stores in `finish_round`; the position is only a
+            // number, but reading it after the round's store keeps every wait monotonic.
             Level::Written => self.written.load(Ordering::Acquire),
             Level::Synced => self.synced.load(Ordering::Acquire),
-        };
-        at >= ticket
+        }
     }
 
-    /// Blocks until the stream is at `level` up to `ticket`, leading flush rounds as needed.
+    fn reached(&self, ticket: u64, level: Level) -> bool {
+        self.position(level) >= ticket
+    }
+
+    /// Blocks until the stream is at `level` up to `ticket`, leading flush rounds as needed
+    /// (leader/follower: the caller's thread does the I/O when no round runs).
     pub(crate) fn wait(&self, ticket: u64, level: Level) -> Result<(), StorageError> {
         if self.reached(ticket, level) {
             return Ok(());
         }
-        let mut st = self.lock();
         loop {
-            if self.reached(ticket, level) {
-                return Ok(());
-            }
-            if let Some(e) = self.failed.get() {
-                return Err(e.clone());
-            }
-            if st.flushing {
+            let mut st = self.lock();
+            loop {
+                if self.reached(ticket, level) {
+                    return Ok(());
+                }
+                if let Some(e) = self.failed.get() {
+                    return Err(e.clone());
+                }
+                if !st.flushing {
+                    break;
+                }
                 st = self.progress.wait(st).unwrap_or_else(|e| e.into_inner());
-                continue;
             }
-            st = self.lead(st, level);
+            self.lead(st, level);
         }
     }
 
-    /// For an async caller that must not wait on a condition variable: if `ticket` only needs
-    /// to be handed to the OS and no flush is running, leads one round right here (a `write`,
-    /// no fsync) and returns whether that covered it; returns `false` without waiting
-    /// otherwise. The caller then waits with [`wait`](Log::wait) on a blocking thread.
-    #[cfg(feature = "server")]
-    pub(crate) fn try_write_now(&self, ticket: u64) -> bool {
-        if self.reached(ticket, Level::Written) {
-            return true;
+    /// The async side of [`wait`](Shared::wait), at the ack level: `Ready` once `ticket` is
+    /// reached or the log failed; otherwise registers `waker` (under `waiter`, which it fills
+    /// in on the first registration) for the round that will cover the ticket, and hands that
+    /// round to the flusher. Never waits for a round: under `Always` it never touches the file;
+    /// under `EverySec`/`Never` it may `write` (no fsync) right here when no round runs, as
+    /// Redis writes its AOF on its event loop, which saves two thread hand-offs per write.
+    pub(crate) fn poll_ticket(
+        &self,
+        ticket: u64,
+        waiter: &mut Option<u64>,
+        waker: &Waker,
+    ) -> Poll<Result<(), StorageError>> {
+        let level = self.ack_level();
+        if self.reached(ticket, level) {
+            return Poll::Ready(Ok(()));
         }
-        let Ok(st) = self.state.try_lock() else {
-            return false;
-        };
-        if st.flushing || self.failed.get().is_some() {
-            return false;
+        if level == Level::Written && self.failed.get().is_none() {
+            if let Ok(st) = self.state.try_lock() {
+                if !st.flushing {
+                    self.lead(st, level);
+                }
+            }
         }
-        drop(self.lead(st, Level::Written));
-        self.reached(ticket, Level::Written)
+        let mut st = self.lock();
+        if self.reached(ticket, level) {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(e) = self.failed.get() {
+            return Poll::Ready(Err(e.clone()));
+        }
+        match waiter.and_then(|id| st.wakers.get_mut(&(ticket, id))) {
+            Some(registered) => {
+                if !registered.will_wake(waker) {
+                    registered.clone_from(waker);
+                }
+            }
+            None => {
+                let id = st.next_waiter;
+                st.next_waiter += 1;
+                st.wakers.insert((ticket, id), waker.clone());
+                *waiter = Some(id);
+            }
+        }
+        st.wanted = st.wanted.max(ticket);
+        if !st.flushing {
+            // A running round notifies the flusher when it ends with waiters left.
+            self.work.notify_one();
+        }
+        Poll::Pending
+    }
+
+    /// Removes a waiter that [`poll_ticket`](Shared::poll_ticket) registered and that will not
+    /// be polled again (its future was dropped). A waiter already woken is gone already.
+    pub(crate) fn forget(&self, ticket: u64, waiter: u64) {
+        self.lock().wakers.remove(&(ticket, waiter));
+    }
+
+    /// How many async waiters are registered.
+    #[cfg(test)]
+    pub(crate) fn waiters(&self) -> usize {
+        self.lock().wakers.len()
     }
 
     /// Whether `ticket` is at `level` already (never blocks, never writes).
@@ -274,8 +422,30 @@ impl Log {
         self.wait(ticket, level)
     }
 
-    /// One flush round, as leader. Takes the state unlocked-by-caller's guard and returns it.
-    fn lead<'a>(&'a self, mut st: MutexGuard<'a, State>, level: Level) -> MutexGuard<'a, State> {
+    /// The flusher thread: runs a round at the ack level whenever an async waiter's ticket is
+    /// beyond the position and no other round runs; on close, makes a final synced flush.
+    fn flusher(&self) {
+        let level = self.ack_level();
+        let mut st = self.lock();
+        while !st.closing {
+            if !st.flushing && self.failed.get().is_none() && st.wanted > self.position(level) {
+                self.lead(st, level);
+                st = self.lock();
+            } else {
+                st = self.work.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        drop(st);
+        if self.failed.get().is_none() {
+            // An error poisons the log and is logged there.
+            let _ = self.flush_all(Level::Synced);
+        }
+    }
+
+    /// One flush round, as leader (a blocking waiter or the flusher); the caller checked that
+    /// no round runs. Takes the whole tail, writes it, syncs it for `Synced`, publishes the
+    /// positions and wakes every waiter they cover.
+    fn lead(&self, mut st: MutexGuard<'_, State>, level: Level) {
         if let Some(offset) = st.unmarked_sync.take() {
             let mut payload = Vec::with_capacity(9);
             record::encode_synced(&mut payload, offset);
@@ -303,21 +473,25 @@ impl Log {
         st.spare = batch;
         st.file = file;
         st.flushing = false;
-        self.finish_round(&mut st, end, level, result.map(|()| None));
-        st
+        let woken = self.finish_round(&mut st, end, level, result.map(|()| None));
+        drop(st);
+        woken.into_values().for_each(Waker::wake);
     }
 
-    /// Publishes the end of a flush round: new positions, or the failure.
+    /// Publishes the end of a flush round: new positions, or the failure. Returns the async
+    /// waiters it covers (all of them on failure), to be woken once the lock is released.
+    #[must_use = "the covered waiters must be woken"]
     fn finish_round(
         &self,
         st: &mut State,
         end: u64,
         level: Level,
         result: io::Result<Option<u64>>,
-    ) {
-        match result {
+    ) -> BTreeMap<(u64, u64), Waker> {
+        let woken = match result {
             Ok(new_segment) => {
-                // Relaxed: only a leader stores `written`, and we are the leader (under the lock).
+                // Relaxed: only a round stores `written`, and we end the one round (under the
+                // lock).
                 let written_before = self.written.load(Ordering::Relaxed);
                 if let Some(seq) = new_segment {
                     st.seq = seq;
@@ -325,7 +499,7 @@ impl Log {
                 } else {
                     st.segment_len += end - written_before;
                 }
-                // Release (both stores): pairs with the Acquire in `reached`.
+                // Release (both stores): pairs with the Acquire in `position`.
                 self.written.store(end, Ordering::Release);
                 if level == Level::Synced || new_segment.is_some() {
                     self.synced.store(end, Ordering::Release);
@@ -333,6 +507,13 @@ impl Log {
                         st.unmarked_sync = Some(st.segment_len);
                     }
                 }
+                // Relaxed: we stored it just above, under the lock.
+                let covered = match self.ack_level() {
+                    Level::Written => self.written.load(Ordering::Relaxed),
+                    Level::Synced => self.synced.load(Ordering::Relaxed),
+                };
+                let uncovered = st.wakers.split_off(&(covered + 1, 0));
+                std::mem::replace(&mut st.wakers, uncovered)
             }
             Err(e) => {
                 tracing::error!(
@@ -341,9 +522,15 @@ impl Log {
                     "caskv: writing the log failed; refusing every write until restart"
                 );
                 let _ = self.failed.set(StorageError::from(e));
+                std::mem::take(&mut st.wakers)
             }
-        }
+        };
         self.progress.notify_all();
+        if !st.wakers.is_empty() {
+            // The round was a blocking waiter's or a rotation: hand the rest to the flusher.
+            self.work.notify_one();
+        }
+        woken
     }
 
     /// Ends the current segment (written and synced in full) and starts segment `seq + 1`.
@@ -385,8 +572,9 @@ impl Log {
         st.file = file;
         st.flushing = false;
         let ok = result.is_ok();
-        self.finish_round(&mut st, end, Level::Synced, result.map(|()| Some(next)));
+        let woken = self.finish_round(&mut st, end, Level::Synced, result.map(|()| Some(next)));
         drop(st);
+        woken.into_values().for_each(Waker::wake);
         match ok {
             true => Ok(next),
             false => Err(self

@@ -45,6 +45,9 @@ mod error;
 pub(crate) mod frame;
 mod journal;
 pub(crate) mod log;
+#[cfg(caskv_loom)]
+#[doc(hidden)]
+pub mod model;
 mod record;
 mod recover;
 mod registration;
@@ -170,6 +173,17 @@ pub const MAX_BATCH_BYTES: usize = 60 << 20;
 
 /// A write applied in memory and logged, whose durability is still to be waited for.
 ///
+/// Wait for it either way:
+/// - [`wait`](Pending::wait) blocks the calling thread (it may write and fsync the log itself,
+///   for every writer waiting with it);
+/// - `.await` it: `Pending` is a [`Future`] woken by the log's flusher thread when the round
+///   that covers it ends, so an async task never blocks on the disk and needs no blocking
+///   pool. The library depends on no runtime for this. Dropping it unfinished is harmless
+///   (the write stays applied and is flushed with the next round).
+///
+/// Either way it resolves to what the write returned (its index), or to the
+/// [`StorageError`] that failed the log.
+///
 /// # Example
 /// ```
 /// # use caskv::persist::{Options, Persistent};
@@ -187,11 +201,14 @@ pub const MAX_BATCH_BYTES: usize = 60 << 20;
 /// # std::fs::remove_dir_all(&dir)?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[must_use = "a write is acknowledged as durable only once `wait` returns Ok"]
+#[must_use = "a write is acknowledged as durable only once `wait` or `.await` returns Ok"]
 pub struct Pending<T> {
-    value: T,
+    /// Taken when the future completes.
+    value: Option<T>,
     ticket: Option<u64>,
     log: Arc<Log>,
+    /// This future's registration with the log while it waits (see `Shared::poll_ticket`).
+    waiter: Option<u64>,
 }
 
 impl<T: std::fmt::Debug> std::fmt::Debug for Pending<T> {
@@ -204,19 +221,66 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Pending<T> {
 }
 
 impl<T> Pending<T> {
+    /// A write with `ticket` in `log` (none: nothing was logged) that returned `value`.
+    pub(crate) fn logged(value: T, ticket: Option<u64>, log: Arc<Log>) -> Self {
+        Pending {
+            value: Some(value),
+            ticket,
+            log,
+            waiter: None,
+        }
+    }
+
     /// Blocks until the write is durable under the store's [`FsyncPolicy`]; returns what the
     /// write returned (its index). An error means the log failed: the write is not durable.
-    pub fn wait(self) -> Result<T, StorageError> {
+    ///
+    /// # Panics
+    /// If the future already completed (was `.await`ed to `Ok`).
+    pub fn wait(mut self) -> Result<T, StorageError> {
         if let Some(ticket) = self.ticket {
             self.log.wait(ticket, self.log.ack_level())?;
         }
-        Ok(self.value)
+        Ok(self.value.take().expect("`Pending` already completed"))
     }
 
     /// Whether [`wait`](Pending::wait) would return at once.
     pub fn is_durable(&self) -> bool {
         self.ticket
             .is_none_or(|t| self.log.is_done(t, self.log.ack_level()))
+    }
+}
+
+/// `Pending` never pins its value: `poll` only moves it out, never hands out a pinned reference.
+impl<T> Unpin for Pending<T> {}
+
+impl<T> std::future::Future for Pending<T> {
+    type Output = Result<T, StorageError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Some(ticket) = this.ticket {
+            let done = this.log.poll_ticket(ticket, &mut this.waiter, cx.waker());
+            let std::task::Poll::Ready(result) = done else {
+                return std::task::Poll::Pending;
+            };
+            // Ready: the section that published the position (or the failure) took the
+            // registration out of the log already, or is about to under the lock.
+            this.waiter = None;
+            result?;
+        }
+        let value = this.value.take();
+        std::task::Poll::Ready(Ok(value.expect("`Pending` polled after completion")))
+    }
+}
+
+impl<T> Drop for Pending<T> {
+    fn drop(&mut self) {
+        if let (Some(ticket), Some(waiter)) = (self.ticket, self.waiter) {
+            self.log.forget(ticket, waiter);
+        }
     }
 }
 
@@ -435,11 +499,11 @@ where
     }
 
     fn pending<T>(&self, value: T, written: Option<Written>) -> Pending<T> {
-        Pending {
+        Pending::logged(
             value,
-            ticket: written.and_then(|w| w.ticket),
-            log: self.inner.log.clone(),
-        }
+            written.and_then(|w| w.ticket),
+            self.inner.log.clone(),
+        )
     }
 
     fn check_size(key: &K, value: Option<&V>) -> Result<usize, Error<K, V>> {

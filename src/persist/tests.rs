@@ -684,3 +684,115 @@ fn oversized_entries_are_refused_before_anything_is_written() {
         .wait()
         .unwrap();
 }
+
+/// Runs `work` on a thread of its own and fails the test if it takes longer than `limit`: a
+/// waiter the log never wakes would otherwise hang the test run.
+fn within<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(work()).ok());
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("no answer in {limit:?}: a waiter was never woken"))
+}
+
+/// The disk fails while a round is under way: every waiter of that round, async (`.await`) and
+/// blocking (`wait`), gets the error and none hangs; so does a `Pending` awaited afterwards,
+/// and later writes are refused.
+#[cfg(feature = "server")]
+#[test]
+fn a_failed_round_reaches_every_awaiting_future_and_every_blocking_waiter() {
+    within(Duration::from_secs(30), || {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(Disk::default());
+        let db: Arc<Db> = Arc::new(
+            Persistent::open(dir.path(), options().create_segment(Disk::creator(&disk))).unwrap(),
+        );
+        db.set("before".into(), "1".to_string())
+            .unwrap()
+            .wait()
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        // Hold the disk: the next round blocks in its `write` until the power is cut.
+        let held = disk.files.lock().unwrap();
+        let late = db.set("late".into(), "x".to_string()).unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let pending = db.set(format!("a{i}"), "x".to_string()).unwrap();
+                runtime.spawn(pending)
+            })
+            .collect();
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let pending = db.set(format!("b{i}"), "x".to_string()).unwrap();
+                std::thread::spawn(move || pending.wait())
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            tasks.iter().all(|t| !t.is_finished()) && threads.iter().all(|t| !t.is_finished()),
+            "a waiter finished while its round could not have"
+        );
+        disk.cut.store(true, Ordering::SeqCst);
+        drop(held);
+        for task in tasks {
+            let result = runtime.block_on(task).unwrap();
+            assert!(
+                result.is_err(),
+                "a future was acknowledged on a failed disk"
+            );
+        }
+        for thread in threads {
+            assert!(thread.join().unwrap().is_err(), "a wait was acknowledged");
+        }
+        let late = runtime.block_on(late);
+        assert!(
+            late.is_err(),
+            "a future awaited after the failure was acknowledged"
+        );
+        let refused = db.set("c".into(), "3".to_string()).unwrap_err();
+        assert!(matches!(refused, Error::Storage(_)), "{refused}");
+    });
+}
+
+/// A `Pending` polled once (so registered with the log) and dropped before its round ends
+/// leaves no registration behind; its write stays applied and is flushed with the next round.
+#[test]
+fn a_pending_dropped_before_completion_is_harmless() {
+    use std::future::Future as _;
+    use std::task::{Context, Waker};
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(Disk::default());
+    let db: Db =
+        Persistent::open(dir.path(), options().create_segment(Disk::creator(&disk))).unwrap();
+    // The first write also reserves a block of indices, with a sync of its own: not under `held`.
+    db.set("first".into(), "0".to_string())
+        .unwrap()
+        .wait()
+        .unwrap();
+    {
+        // Hold the disk so that the round cannot end while the future is polled and dropped.
+        let held = disk.files.lock().unwrap();
+        let mut dropped = db.set("dropped".into(), "1".to_string()).unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(std::pin::Pin::new(&mut dropped).poll(&mut cx).is_pending());
+        assert_eq!(db.inner.log.waiters(), 1, "the polled future registered");
+        drop(dropped);
+        assert_eq!(
+            db.inner.log.waiters(),
+            0,
+            "the dropped future left its registration"
+        );
+        drop(held);
+    }
+    let index = within(Duration::from_secs(10), {
+        let pending = db.set("after".into(), "2".to_string()).unwrap();
+        move || pending.wait()
+    })
+    .unwrap();
+    drop(db);
+    let db: Db = Persistent::open(dir.path(), options()).unwrap();
+    assert_eq!(&*db.store().get("dropped").unwrap().value, "1");
+    assert_eq!(db.store().get("after").unwrap().modify_index, index);
+}

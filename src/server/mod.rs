@@ -35,8 +35,8 @@ pub use limits::{Limits, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_KEY_BYTES, DEFAULT_
 use metrics::{Metrics, Op as Metric, Status};
 
 use crate::journal::Written;
-use crate::persist::log::{Level, Log};
-use crate::persist::{FsyncPolicy, Options, PersistError, Persistent};
+use crate::persist::log::Log;
+use crate::persist::{FsyncPolicy, Options, Pending, PersistError, Persistent};
 use crate::{GlobalIndex, Registry, Store};
 
 /// Everything a handler can reach. Cloning it (axum does, per request) is one reference count.
@@ -125,29 +125,16 @@ impl AppState {
         }
     }
 
-    /// Waits until `written` is durable under the fsync policy (at once when in memory), off
-    /// the async worker threads; returns its index.
+    /// Waits until `written` is durable under the fsync policy (at once when in memory);
+    /// returns its index. Awaits the log's [`Pending`] future, which the log's flusher wakes:
+    /// the async workers never block on the disk and no request hops to a blocking thread.
     pub(crate) async fn ack(&self, written: Written) -> Result<u64, ApiError> {
         let (Some(d), Some(ticket)) = (&self.durability, written.ticket) else {
             return Ok(written.index);
         };
-        let level = d.log.ack_level();
-        if d.log.is_done(ticket, level) {
-            return Ok(written.index);
-        }
-        // `everysec`/`never` only need a `write` to the page cache: lead it here when no flush
-        // runs, rather than hop to a blocking thread (as Redis writes its AOF on its loop).
-        if level == Level::Written && d.log.try_write_now(ticket) {
-            return Ok(written.index);
-        }
-        let log = d.log.clone();
-        match tokio::task::spawn_blocking(move || log.wait(ticket, level)).await {
-            Ok(Ok(())) => Ok(written.index),
-            Ok(Err(e)) => Err(ApiError::Storage(e.to_string())),
-            Err(e) => Err(ApiError::Storage(format!(
-                "the log wait did not finish: {e}"
-            ))),
-        }
+        Pending::logged(written.index, Some(ticket), d.log.clone())
+            .await
+            .map_err(|e| ApiError::Storage(e.to_string()))
     }
 }
 
