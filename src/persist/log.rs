@@ -15,7 +15,9 @@
 //! Two kinds of waiter share the rounds:
 //! - **Blocking** ([`Shared::wait`], behind `Pending::wait`): leader/follower. A waiter whose
 //!   ticket is uncovered leads a round itself if none runs, and otherwise sleeps on `progress`
-//!   until the running round ends, then checks again. No thread hand-off on the way.
+//!   until the running round ends, then checks again. No thread hand-off on the way: handing
+//!   blocking waiters to the flusher instead measured 7,460 against 27,746 acknowledged
+//!   `set_cas`/s at 64 threads under `Always` (`benches/durability.rs --quick`, 2 cores).
 //! - **Async** ([`Shared::poll_ticket`], behind `Pending` as a `Future`): an async caller must
 //!   not fsync on its runtime's thread, so it registers its waker keyed by its ticket, raises
 //!   `wanted`, and the log's **flusher thread** (started with the log, stopped and joined when
