@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::future::Future as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -357,6 +358,34 @@ impl SegmentFile for LossyFile {
 /// What the writers had acknowledged: per key, every (index, value, when), oldest first.
 type Acked = HashMap<String, Vec<(u64, String, Instant)>>;
 
+/// How the writers of [`run_until_power_cut`] wait for their acknowledgements.
+#[derive(Clone, Copy, PartialEq)]
+enum Ack {
+    /// `Pending::wait` (leader/follower).
+    Wait,
+    /// Writers 0 and 2 poll the `Pending` future (woken by the flusher), 1 and 3 `wait`.
+    Mixed,
+}
+
+/// Polls `f` on this thread, parking between polls until its waker unparks it.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}
+
 /// Four writers, each CASing its own eight keys (with a two-key batch now and then), until the
 /// power is cut. Returns what was acknowledged and when the cut happened.
 fn run_until_power_cut(
@@ -366,6 +395,7 @@ fn run_until_power_cut(
     run_for: Duration,
     torn: impl FnMut(u64) -> u64,
     hole: bool,
+    ack: Ack,
 ) -> (Acked, Instant) {
     let disk = Arc::new(Disk::default());
     let db: Db = Persistent::open(
@@ -402,7 +432,11 @@ fn run_until_power_cut(
                             .map(|p| (p, None))
                     };
                     let Ok((pending, other)) = result else { break };
-                    let Ok(index) = pending.wait() else { break };
+                    let acked_index = match ack == Ack::Mixed && t % 2 == 0 {
+                        true => block_on(pending),
+                        false => pending.wait(),
+                    };
+                    let Ok(index) = acked_index else { break };
                     let now = Instant::now();
                     let mut acked = acked.lock().unwrap();
                     for k in std::iter::once(key).chain(other) {
@@ -476,8 +510,37 @@ fn power_loss_with_always_loses_no_acknowledged_write() {
             Duration::from_millis(300),
             |unsynced| rng.u64(0..=unsynced),
             hole,
+            Ack::Wait,
         );
         assert!(!acked.is_empty());
+        let checked = check_survivors(dir.path(), &acked, cut_at, Duration::ZERO);
+        assert_eq!(checked, acked.len());
+    }
+}
+
+/// As above, with half the writers acknowledged through the `Pending` future: the flusher's
+/// wake-up never comes before the fsync of the woken write.
+#[test]
+fn power_loss_with_always_loses_no_write_acknowledged_through_a_future() {
+    for (round, hole) in [(3u64, false), (4, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = fastrand::Rng::with_seed(round);
+        let (acked, cut_at) = run_until_power_cut(
+            dir.path(),
+            FsyncPolicy::Always,
+            Duration::from_millis(50),
+            Duration::from_millis(300),
+            |unsynced| rng.u64(0..=unsynced),
+            hole,
+            Ack::Mixed,
+        );
+        let by_future = acked
+            .keys()
+            .filter(|k| k.starts_with("t0-") || k.starts_with("t2-"));
+        assert!(
+            by_future.count() > 0,
+            "no write was acknowledged through a future"
+        );
         let checked = check_survivors(dir.path(), &acked, cut_at, Duration::ZERO);
         assert_eq!(checked, acked.len());
     }
@@ -494,6 +557,7 @@ fn power_loss_with_everysec_loses_at_most_the_last_window() {
         Duration::from_millis(1500),
         |_| 0,
         false,
+        Ack::Mixed,
     );
     // The background fsync runs every tick; allow ten ticks for a loaded machine.
     let checked = check_survivors(dir.path(), &acked, cut_at, tick * 10);
@@ -511,6 +575,7 @@ fn power_loss_with_never_recovers_a_consistent_prefix() {
         Duration::from_millis(300),
         |unsynced| rng.u64(0..=unsynced),
         true,
+        Ack::Mixed,
     );
     let db: Db = Persistent::open(dir.path(), options()).unwrap();
     for (key, entry) in db.store().entries() {
@@ -760,7 +825,6 @@ fn a_failed_round_reaches_every_awaiting_future_and_every_blocking_waiter() {
 /// leaves no registration behind; its write stays applied and is flushed with the next round.
 #[test]
 fn a_pending_dropped_before_completion_is_harmless() {
-    use std::future::Future as _;
     use std::task::{Context, Waker};
     let dir = tempfile::tempdir().unwrap();
     let disk = Arc::new(Disk::default());
