@@ -1,4 +1,5 @@
-//! Hot single-thread operations on 1K `u64 -> u64` keys (all in cache): caskv's `get`,
+//! Hot single-thread operations on 1K `u64 -> u64` keys (all in cache; `CASKV_HOT_KEYS=N` sets
+//! another key count, e.g. 1048576 for a table far larger than the caches): caskv's `get`,
 //! `get_with`, `Pinned::get` and `set` against an unsynchronized `std::HashMap` lookup and
 //! dashmap's `get`/`insert`, in nanoseconds per call.
 //!
@@ -19,11 +20,12 @@ use caskv::Store;
 
 type Hasher = foldhash::fast::RandomState;
 
+/// The default key count: every structure in the L1/L2 caches.
 const KEYS: u64 = 1024;
 
-/// A fixed scrambled walk over the keys (no RNG state in the loop).
-fn key(i: u64) -> u64 {
-    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) % KEYS
+/// A fixed scrambled walk over `keys` keys (no RNG state in the loop).
+fn key(i: u64, keys: u64) -> u64 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) % keys
 }
 
 /// Nanoseconds per call of `f` over `n` calls, after `n / 10` calls of warm-up.
@@ -49,11 +51,17 @@ fn main() {
         1
     };
     let n: u64 = if timed { 10_000_000 } else { 10_000 };
+    let keys: u64 = std::env::var("CASKV_HOT_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&k| k > 0)
+        .unwrap_or(KEYS);
+    let key = |i: u64| key(i, keys);
 
     let store: Store<u64, u64> = Store::new();
     let mut std_map: HashMap<u64, u64, Hasher> = HashMap::default();
     let dash: dashmap::DashMap<u64, u64, Hasher> = dashmap::DashMap::default();
-    for k in 0..KEYS {
+    for k in 0..keys {
         store.set(k, k);
         std_map.insert(k, k);
         dash.insert(k, k);
@@ -104,7 +112,9 @@ fn main() {
         println!("hot_ops: smoke round passed (run with `cargo bench --bench hot_ops`)");
         return;
     }
-    println!("## hot_ops: 1K u64 -> u64 keys, one thread, min of {rounds} rounds (ns per call)");
+    println!(
+        "## hot_ops: {keys} u64 -> u64 keys, one thread, min of {rounds} rounds (ns per call)"
+    );
     println!();
     println!("| operation | ns | ÷ std get | ÷ dashmap (same op) |");
     println!("|---|---:|---:|---:|");

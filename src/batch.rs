@@ -29,6 +29,8 @@
 
 use std::hash::Hash;
 
+use smallvec::SmallVec;
+
 use crate::cell::{
     self, classify, visible, Lock, Meta, Record, State, Tomb, Txn, Unpublished, EMPTY,
 };
@@ -37,7 +39,7 @@ use crate::error::{Conflict, Error, Expected};
 use crate::journal::{Mutation, Written};
 use crate::store::{check_index, value_matches, Store};
 use crate::sync::epoch::Guard;
-use crate::sync::{Arc, AtomicU64, Backoff, Ordering};
+use crate::sync::{epoch, AtomicU64, Backoff, Ordering};
 use crate::table::{Claim, Located, Table};
 
 /// One operation of a batch.
@@ -259,9 +261,13 @@ enum Stop<'g> {
     Duplicate,
 }
 
+/// The held slots of a batch: inline up to this many keys (no allocation for a small batch).
+const INLINE_KEYS: usize = 8;
+
 /// The slots a batch holds, in key order. Dropping it releases every slot not yet released:
-/// to `after` once the batch committed, to `before` otherwise. That makes a panic in user
-/// code between lock and release leave every key as it was (or as committed), never locked.
+/// to `after` once the batch committed, to `before` otherwise, and then retires the batch's
+/// [`Txn`]. That makes a panic in user code between lock and release leave every key as it was
+/// (or as committed), never locked.
 struct Held<'s, 'g, K, V>
 where
     K: Hash + Eq + Ord + Clone + Send + 'static,
@@ -269,8 +275,9 @@ where
 {
     store: &'s Store<K, V>,
     guard: &'g Guard,
-    txn: Arc<Txn>,
-    slots: Vec<HeldSlot<'g>>,
+    /// Ours from `new`; retired by `drop`, after every lock that points to it left its slot.
+    txn: *const Txn,
+    slots: SmallVec<[HeldSlot<'g>; INLINE_KEYS]>,
 }
 
 impl<'s, 'g, K, V> Held<'s, 'g, K, V>
@@ -282,9 +289,15 @@ where
         Held {
             store,
             guard,
-            txn: Arc::new(Txn::new()),
-            slots: Vec::with_capacity(keys),
+            txn: Txn::boxed(),
+            slots: SmallVec::with_capacity(keys),
         }
+    }
+
+    /// The batch's status word.
+    fn txn(&self) -> &Txn {
+        // SAFETY: made in `new` and retired only in `drop`.
+        unsafe { &*self.txn }
     }
 
     /// Locks the slot of `key`, waiting while another batch holds it or a write to it settles.
@@ -294,8 +307,7 @@ where
         let guard = self.guard;
         let hash = raw.hash(key);
         let mut backoff = Backoff::new();
-        let mut lock =
-            Unpublished::<K, V>::new(Lock::word(hash, key.clone(), self.txn.clone(), EMPTY));
+        let mut lock = Unpublished::<K, V>::new(Lock::word(hash, key.clone(), self.txn, EMPTY));
         let mut spare = Unpublished::<K, V>::new(EMPTY);
         loop {
             let table = raw.table(guard);
@@ -318,7 +330,7 @@ where
                         if word & cell::LOCKED != 0 {
                             // SAFETY: a LOCKED word loaded under `guard` points to a live lock.
                             let held = unsafe { &*cell::node_of::<Lock<K>>(word) };
-                            if Arc::ptr_eq(&held.txn, &self.txn) {
+                            if std::ptr::eq(held.txn, self.txn) {
                                 return Err(Stop::Duplicate);
                             }
                         }
@@ -399,13 +411,28 @@ where
     }
 }
 
-impl<K, V> Drop for Held<'_, '_, K, V>
+impl<K, V> Held<'_, '_, K, V>
 where
     K: Hash + Eq + Ord + Clone + Send + 'static,
     V: Clone + Send + 'static,
 {
-    fn drop(&mut self) {
-        let committed = self.txn.is_committed();
+    /// Releases every slot (to `before`: the batch never committed) and starts over with a
+    /// fresh `Txn`: a reader that loaded one of the released locks may still read the old one,
+    /// which must stay pending for ever.
+    fn restart(&mut self) {
+        debug_assert!(
+            !self.txn().is_committed(),
+            "a committed batch never restarts"
+        );
+        self.release_all();
+        self.slots.clear();
+        self.txn = Txn::boxed();
+    }
+
+    /// Releases every slot not yet released (to `after` once committed, else to `before`),
+    /// then retires the `Txn`.
+    fn release_all(&mut self) {
+        let committed = self.txn().is_committed();
         for i in 0..self.slots.len() {
             let next = if committed {
                 // Relaxed: we stored `after` ourselves on this thread.
@@ -415,6 +442,19 @@ where
             };
             self.release_one(i, next);
         }
+        // SAFETY: every lock naming the txn is out of its slot (released above, or never
+        // published), so only threads pinned before now can reach it; retired once, here.
+        unsafe { epoch::retire(self.guard, Txn::word(self.txn), Txn::free) };
+    }
+}
+
+impl<K, V> Drop for Held<'_, '_, K, V>
+where
+    K: Hash + Eq + Ord + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    fn drop(&mut self) {
+        self.release_all();
     }
 }
 
@@ -480,10 +520,11 @@ where
         }
 
         let guard = self.raw.pin();
-        let held = self.lock_all(ops.iter().map(Op::key), ops.len(), &guard)?;
+        let mut held = Held::new(self, &guard, ops.len());
+        self.lock_all(&mut held, ops.iter().map(Op::key))?;
 
         // Validate against the befores: every failure is collected.
-        let mut effects = Vec::with_capacity(ops.len());
+        let mut effects: SmallVec<[_; INLINE_KEYS]> = SmallVec::with_capacity(ops.len());
         let mut conflicts = Vec::new();
         for (op, held_slot) in ops.iter().zip(&held.slots) {
             // SAFETY: `before` is kept alive by our lock (only we may retire it) and our pin.
@@ -523,7 +564,7 @@ where
             // Relaxed: published by the Release in `Txn::commit` below.
             held.lock_node(i).after.store(after, Ordering::Relaxed);
         }
-        held.txn.commit();
+        held.txn().commit();
         // Journal while every key is still held: its next writer waits for the release.
         let ticket = self.journal.as_ref().map(|journal| {
             let mut changed: Vec<(&K, Option<EntryRef<'_, V>>)> = Vec::with_capacity(writes);
@@ -548,33 +589,33 @@ where
         Ok(Written { index, ticket })
     }
 
-    /// Locks the slots of `keys` (sorted, distinct) in order. A resize met on the way makes it
-    /// release everything, help the resize, and start again. Fails with
-    /// [`Error::DuplicateKey`] when a key's slot is already held by this batch (keys whose `Ord`
-    /// and `Eq` disagree escaped the duplicate check), rather than waiting for itself.
-    fn lock_all<'s, 'g, 'k>(
-        &'s self,
+    /// Locks the slots of `keys` (sorted, distinct) in order into `held` (which holds nothing
+    /// yet). A resize met on the way makes it release everything, help the resize, and start
+    /// again. Fails with [`Error::DuplicateKey`] when a key's slot is already held by this batch
+    /// (keys whose `Ord` and `Eq` disagree escaped the duplicate check), rather than waiting
+    /// for itself.
+    fn lock_all<'k>(
+        &self,
+        held: &mut Held<'_, '_, K, V>,
         keys: impl Iterator<Item = &'k K> + Clone,
-        len: usize,
-        guard: &'g Guard,
-    ) -> Result<Held<'s, 'g, K, V>, Error<K, V>>
+    ) -> Result<(), Error<K, V>>
     where
         K: 'k,
     {
         'restart: loop {
-            let mut held = Held::new(self, guard, len);
             for key in keys.clone() {
                 match held.lock(key) {
                     Ok(()) => {}
                     Err(Stop::Resizing(table)) => {
-                        drop(held); // never committed: every slot goes back to its before
-                        self.raw.help_resize(table, len, guard);
+                        held.restart(); // never committed: every slot goes back to its before
+                        self.raw
+                            .help_resize(table, keys.clone().count(), held.guard);
                         continue 'restart;
                     }
                     Err(Stop::Duplicate) => return Err(Error::DuplicateKey(key.clone())),
                 }
             }
-            return Ok(held);
+            return Ok(());
         }
     }
 
@@ -638,7 +679,8 @@ where
         let mut sorted: Vec<&K> = keys.iter().collect();
         sorted.sort();
         sorted.dedup();
-        let held = self.lock_all(sorted.iter().copied(), sorted.len(), &guard)?;
+        let mut held = Held::new(self, &guard, sorted.len());
+        self.lock_all(&mut held, sorted.iter().copied())?;
         let read: Vec<Option<Entry<V>>> = held
             .slots
             .iter()

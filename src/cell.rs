@@ -53,7 +53,7 @@ use std::borrow::Borrow;
 
 use crate::recycle;
 use crate::sync::epoch::Guard;
-use crate::sync::{epoch, Arc, AtomicU64, AtomicU8, Ordering};
+use crate::sync::{epoch, AtomicU64, AtomicU8, Ordering};
 
 /// The word of an empty slot.
 pub(crate) const EMPTY: u64 = 0;
@@ -149,11 +149,13 @@ pub(crate) struct Tomb<K> {
 ///
 /// `before` is the word the batch replaced and never changes. `after` is written by the lock
 /// holder before it flips [`Txn::state`] to committed, and is read only by threads that saw the
-/// committed state.
+/// committed state. `txn` is the batch's one status word: the holder retires it through the
+/// collector only after every lock of the batch is out of its slot, so a thread pinned while
+/// it could reach this lock can still read it.
 #[repr(C, align(16))]
 pub(crate) struct Lock<K> {
     pub(crate) keyed: Keyed<K>,
-    pub(crate) txn: Arc<Txn>,
+    pub(crate) txn: *const Txn,
     pub(crate) before: u64,
     pub(crate) after: AtomicU64,
 }
@@ -162,7 +164,9 @@ pub(crate) struct Lock<K> {
 ///
 /// # Invariant
 /// `state` goes from [`Txn::PENDING`] to [`Txn::COMMITTED`] at most once and never back; a
-/// batch that aborts never leaves `PENDING`.
+/// batch that aborts never leaves `PENDING`. A `Txn` lives in a recycled block (16-aligned, as
+/// every node) until the collector frees it after the batch released its last lock.
+#[repr(align(16))]
 pub(crate) struct Txn {
     state: AtomicU8,
 }
@@ -171,10 +175,25 @@ impl Txn {
     pub(crate) const PENDING: u8 = 0;
     pub(crate) const COMMITTED: u8 = 1;
 
-    pub(crate) fn new() -> Self {
-        Txn {
+    /// A new pending status word on the heap.
+    pub(crate) fn boxed() -> *mut Txn {
+        recycle::boxed(Txn {
             state: AtomicU8::new(Self::PENDING),
-        }
+        })
+    }
+
+    /// The word the collector retires a `Txn` as (its address).
+    pub(crate) fn word(txn: *const Txn) -> u64 {
+        txn.expose_provenance() as u64
+    }
+
+    /// Frees a `Txn` retired as [`Txn::word`].
+    ///
+    /// # Safety
+    /// `word` is a `Txn` made by [`Txn::boxed`], unreachable by every thread, freed once.
+    pub(crate) unsafe fn free(word: u64) {
+        // SAFETY: the caller's contract.
+        unsafe { recycle::drop_boxed(std::ptr::with_exposed_provenance_mut::<Txn>(word as usize)) }
     }
 
     /// The batch's commit point.
@@ -248,7 +267,10 @@ pub(crate) unsafe fn visible<K, V>(word: u64, guard: &Guard) -> Option<&Record<K
     }
     // SAFETY: a LOCKED word points to a `Lock`, live for 'g (the caller's contract).
     let lock = unsafe { &*node_of::<Lock<K>>(word) };
-    let side = if lock.txn.is_committed() {
+    // SAFETY: a lock's `Txn` is retired only after the lock left its slot, so it outlives
+    // every pin that reached the lock (the `Lock` invariants).
+    let txn = unsafe { &*lock.txn };
+    let side = if txn.is_committed() {
         // Relaxed: ordered by the Acquire in `is_committed` (the holder stored `after` before
         // its Release of COMMITTED).
         lock.after.load(Ordering::Relaxed)
@@ -279,6 +301,7 @@ where
 
 impl<K, V> Record<K, V> {
     /// A new record on the heap, as a slot word with hash tag and `bits`.
+    #[inline]
     pub(crate) fn word(hash: u64, key: K, value: V, meta: Meta, bits: u64) -> u64 {
         let ptr = recycle::boxed(Record {
             header: Header {
@@ -293,6 +316,7 @@ impl<K, V> Record<K, V> {
 
 impl<K> Tomb<K> {
     /// A new tomb on the heap, as a slot word tagged `DELETED` plus `bits`.
+    #[inline]
     pub(crate) fn word(hash: u64, key: K, delete_index: u64, bits: u64) -> u64 {
         let ptr = recycle::boxed(Tomb {
             header: Header {
@@ -310,7 +334,8 @@ impl<K> Tomb<K> {
 
 impl<K> Lock<K> {
     /// A new lock on the heap over `before`, as a slot word tagged `LOCKED`.
-    pub(crate) fn word(hash: u64, key: K, txn: Arc<Txn>, before: u64) -> u64 {
+    #[inline]
+    pub(crate) fn word(hash: u64, key: K, txn: *const Txn, before: u64) -> u64 {
         let ptr = recycle::boxed(Lock {
             keyed: Keyed { hash, key },
             txn,

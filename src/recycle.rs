@@ -13,8 +13,11 @@
 //! glibc consolidate those freed chunks again and again (`malloc_consolidate` and
 //! `unlink_chunk` were a third of an insert/delete-heavy profile; see `BENCHMARKS.md`).
 //!
+//! Each thread's cache lives in its epoch participant ([`Blocks`]), so taking or keeping a
+//! block is a `Vec` pop or push behind the participant pointer the thread-local already holds.
+//!
 //! Under loom the cache is off (nodes are plain allocations): the models check the cell
-//! protocol, not this cache, and loom would see its thread-locals as shared state.
+//! protocol, not this cache, and their participants are loom handles, not thread-locals.
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 
@@ -40,60 +43,71 @@ fn class_of(layout: Layout) -> Option<(usize, Layout)> {
         .map(|l| (class, l))
 }
 
-#[cfg(not(caskv_loom))]
-mod cache {
-    use super::*;
-    use std::cell::RefCell;
+/// One thread's cached blocks, by class: owned by the thread's epoch participant (the
+/// collector frees retired nodes on the thread that retired them, so a write's block comes back
+/// to its own thread), reached through the participant pointer a pin already loads, with no
+/// thread-local state check and no borrow flag. Returned to the allocator when its thread
+/// gives the participant up.
+pub(crate) struct Blocks([Vec<*mut u8>; CLASSES]);
 
-    /// One thread's blocks, by class. Returned to the allocator when the thread exits.
-    pub(super) struct Blocks([Vec<*mut u8>; CLASSES]);
+impl Blocks {
+    pub(crate) const fn new() -> Self {
+        Blocks([const { Vec::new() }; CLASSES])
+    }
 
-    impl Drop for Blocks {
-        fn drop(&mut self) {
-            for (class, blocks) in self.0.iter_mut().enumerate() {
-                let layout = class_layout(class);
-                for block in blocks.drain(..) {
-                    // SAFETY: every cached block was allocated with its class's layout and is
-                    // owned by this cache alone.
-                    unsafe { dealloc(block, layout) };
-                }
+    /// A cached block of `class`, if there is one.
+    #[cfg_attr(caskv_loom, allow(dead_code))]
+    #[inline]
+    fn take(&mut self, class: usize) -> Option<*mut u8> {
+        self.0[class].pop()
+    }
+
+    /// Keeps `block`; `false` (the caller deallocates it) when the class is full.
+    #[cfg_attr(caskv_loom, allow(dead_code))]
+    #[inline]
+    fn keep(&mut self, class: usize, block: *mut u8) -> bool {
+        let blocks = &mut self.0[class];
+        if blocks.len() < KEEP {
+            blocks.push(block);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Drop for Blocks {
+    fn drop(&mut self) {
+        for (class, blocks) in self.0.iter_mut().enumerate() {
+            let layout = class_layout(class);
+            for block in blocks.drain(..) {
+                // SAFETY: every cached block was allocated with its class's layout and is
+                // owned by this cache alone.
+                unsafe { dealloc(block, layout) };
             }
         }
     }
+}
 
-    fn class_layout(class: usize) -> Layout {
-        // SAFETY: `(class + 1) * 16 <= MAX_BLOCK` and 16 is a power of two (see `class_of`).
-        unsafe { Layout::from_size_align_unchecked((class + 1) * 16, 16) }
-    }
+/// The layout every block of `class` is allocated and deallocated with.
+fn class_layout(class: usize) -> Layout {
+    // SAFETY: `(class + 1) * 16 <= MAX_BLOCK` and 16 is a power of two (see `class_of`).
+    unsafe { Layout::from_size_align_unchecked((class + 1) * 16, 16) }
+}
 
-    std::thread_local! {
-        static BLOCKS: RefCell<Blocks> = const {
-            RefCell::new(Blocks([const { Vec::new() }; CLASSES]))
-        };
-    }
-
-    /// A cached block of `class`, if this thread has one (and is not exiting).
+#[cfg(not(caskv_loom))]
+mod cache {
+    /// A cached block of `class`, if this thread holds a participant and it has one.
     #[inline]
     pub(super) fn take(class: usize) -> Option<*mut u8> {
-        BLOCKS
-            .try_with(|b| b.try_borrow_mut().ok().and_then(|mut b| b.0[class].pop()))
-            .ok()
-            .flatten()
+        crate::epoch::with_blocks(|b| b.take(class)).flatten()
     }
 
-    /// Keeps `block` for reuse; `false` (the caller deallocates it) when the class is full
-    /// or the thread is exiting.
+    /// Keeps `block` for reuse; `false` (the caller deallocates it) when the class is full or
+    /// the thread holds no participant (it never pinned, or is exiting).
     #[inline]
     pub(super) fn keep(class: usize, block: *mut u8) -> bool {
-        BLOCKS
-            .try_with(|b| match b.try_borrow_mut() {
-                Ok(mut b) if b.0[class].len() < KEEP => {
-                    b.0[class].push(block);
-                    true
-                }
-                _ => false,
-            })
-            .unwrap_or(false)
+        crate::epoch::with_blocks(|b| b.keep(class, block)).unwrap_or(false)
     }
 }
 
@@ -111,14 +125,26 @@ mod cache {
 }
 
 /// Moves `node` to the heap, into a recycled block when one of its class is at hand.
+#[inline]
 pub(crate) fn boxed<T>(node: T) -> *mut T {
     let layout = Layout::new::<T>();
+    let ptr = match class_of(layout).and_then(|(class, _)| cache::take(class)) {
+        Some(block) => block,
+        None => allocate(layout),
+    };
+    let ptr = ptr.cast::<T>();
+    // SAFETY: `ptr` is a fresh block at least as large and as aligned as `T`, owned by us.
+    unsafe { ptr.write(node) };
+    ptr
+}
+
+/// A fresh block for a node of `layout`: of its class's layout when the class is cached (so
+/// that any node of the class can reuse it), else of its own.
+#[cold]
+fn allocate(layout: Layout) -> *mut u8 {
     let ptr = match class_of(layout) {
-        Some((class, class_layout)) => match cache::take(class) {
-            Some(block) => block,
-            // SAFETY: the class layout has a nonzero size.
-            None => unsafe { alloc(class_layout) },
-        },
+        // SAFETY: the class layout has a nonzero size.
+        Some((_, class_layout)) => unsafe { alloc(class_layout) },
         // Not cached: a plain allocation (a zero-sized node never occurs: every node holds a
         // hash).
         // SAFETY: `layout` has a nonzero size (`T` holds at least a hash).
@@ -127,9 +153,6 @@ pub(crate) fn boxed<T>(node: T) -> *mut T {
     if ptr.is_null() {
         handle_alloc_error(layout);
     }
-    let ptr = ptr.cast::<T>();
-    // SAFETY: `ptr` is a fresh block at least as large and as aligned as `T`, owned by us.
-    unsafe { ptr.write(node) };
     ptr
 }
 
@@ -137,6 +160,7 @@ pub(crate) fn boxed<T>(node: T) -> *mut T {
 ///
 /// # Safety
 /// `ptr` came from [`boxed::<T>`] and nothing else can reach it; it is dropped once.
+#[inline]
 pub(crate) unsafe fn drop_boxed<T>(ptr: *mut T) {
     // SAFETY: the caller's contract: a live `T` that only we can reach.
     unsafe { std::ptr::drop_in_place(ptr) };
@@ -160,6 +184,8 @@ mod tests {
 
     #[test]
     fn blocks_are_reused_within_a_class_and_large_nodes_bypass_the_cache() {
+        // The cache is the thread's participant's: register one.
+        drop(crate::sync::epoch::pin());
         let a = boxed([1u64; 4]);
         let addr = a as usize;
         // SAFETY: `a` came from `boxed` and is dropped once.

@@ -18,6 +18,7 @@ use std::marker::PhantomData;
 use std::ptr;
 
 use super::fence;
+use crate::recycle::Blocks;
 use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 /// Garbage stamped `s` is freed once the global epoch is `s + EXPIRY` or later.
@@ -98,6 +99,9 @@ pub struct Participant {
     collecting: Cell<bool>,
     exiting: Cell<bool>,
     garbage: UnsafeCell<VecDeque<Retired>>,
+    /// Owner only: the thread's cache of node blocks (see `recycle.rs`), emptied when the
+    /// participant is given up.
+    blocks: UnsafeCell<Blocks>,
 }
 
 // SAFETY: the shared fields are atomics (`next` is immutable once published); the owner-only
@@ -169,6 +173,7 @@ impl Collector {
             collecting: Cell::new(false),
             exiting: Cell::new(false),
             garbage: UnsafeCell::new(VecDeque::new()),
+            blocks: UnsafeCell::new(Blocks::new()),
         }));
         let mut head = self.participants.load(Ordering::Relaxed);
         loop {
@@ -512,8 +517,28 @@ impl Participant {
             // Relaxed: a hint (see `adopt_orphans`).
             collector.has_orphans.store(true, Ordering::Relaxed);
         }
+        // The cached blocks go back to the allocator (raw memory: no user code runs).
+        // SAFETY: owner-only field; no borrow of it is live (`blocks` borrows end within
+        // their callers' push or pop).
+        drop(std::mem::replace(
+            unsafe { &mut *self.blocks.get() },
+            Blocks::new(),
+        ));
         // Release: pairs with the Acquire CAS of the next registration.
         self.owned.store(false, Ordering::Release);
+    }
+
+    /// The thread's block cache.
+    ///
+    /// # Safety
+    /// The calling thread owns this participant, and the borrow ends before anything else
+    /// borrows the cache (its users only push or pop).
+    #[cfg(not(caskv_loom))]
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn blocks(&self) -> &mut Blocks {
+        // SAFETY: the caller's contract: owner only, no other borrow live.
+        unsafe { &mut *self.blocks.get() }
     }
 }
 

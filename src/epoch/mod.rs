@@ -132,6 +132,19 @@ mod global {
         });
     }
 
+    /// Runs `f` on the calling thread's block cache (see `recycle.rs`); `None` when the thread
+    /// holds no participant (it never pinned, or gave its participant up while exiting).
+    #[inline]
+    pub(crate) fn with_blocks<R>(f: impl FnOnce(&mut crate::recycle::Blocks) -> R) -> Option<R> {
+        let p = LOCAL.with(Cell::get);
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: `LOCAL` holds a participant of the static collector (never freed) that this
+        // thread owns; `f` is a push or pop that never reaches the cache again.
+        Some(f(unsafe { (*p).blocks() }))
+    }
+
     /// Frees what the calling thread has retired, as far as other threads' pins allow; see
     /// [`crate::reclaim`].
     pub(crate) fn reclaim() -> usize {
@@ -152,7 +165,7 @@ mod global {
 #[cfg(not(caskv_loom))]
 use global::forget_local;
 #[cfg(not(caskv_loom))]
-pub(crate) use global::{pin, reclaim};
+pub(crate) use global::{pin, reclaim, with_blocks};
 
 /// Under loom there is no thread-local participant to forget: handles own theirs.
 #[cfg(caskv_loom)]
