@@ -7,7 +7,8 @@
 //!   left asleep is a deadlock, which loom reports);
 //! - nothing is acknowledged early: when a waiter returns `Ok(ticket)`, the segment has synced
 //!   (under `Always`) or been handed (under `EverySec`) every byte up to `ticket`;
-//! - a failure reaches every waiter, present and future, as an error;
+//! - a failure reaches every waiter, present and future, as an error, and no round after it
+//!   acknowledges anything (under `Always` and `EverySec`);
 //! - a future dropped after registering leaves nothing behind that stops the others.
 //!
 //! Run with `RUSTFLAGS="--cfg caskv_loom" cargo test -p caskv-loom-tests --release --test
@@ -157,6 +158,37 @@ fn a_failed_sync_reaches_every_waiter() {
             log.append(1).wait().is_err(),
             "a later write was acknowledged"
         );
+    });
+}
+
+/// Under `EverySec`, two async writers on a failing disk: a writer that saw the log healthy
+/// before another writer's round failed must not then lead a round of its own, which would
+/// publish `written` over the bytes the failed round lost (found in review: the poller read
+/// `failed` before taking the lock).
+#[test]
+fn everysec_after_a_failed_round_acknowledges_nothing() {
+    model(|| {
+        let disk = Arc::new(MemoryDisk::default());
+        disk.fail_from_now();
+        let log = Arc::new(ModelLog::new(FsyncPolicy::EverySec, &disk));
+        let a = {
+            let (log, disk) = (log.clone(), disk.clone());
+            thread::spawn(move || {
+                if let Ok(ticket) = block_on(log.append(3)) {
+                    panic!(
+                        "acknowledged on a failed disk: ticket {ticket}, written {}",
+                        disk.written()
+                    );
+                }
+            })
+        };
+        if let Ok(ticket) = block_on(log.append(5)) {
+            panic!(
+                "acknowledged on a failed disk: ticket {ticket}, written {}",
+                disk.written()
+            );
+        }
+        a.join().unwrap();
     });
 }
 

@@ -291,8 +291,10 @@ impl Shared {
     /// Poisons the log with `e` (a record it must not write); returns a ticket never reached.
     pub(crate) fn fail(&self, e: io::Error) -> u64 {
         tracing::error!(error = %e, "caskv: the log cannot take a record; refusing every write until restart");
-        let _ = self.failed.set(StorageError::from(e));
         let mut st = self.lock();
+        // Under the state lock, as every failure: a leader checks `failed` under it before it
+        // starts a round, so no round starts after this.
+        let _ = self.failed.set(StorageError::from(e));
         let woken = std::mem::take(&mut st.wakers);
         self.progress.notify_all();
         drop(st);
@@ -366,9 +368,12 @@ impl Shared {
         if self.reached(ticket, level) {
             return Poll::Ready(Ok(()));
         }
-        if level == Level::Written && self.failed.get().is_none() {
+        if level == Level::Written {
             if let Ok(st) = self.state.try_lock() {
-                if !st.flushing {
+                // `failed` is read under the lock (it is set under it): a round that failed
+                // while we looked must not be followed by one of ours, which would publish
+                // `written` over the bytes the failed round lost.
+                if !st.flushing && self.failed.get().is_none() {
                     self.lead(st, level);
                 }
             }
@@ -380,10 +385,13 @@ impl Shared {
         if let Some(e) = self.failed.get() {
             return Poll::Ready(Err(e.clone()));
         }
+        // A replaced waker is dropped after the lock is released: its drop may run executor
+        // code that reaches this log again.
+        let mut replaced = None;
         match waiter.and_then(|id| st.wakers.get_mut(&(ticket, id))) {
             Some(registered) => {
                 if !registered.will_wake(waker) {
-                    registered.clone_from(waker);
+                    replaced = Some(std::mem::replace(registered, waker.clone()));
                 }
             }
             None => {
@@ -398,13 +406,17 @@ impl Shared {
             // A running round notifies the flusher when it ends with waiters left.
             self.work.notify_one();
         }
+        drop(st);
+        drop(replaced);
         Poll::Pending
     }
 
     /// Removes a waiter that [`poll_ticket`](Shared::poll_ticket) registered and that will not
     /// be polled again (its future was dropped). A waiter already woken is gone already.
     pub(crate) fn forget(&self, ticket: u64, waiter: u64) {
-        self.lock().wakers.remove(&(ticket, waiter));
+        let removed = self.lock().wakers.remove(&(ticket, waiter));
+        // Dropped after the lock is released (see `poll_ticket`).
+        drop(removed);
     }
 
     /// How many async waiters are registered.
@@ -448,6 +460,10 @@ impl Shared {
     /// no round runs. Takes the whole tail, writes it, syncs it for `Synced`, publishes the
     /// positions and wakes every waiter they cover.
     fn lead(&self, mut st: MutexGuard<'_, State>, level: Level) {
+        if self.failed.get().is_some() {
+            // A failed log writes nothing more (its callers see the failure and stop).
+            return;
+        }
         if let Some(offset) = st.unmarked_sync.take() {
             let mut payload = Vec::with_capacity(9);
             record::encode_synced(&mut payload, offset);
