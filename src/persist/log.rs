@@ -479,12 +479,10 @@ impl Shared {
         let mut file = st.file.take();
         drop(st);
 
-        let result = match file.as_mut() {
+        let result = unwind_to_error(|| match file.as_mut() {
             Some(file) => write_round(file.as_mut(), &batch, level),
-            None => Err(io::Error::other(
-                "log segment missing (an earlier flush panicked)",
-            )),
-        };
+            None => Err(io::Error::other("log segment missing")),
+        });
         batch.clear();
 
         let mut st = self.lock();
@@ -574,7 +572,7 @@ impl Shared {
         let mut file = st.file.take();
         drop(st);
 
-        let result = (|| {
+        let result = unwind_to_error(|| {
             let old = file
                 .as_mut()
                 .ok_or_else(|| io::Error::other("log segment missing"))?;
@@ -582,7 +580,7 @@ impl Shared {
             let new = new_segment(&self.dir, next, &self.create)?;
             file = Some(new);
             Ok(())
-        })();
+        });
         batch.clear();
 
         let mut st = self.lock();
@@ -600,6 +598,14 @@ impl Shared {
                 .unwrap_or_else(|| io::Error::other("rotation failed").into())),
         }
     }
+}
+
+/// Runs a round's I/O; a panic in it (a `SegmentFile` that panics) becomes an I/O error, which
+/// fails the log like any other: the round ends, `flushing` is cleared and every waiter is
+/// woken with the error, instead of `flushing` staying set and every waiter asleep for ever.
+fn unwind_to_error(io: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(io))
+        .unwrap_or_else(|_| Err(io::Error::other("a log flush round panicked")))
 }
 
 fn write_round(file: &mut dyn SegmentFile, batch: &[u8], level: Level) -> io::Result<()> {

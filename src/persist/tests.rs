@@ -286,6 +286,8 @@ struct Disk {
     /// Per segment: bytes written, bytes synced.
     files: Mutex<HashMap<PathBuf, (u64, u64)>>,
     cut: AtomicBool,
+    /// The next sync panics (a broken `SegmentFile`).
+    panic_on_sync: AtomicBool,
 }
 
 impl Disk {
@@ -344,6 +346,9 @@ impl SegmentFile for LossyFile {
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
+        if self.disk.panic_on_sync.swap(false, Ordering::SeqCst) {
+            panic!("a segment file's sync panicked");
+        }
         let mut files = self.disk.files.lock().unwrap();
         if self.disk.cut.load(Ordering::SeqCst) {
             return Err(Disk::dead());
@@ -816,6 +821,27 @@ fn a_failed_round_reaches_every_awaiting_future_and_every_blocking_waiter() {
             late.is_err(),
             "a future awaited after the failure was acknowledged"
         );
+        let refused = db.set("c".into(), "3".to_string()).unwrap_err();
+        assert!(matches!(refused, Error::Storage(_)), "{refused}");
+    });
+}
+
+/// A round whose I/O panics fails the log like an I/O error: the waiter gets the error instead
+/// of sleeping for ever behind a round that never ends, and later writes are refused.
+#[test]
+fn a_panic_in_a_rounds_io_fails_the_log_instead_of_hanging_it() {
+    within(Duration::from_secs(30), || {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(Disk::default());
+        let db: Db =
+            Persistent::open(dir.path(), options().create_segment(Disk::creator(&disk))).unwrap();
+        db.set("before".into(), "1".to_string())
+            .unwrap()
+            .wait()
+            .unwrap();
+        disk.panic_on_sync.store(true, Ordering::SeqCst);
+        let failed = db.set("k".into(), "v".to_string()).unwrap().wait();
+        assert!(failed.is_err(), "acknowledged through a panicked sync");
         let refused = db.set("c".into(), "3".to_string()).unwrap_err();
         assert!(matches!(refused, Error::Storage(_)), "{refused}");
     });
