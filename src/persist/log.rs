@@ -257,7 +257,11 @@ impl Drop for Log {
         self.shared.work.notify_all();
         drop(st);
         if let Some(flusher) = self.flusher.take() {
-            let _ = flusher.join();
+            // The last handle can be dropped on the flusher itself (an executor whose `wake`
+            // drops the woken task there): it then exits after its final flush unjoined.
+            if flusher.thread().id() != thread::current().id() {
+                let _ = flusher.join();
+            }
         }
     }
 }
@@ -298,7 +302,7 @@ impl Shared {
         let woken = std::mem::take(&mut st.wakers);
         self.progress.notify_all();
         drop(st);
-        woken.into_values().for_each(Waker::wake);
+        wake_all(woken);
         u64::MAX
     }
 
@@ -491,7 +495,7 @@ impl Shared {
         st.flushing = false;
         let woken = self.finish_round(&mut st, end, level, result.map(|()| None));
         drop(st);
-        woken.into_values().for_each(Waker::wake);
+        wake_all(woken);
     }
 
     /// Publishes the end of a flush round: new positions, or the failure. Returns the async
@@ -590,12 +594,25 @@ impl Shared {
         let ok = result.is_ok();
         let woken = self.finish_round(&mut st, end, Level::Synced, result.map(|()| Some(next)));
         drop(st);
-        woken.into_values().for_each(Waker::wake);
+        wake_all(woken);
         match ok {
             true => Ok(next),
             false => Err(self
                 .failure()
                 .unwrap_or_else(|| io::Error::other("rotation failed").into())),
+        }
+    }
+}
+
+/// Wakes every waiter of a round. A waker that panics (a foreign executor's bug) is logged and
+/// the rest are still woken: a panic here would strand them, and on the flusher thread it would
+/// stop every later round for async waiters.
+fn wake_all(woken: BTreeMap<(u64, u64), Waker>) {
+    for waker in woken.into_values() {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake())).is_err() {
+            tracing::error!(
+                "caskv: an async waiter's waker panicked when woken; the others are woken"
+            );
         }
     }
 }

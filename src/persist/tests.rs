@@ -847,6 +847,66 @@ fn a_panic_in_a_rounds_io_fails_the_log_instead_of_hanging_it() {
     });
 }
 
+/// A waker that panics when woken (a foreign executor's bug) does not strand the other waiters
+/// of its round, and the flusher keeps running rounds for later futures.
+#[test]
+fn a_panicking_waker_does_not_strand_the_other_waiters_of_its_round() {
+    use std::task::{Context, Wake, Waker};
+    struct Panics;
+    impl Wake for Panics {
+        fn wake(self: Arc<Self>) {
+            panic!("a waker that panics");
+        }
+    }
+    struct Flag(AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    /// Polls `pending` once with a waker that sets a flag; returns the flag.
+    fn register(pending: &mut Pending<u64>) -> Arc<Flag> {
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(std::pin::Pin::new(pending).poll(&mut cx).is_pending());
+        flag
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(Disk::default());
+    let db: Db =
+        Persistent::open(dir.path(), options().create_segment(Disk::creator(&disk))).unwrap();
+    // The first write also reserves a block of indices, with a sync of its own: not under `held`.
+    db.set("first".into(), "0".to_string())
+        .unwrap()
+        .wait()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wait_for = |flag: &Flag| {
+        while !flag.0.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "a waiter was never woken");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    // Hold the disk so that both futures register before the round that covers them ends.
+    let held = disk.files.lock().unwrap();
+    let mut bad = db.set("bad".into(), "1".to_string()).unwrap();
+    let mut good = db.set("good".into(), "2".to_string()).unwrap();
+    let panics = Waker::from(Arc::new(Panics));
+    let mut cx = Context::from_waker(&panics);
+    assert!(std::pin::Pin::new(&mut bad).poll(&mut cx).is_pending());
+    let woken = register(&mut good);
+    assert_eq!(db.inner.log.waiters(), 2, "both futures registered");
+    drop(held);
+    wait_for(&woken);
+    // The flusher survived the panic: a later future is covered by a later round.
+    let mut later = db.set("later".into(), "3".to_string()).unwrap();
+    let later_woken = register(&mut later);
+    wait_for(&later_woken);
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(std::pin::Pin::new(&mut later).poll(&mut cx).is_ready());
+}
+
 /// A `Pending` polled once (so registered with the log) and dropped before its round ends
 /// leaves no registration behind; its write stays applied and is flushed with the next round.
 #[test]
