@@ -85,6 +85,27 @@ fn async_and_blocking_writers_are_acknowledged_after_their_sync() {
     });
 }
 
+/// Two blocking writers under `Always`: whichever finds no round running leads one; the other
+/// parks registered with the log and is unparked only by a round that covers it (its own, the
+/// flusher's or the other writer's), never before its sync, and never missed.
+#[test]
+fn two_blocking_writers_park_until_a_round_covers_them() {
+    model(|| {
+        let disk = Arc::new(MemoryDisk::default());
+        let log = Arc::new(ModelLog::new(FsyncPolicy::Always, &disk));
+        let a = {
+            let (log, disk) = (log.clone(), disk.clone());
+            thread::spawn(move || {
+                let ticket = log.append(3).wait().expect("acknowledged");
+                assert!(disk.synced() >= ticket, "acknowledged before its sync");
+            })
+        };
+        let ticket = log.append(5).wait().expect("acknowledged");
+        assert!(disk.synced() >= ticket, "acknowledged before its sync");
+        a.join().unwrap();
+    });
+}
+
 /// Two async writers under `Always`: only the flusher syncs, and it serves both (in one round
 /// or two) before either returns.
 #[test]
