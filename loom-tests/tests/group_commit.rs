@@ -53,29 +53,84 @@ fn block_on<F: Future>(f: F) -> F::Output {
     }
 }
 
-/// One writer waiting the async way and one the blocking way (leader/follower), under
-/// `Always`: each acknowledgement comes after its bytes were synced, and neither is missed.
-#[test]
-fn async_and_blocking_writers_are_acknowledged_after_their_sync() {
-    model(|| {
-        let disk = Arc::new(MemoryDisk::default());
-        let log = Arc::new(ModelLog::new(FsyncPolicy::Always, &disk));
-        let a = {
-            let (log, disk) = (log.clone(), disk.clone());
-            thread::spawn(move || {
-                let ticket = block_on(log.append(3)).expect("acknowledged");
-                assert!(disk.synced() >= ticket, "acknowledged before its sync");
-            })
-        };
-        let b = {
-            let (log, disk) = (log.clone(), disk.clone());
-            thread::spawn(move || {
-                let ticket = log.append(5).wait().expect("acknowledged");
-                assert!(disk.synced() >= ticket, "acknowledged before its sync");
-            })
-        };
-        a.join().unwrap();
-        b.join().unwrap();
+/// How a model writer waits for its record.
+#[derive(Clone, Copy)]
+enum How {
+    /// `.await` on the `Pending` (here: polled by [`block_on`]).
+    Async,
+    /// `Pending::wait` (leader/follower, parked by ticket).
+    Blocking,
+}
+
+/// A disk (failing from the start when `failing`) and a log over it.
+fn setup(policy: FsyncPolicy, failing: bool) -> (Arc<MemoryDisk>, Arc<ModelLog>) {
+    let disk = Arc::new(MemoryDisk::default());
+    if failing {
+        disk.fail_from_now();
+    }
+    let log = Arc::new(ModelLog::new(policy, &disk));
+    (disk, log)
+}
+
+/// Appends `len` bytes and waits `how`; the acknowledged ticket, or the log's error.
+fn write(log: &ModelLog, len: usize, how: How) -> Result<u64, caskv::StorageError> {
+    let pending = log.append(len);
+    match how {
+        How::Async => block_on(pending),
+        How::Blocking => pending.wait(),
+    }
+}
+
+/// Writes, and checks that the acknowledgement came after the disk had the bytes at the
+/// policy's level: synced under `Always`, written under `EverySec`.
+fn acknowledged_after_its_bytes(
+    disk: &MemoryDisk,
+    log: &ModelLog,
+    len: usize,
+    how: How,
+    policy: FsyncPolicy,
+) {
+    let ticket = write(log, len, how).expect("acknowledged");
+    let at = match policy {
+        FsyncPolicy::Always => disk.synced(),
+        _ => disk.written(),
+    };
+    assert!(
+        at >= ticket,
+        "acknowledged at {ticket} before its bytes (disk at {at})"
+    );
+}
+
+/// Never acknowledged: the disk fails.
+fn refused(disk: &MemoryDisk, log: &ModelLog, len: usize, how: How) {
+    if let Ok(ticket) = write(log, len, how) {
+        panic!(
+            "acknowledged on a failed disk: ticket {ticket}, written {}",
+            disk.written()
+        );
+    }
+}
+
+/// Runs `f` on a model thread with clones of the disk and the log.
+fn spawn(
+    disk: &Arc<MemoryDisk>,
+    log: &Arc<ModelLog>,
+    f: impl FnOnce(&MemoryDisk, &ModelLog) + Send + 'static,
+) -> thread::JoinHandle<()> {
+    let (disk, log) = (disk.clone(), log.clone());
+    thread::spawn(move || f(&disk, &log))
+}
+
+/// Two writers under `policy`, waiting `a` and `b`: each acknowledgement comes after its bytes
+/// reached the policy's level, neither is missed, and the log closes with a final flush.
+fn two_writers(policy: FsyncPolicy, a: How, b: How) {
+    model(move || {
+        let (disk, log) = setup(policy, false);
+        let first = spawn(&disk, &log, move |disk, log| {
+            acknowledged_after_its_bytes(disk, log, 3, a, policy)
+        });
+        acknowledged_after_its_bytes(&disk, &log, 5, b, policy);
+        first.join().unwrap();
         let end = log.appended();
         drop(log);
         assert!(
@@ -85,68 +140,33 @@ fn async_and_blocking_writers_are_acknowledged_after_their_sync() {
     });
 }
 
+/// One writer waiting the async way and one the blocking way (leader/follower), under
+/// `Always`: each acknowledgement comes after its bytes were synced, and neither is missed.
+#[test]
+fn async_and_blocking_writers_are_acknowledged_after_their_sync() {
+    two_writers(FsyncPolicy::Always, How::Async, How::Blocking);
+}
+
 /// Two blocking writers under `Always`: whichever finds no round running leads one; the other
 /// parks registered with the log and is unparked only by a round that covers it (its own, the
 /// flusher's or the other writer's), never before its sync, and never missed.
 #[test]
 fn two_blocking_writers_park_until_a_round_covers_them() {
-    model(|| {
-        let disk = Arc::new(MemoryDisk::default());
-        let log = Arc::new(ModelLog::new(FsyncPolicy::Always, &disk));
-        let a = {
-            let (log, disk) = (log.clone(), disk.clone());
-            thread::spawn(move || {
-                let ticket = log.append(3).wait().expect("acknowledged");
-                assert!(disk.synced() >= ticket, "acknowledged before its sync");
-            })
-        };
-        let ticket = log.append(5).wait().expect("acknowledged");
-        assert!(disk.synced() >= ticket, "acknowledged before its sync");
-        a.join().unwrap();
-    });
+    two_writers(FsyncPolicy::Always, How::Blocking, How::Blocking);
 }
 
 /// Two async writers under `Always`: only the flusher syncs, and it serves both (in one round
 /// or two) before either returns.
 #[test]
 fn two_async_writers_are_woken_by_the_flusher() {
-    model(|| {
-        let disk = Arc::new(MemoryDisk::default());
-        let log = Arc::new(ModelLog::new(FsyncPolicy::Always, &disk));
-        let writers: Vec<_> = [2, 4]
-            .into_iter()
-            .map(|len| {
-                let (log, disk) = (log.clone(), disk.clone());
-                thread::spawn(move || {
-                    let ticket = block_on(log.append(len)).expect("acknowledged");
-                    assert!(disk.synced() >= ticket, "acknowledged before its sync");
-                })
-            })
-            .collect();
-        for w in writers {
-            w.join().unwrap();
-        }
-    });
+    two_writers(FsyncPolicy::Always, How::Async, How::Async);
 }
 
 /// Under `EverySec` an async waiter needs its bytes written, not synced: it writes them itself
 /// when no round runs, or the flusher does; either way not before they were handed over.
 #[test]
 fn everysec_acknowledges_after_the_write() {
-    model(|| {
-        let disk = Arc::new(MemoryDisk::default());
-        let log = Arc::new(ModelLog::new(FsyncPolicy::EverySec, &disk));
-        let a = {
-            let (log, disk) = (log.clone(), disk.clone());
-            thread::spawn(move || {
-                let ticket = block_on(log.append(3)).expect("acknowledged");
-                assert!(disk.written() >= ticket, "acknowledged before its write");
-            })
-        };
-        let ticket = block_on(log.append(5)).expect("acknowledged");
-        assert!(disk.written() >= ticket, "acknowledged before its write");
-        a.join().unwrap();
-    });
+    two_writers(FsyncPolicy::EverySec, How::Async, How::Async);
 }
 
 /// The disk fails: the async and the blocking waiter both get the error (none hangs), and so
@@ -154,31 +174,12 @@ fn everysec_acknowledges_after_the_write() {
 #[test]
 fn a_failed_sync_reaches_every_waiter() {
     model(|| {
-        let disk = Arc::new(MemoryDisk::default());
-        disk.fail_from_now();
-        let log = Arc::new(ModelLog::new(FsyncPolicy::Always, &disk));
-        let a = {
-            let log = log.clone();
-            thread::spawn(move || {
-                assert!(
-                    block_on(log.append(3)).is_err(),
-                    "acknowledged on a failed disk"
-                );
-            })
-        };
-        assert!(
-            log.append(5).wait().is_err(),
-            "acknowledged on a failed disk"
-        );
+        let (disk, log) = setup(FsyncPolicy::Always, true);
+        let a = spawn(&disk, &log, |disk, log| refused(disk, log, 3, How::Async));
+        refused(&disk, &log, 5, How::Blocking);
         a.join().unwrap();
-        assert!(
-            block_on(log.append(1)).is_err(),
-            "a later write was acknowledged"
-        );
-        assert!(
-            log.append(1).wait().is_err(),
-            "a later write was acknowledged"
-        );
+        refused(&disk, &log, 1, How::Async);
+        refused(&disk, &log, 1, How::Blocking);
     });
 }
 
@@ -189,26 +190,9 @@ fn a_failed_sync_reaches_every_waiter() {
 #[test]
 fn everysec_after_a_failed_round_acknowledges_nothing() {
     model(|| {
-        let disk = Arc::new(MemoryDisk::default());
-        disk.fail_from_now();
-        let log = Arc::new(ModelLog::new(FsyncPolicy::EverySec, &disk));
-        let a = {
-            let (log, disk) = (log.clone(), disk.clone());
-            thread::spawn(move || {
-                if let Ok(ticket) = block_on(log.append(3)) {
-                    panic!(
-                        "acknowledged on a failed disk: ticket {ticket}, written {}",
-                        disk.written()
-                    );
-                }
-            })
-        };
-        if let Ok(ticket) = block_on(log.append(5)) {
-            panic!(
-                "acknowledged on a failed disk: ticket {ticket}, written {}",
-                disk.written()
-            );
-        }
+        let (disk, log) = setup(FsyncPolicy::EverySec, true);
+        let a = spawn(&disk, &log, |disk, log| refused(disk, log, 3, How::Async));
+        refused(&disk, &log, 5, How::Async);
         a.join().unwrap();
     });
 }
@@ -218,15 +202,10 @@ fn everysec_after_a_failed_round_acknowledges_nothing() {
 #[test]
 fn a_dropped_future_is_harmless() {
     model(|| {
-        let disk = Arc::new(MemoryDisk::default());
-        let log = Arc::new(ModelLog::new(FsyncPolicy::Always, &disk));
-        let a = {
-            let (log, disk) = (log.clone(), disk.clone());
-            thread::spawn(move || {
-                let ticket = block_on(log.append(3)).expect("acknowledged");
-                assert!(disk.synced() >= ticket, "acknowledged before its sync");
-            })
-        };
+        let (disk, log) = setup(FsyncPolicy::Always, false);
+        let a = spawn(&disk, &log, |disk, log| {
+            acknowledged_after_its_bytes(disk, log, 3, How::Async, FsyncPolicy::Always)
+        });
         {
             let mut dropped = pin!(log.append(5));
             let mut cx = Context::from_waker(Waker::noop());

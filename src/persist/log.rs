@@ -162,14 +162,15 @@ struct State {
     segment_len: u64,
     /// A segment offset known durable that no marker has recorded yet.
     unmarked_sync: Option<u64>,
-    /// Async waiters, keyed by (ticket, registration number). Invariant: every entry's ticket
-    /// is above the ack level's position; the section that moves the position (or fails the
-    /// log) removes the entries it covers and wakes them once the lock is released.
+    /// Registered waiters, keyed by (ticket, registration number): futures' wakers and parked
+    /// blocking waiters' unparks. Invariant: every entry's ticket is above the ack level's
+    /// position; the section that moves the position (or fails the log) removes the entries it
+    /// covers and wakes them once the lock is released.
     wakers: BTreeMap<(u64, u64), Waker>,
     /// The next registration number.
     next_waiter: u64,
-    /// The highest ticket an async waiter has registered for: the flusher runs rounds until
-    /// the ack level's position reaches it.
+    /// The highest ticket a waiter has registered for: the flusher runs rounds until the ack
+    /// level's position reaches it.
     wanted: u64,
     /// The log is closing: the flusher makes its final flush and exits.
     closing: bool,
