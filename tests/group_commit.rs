@@ -51,13 +51,18 @@ fn check_recovered(dir: &std::path::Path, acked: &[(String, u64, String)]) {
     }
 }
 
-fn concurrent_async_writers_are_all_acknowledged_and_recovered(policy: FsyncPolicy) {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// A two-worker runtime with timers, as a server runs the writes.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_time()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn concurrent_async_writers_are_all_acknowledged_and_recovered(policy: FsyncPolicy) {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime();
     let db = Arc::new(Db::open(dir.path(), Options::default().fsync(policy)).unwrap());
     let acked = runtime.block_on(async {
         tokio::time::timeout(Duration::from_secs(60), write_concurrently(&db))
@@ -89,11 +94,7 @@ fn concurrent_async_writers_with_fsync_never() {
 #[test]
 fn async_and_blocking_writers_together() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_time()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let db = Arc::new(Db::open(dir.path(), Options::default()).unwrap());
     let blocking: Vec<_> = (0..8)
         .map(|t| {

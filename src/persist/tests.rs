@@ -503,42 +503,41 @@ fn check_survivors(dir: &Path, acked: &Acked, cut_at: Instant, window: Duration)
     checked
 }
 
+/// Power cuts under `Always`, one per `(seed, hole)` round, writers acknowledging through
+/// `ack`: every acknowledged write survives. Returns each round's acknowledged writes.
+fn always_loses_nothing_acknowledged(rounds: &[(u64, bool)], ack: Ack) -> Vec<Acked> {
+    rounds
+        .iter()
+        .map(|&(seed, hole)| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let (acked, cut_at) = run_until_power_cut(
+                dir.path(),
+                FsyncPolicy::Always,
+                Duration::from_millis(50),
+                Duration::from_millis(300),
+                |unsynced| rng.u64(0..=unsynced),
+                hole,
+                ack,
+            );
+            assert!(!acked.is_empty());
+            let checked = check_survivors(dir.path(), &acked, cut_at, Duration::ZERO);
+            assert_eq!(checked, acked.len());
+            acked
+        })
+        .collect()
+}
+
 #[test]
 fn power_loss_with_always_loses_no_acknowledged_write() {
-    for (round, hole) in [(0u64, false), (1, true), (2, false)] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut rng = fastrand::Rng::with_seed(round);
-        let (acked, cut_at) = run_until_power_cut(
-            dir.path(),
-            FsyncPolicy::Always,
-            Duration::from_millis(50),
-            Duration::from_millis(300),
-            |unsynced| rng.u64(0..=unsynced),
-            hole,
-            Ack::Wait,
-        );
-        assert!(!acked.is_empty());
-        let checked = check_survivors(dir.path(), &acked, cut_at, Duration::ZERO);
-        assert_eq!(checked, acked.len());
-    }
+    always_loses_nothing_acknowledged(&[(0, false), (1, true), (2, false)], Ack::Wait);
 }
 
 /// As above, with half the writers acknowledged through the `Pending` future: the flusher's
 /// wake-up never comes before the fsync of the woken write.
 #[test]
 fn power_loss_with_always_loses_no_write_acknowledged_through_a_future() {
-    for (round, hole) in [(3u64, false), (4, true)] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut rng = fastrand::Rng::with_seed(round);
-        let (acked, cut_at) = run_until_power_cut(
-            dir.path(),
-            FsyncPolicy::Always,
-            Duration::from_millis(50),
-            Duration::from_millis(300),
-            |unsynced| rng.u64(0..=unsynced),
-            hole,
-            Ack::Mixed,
-        );
+    for acked in always_loses_nothing_acknowledged(&[(3, false), (4, true)], Ack::Mixed) {
         let by_future = acked
             .keys()
             .filter(|k| k.starts_with("t0-") || k.starts_with("t2-"));
@@ -546,8 +545,6 @@ fn power_loss_with_always_loses_no_write_acknowledged_through_a_future() {
             by_future.count() > 0,
             "no write was acknowledged through a future"
         );
-        let checked = check_survivors(dir.path(), &acked, cut_at, Duration::ZERO);
-        assert_eq!(checked, acked.len());
     }
 }
 
@@ -826,19 +823,27 @@ fn a_failed_round_reaches_every_awaiting_future_and_every_blocking_waiter() {
     });
 }
 
+/// A store on a stand-in disk the test can hold (`disk.files`) or break, after a first write:
+/// that write also reserves a block of indices, with a sync of its own, which must not happen
+/// while the test holds the disk.
+fn db_on_a_disk_after_a_first_write() -> (tempfile::TempDir, Arc<Disk>, Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(Disk::default());
+    let db: Db =
+        Persistent::open(dir.path(), options().create_segment(Disk::creator(&disk))).unwrap();
+    db.set("first".into(), "0".to_string())
+        .unwrap()
+        .wait()
+        .unwrap();
+    (dir, disk, db)
+}
+
 /// A round whose I/O panics fails the log like an I/O error: the waiter gets the error instead
 /// of sleeping for ever behind a round that never ends, and later writes are refused.
 #[test]
 fn a_panic_in_a_rounds_io_fails_the_log_instead_of_hanging_it() {
     within(Duration::from_secs(30), || {
-        let dir = tempfile::tempdir().unwrap();
-        let disk = Arc::new(Disk::default());
-        let db: Db =
-            Persistent::open(dir.path(), options().create_segment(Disk::creator(&disk))).unwrap();
-        db.set("before".into(), "1".to_string())
-            .unwrap()
-            .wait()
-            .unwrap();
+        let (_dir, disk, db) = db_on_a_disk_after_a_first_write();
         disk.panic_on_sync.store(true, Ordering::SeqCst);
         let failed = db.set("k".into(), "v".to_string()).unwrap().wait();
         assert!(failed.is_err(), "acknowledged through a panicked sync");
@@ -872,15 +877,7 @@ fn a_panicking_waker_does_not_strand_the_other_waiters_of_its_round() {
         assert!(std::pin::Pin::new(pending).poll(&mut cx).is_pending());
         flag
     }
-    let dir = tempfile::tempdir().unwrap();
-    let disk = Arc::new(Disk::default());
-    let db: Db =
-        Persistent::open(dir.path(), options().create_segment(Disk::creator(&disk))).unwrap();
-    // The first write also reserves a block of indices, with a sync of its own: not under `held`.
-    db.set("first".into(), "0".to_string())
-        .unwrap()
-        .wait()
-        .unwrap();
+    let (_dir, disk, db) = db_on_a_disk_after_a_first_write();
     let deadline = Instant::now() + Duration::from_secs(10);
     let wait_for = |flag: &Flag| {
         while !flag.0.load(Ordering::SeqCst) {
@@ -912,15 +909,7 @@ fn a_panicking_waker_does_not_strand_the_other_waiters_of_its_round() {
 #[test]
 fn a_pending_dropped_before_completion_is_harmless() {
     use std::task::{Context, Waker};
-    let dir = tempfile::tempdir().unwrap();
-    let disk = Arc::new(Disk::default());
-    let db: Db =
-        Persistent::open(dir.path(), options().create_segment(Disk::creator(&disk))).unwrap();
-    // The first write also reserves a block of indices, with a sync of its own: not under `held`.
-    db.set("first".into(), "0".to_string())
-        .unwrap()
-        .wait()
-        .unwrap();
+    let (dir, disk, db) = db_on_a_disk_after_a_first_write();
     {
         // Hold the disk so that the round cannot end while the future is polled and dropped.
         let held = disk.files.lock().unwrap();
