@@ -37,10 +37,7 @@ fn class_of(layout: Layout) -> Option<(usize, Layout)> {
         return None;
     }
     let class = layout.size().div_ceil(16) - 1;
-    // `(class + 1) * 16` is at most `MAX_BLOCK` and a multiple of 16: always a valid layout.
-    Layout::from_size_align((class + 1) * 16, 16)
-        .ok()
-        .map(|l| (class, l))
+    Some((class, class_layout(class)))
 }
 
 /// One thread's cached blocks, by class: owned by the thread's epoch participant (the
@@ -91,7 +88,8 @@ impl Drop for Blocks {
 
 /// The layout every block of `class` is allocated and deallocated with.
 fn class_layout(class: usize) -> Layout {
-    // SAFETY: `(class + 1) * 16 <= MAX_BLOCK` and 16 is a power of two (see `class_of`).
+    // SAFETY: every class is below `CLASSES` (`class_of` bounds the size by `MAX_BLOCK`), so
+    // `(class + 1) * 16 <= MAX_BLOCK`, a nonzero multiple of 16, and 16 is a power of two.
     unsafe { Layout::from_size_align_unchecked((class + 1) * 16, 16) }
 }
 

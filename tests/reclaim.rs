@@ -4,7 +4,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use caskv::{Op, Store};
 
@@ -335,16 +335,23 @@ fn exit_leaving_orphans(
     drop(pinned);
 }
 
+/// The setup of the orphan tests: the tests serialized, the collector settled, a store with
+/// one live value, and the count of live values to come back to.
+fn orphan_test_setup() -> (MutexGuard<'static, ()>, Arc<Store<u64, Tracked>>, usize) {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    settle();
+    let store: Arc<Store<u64, Tracked>> = Arc::new(Store::new());
+    store.set(0, Tracked::new(0));
+    let base = LIVE.load(Ordering::Relaxed);
+    (serial, store, base)
+}
+
 /// A thread that exits with garbage another thread's pin still holds back leaves it to the
 /// collector's orphans; it is freed by the next thread that collects, not stranded until some
 /// new thread happens to register.
 #[test]
 fn an_exited_threads_garbage_is_freed_by_the_threads_that_remain() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    settle();
-    let store: Arc<Store<u64, Tracked>> = Arc::new(Store::new());
-    store.set(0, Tracked::new(0));
-    let base = LIVE.load(Ordering::Relaxed);
+    let (_serial, store, base) = orphan_test_setup();
     exit_leaving_orphans(&store, |store| {
         for i in 0..140 {
             store.set(0, Tracked::new(i));
@@ -363,11 +370,7 @@ fn an_exited_threads_garbage_is_freed_by_the_threads_that_remain() {
 /// 256 pins adopts up to 64 and frees them), not only by `reclaim`.
 #[test]
 fn orphans_are_freed_by_ordinary_reads_of_the_remaining_threads() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    settle();
-    let store: Arc<Store<u64, Tracked>> = Arc::new(Store::new());
-    store.set(0, Tracked::new(0));
-    let base = LIVE.load(Ordering::Relaxed);
+    let (_serial, store, base) = orphan_test_setup();
     exit_leaving_orphans(&store, |store| {
         for i in 0..500 {
             store.set(1 + i % 4, Tracked::new(i));

@@ -176,6 +176,19 @@ struct State {
     closing: bool,
 }
 
+impl State {
+    /// Registers a waiter for `ticket` (a future's waker or a parked thread's unpark) and
+    /// raises `wanted` to it, so that some round covers it; returns its registration number.
+    /// The caller holds the lock and saw the ticket uncovered and the log healthy under it.
+    fn register(&mut self, ticket: u64, waker: Waker) -> u64 {
+        let id = self.next_waiter;
+        self.next_waiter += 1;
+        self.wakers.insert((ticket, id), waker);
+        self.wanted = self.wanted.max(ticket);
+        id
+    }
+}
+
 /// Whether a flush round must sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Level {
@@ -372,7 +385,6 @@ impl Shared {
     /// again; an entry is removed only by the round that covers it, by a failure (which takes
     /// them all), or by the waiter itself when it goes to lead.
     fn wait_parked(&self, ticket: u64, level: Level) -> Result<(), StorageError> {
-        let waker = Waker::from(StdArc::new(Unpark(thread::current())));
         let mut waiter = None;
         loop {
             let mut st = self.lock();
@@ -390,11 +402,8 @@ impl Shared {
                 continue;
             }
             if waiter.is_none() {
-                let id = st.next_waiter;
-                st.next_waiter += 1;
-                st.wakers.insert((ticket, id), waker.clone());
-                waiter = Some(id);
-                st.wanted = st.wanted.max(ticket);
+                let unpark = Waker::from(StdArc::new(Unpark(thread::current())));
+                waiter = Some(st.register(ticket, unpark));
             }
             drop(st);
             thread::park();
@@ -419,10 +428,8 @@ impl Shared {
         }
         if level == Level::Written {
             if let Ok(st) = self.state.try_lock() {
-                // `failed` is read under the lock (it is set under it): a round that failed
-                // while we looked must not be followed by one of ours, which would publish
-                // `written` over the bytes the failed round lost.
-                if !st.flushing && self.failed.get().is_none() {
+                // `lead` refuses a failed log (under this lock, where `failed` is set).
+                if !st.flushing {
                     self.lead(st, level);
                 }
             }
@@ -443,14 +450,8 @@ impl Shared {
                     replaced = Some(std::mem::replace(registered, waker.clone()));
                 }
             }
-            None => {
-                let id = st.next_waiter;
-                st.next_waiter += 1;
-                st.wakers.insert((ticket, id), waker.clone());
-                *waiter = Some(id);
-            }
+            None => *waiter = Some(st.register(ticket, waker.clone())),
         }
-        st.wanted = st.wanted.max(ticket);
         if !st.flushing {
             // A running round notifies the flusher when it ends with waiters left.
             self.work.notify_one();
@@ -510,7 +511,9 @@ impl Shared {
     /// positions and wakes every waiter they cover.
     fn lead(&self, mut st: MutexGuard<'_, State>, level: Level) {
         if self.failed.get().is_some() {
-            // A failed log writes nothing more (its callers see the failure and stop).
+            // A failed log writes nothing more (its callers see the failure and stop). Read
+            // under the lock, where every failure is set: a round that failed while a caller
+            // looked must not be followed by one that publishes `written` over its lost bytes.
             return;
         }
         if let Some(offset) = st.unmarked_sync.take() {
