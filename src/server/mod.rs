@@ -399,20 +399,98 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// A server started by [`spawn`]: where it listens, and the way to stop it.
+///
+/// Dropping it begins a graceful shutdown too (the server stops accepting and lets in-flight
+/// requests finish), but only [`shutdown`](Running::shutdown) waits for the end.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// The address the server listens on (the port the OS chose for a `:0` bind).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish (up to
+    /// [`ConnLimits::shutdown_grace`]), stops the service reaper, and returns once all of it is
+    /// done. A persistent state's log is flushed and fsynced when its last handle goes.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            // A panic inside the server task was logged by tokio; there is nothing to return.
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Dropping the sender resolves the server's shutdown future: a graceful stop begins.
+        drop(self.stop.take());
+    }
+}
+
+/// Serves `state` on `listener` as a task of the current tokio runtime, with the service
+/// reaper beside it, until [`Running::shutdown`] (or the handle's drop). [`run`] is this plus
+/// a wait for SIGINT/SIGTERM; the tests start their servers through it too.
+///
+/// # Panics
+/// Outside a tokio runtime.
+///
+/// # Example
+/// ```no_run
+/// use std::time::Duration;
+/// use caskv::server::{spawn, AppState, ConnLimits, Limits};
+///
+/// # async fn demo() -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let state = AppState::new(Limits::default(), Duration::from_secs(30));
+/// let server = spawn(listener, state, ConnLimits::default())?;
+/// println!("serving on {}", server.addr());
+/// server.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+pub fn spawn(listener: TcpListener, state: AppState, conn: ConnLimits) -> std::io::Result<Running> {
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let reaper = tokio::spawn(reap_services(state.registry.clone()));
+    let app = router(state, conn.body_timeout);
+    let task = tokio::spawn(async move {
+        serve(listener, app, conn, async {
+            // A send or the handle's drop: either way, stop.
+            let _ = stopped.await;
+        })
+        .await;
+        reaper.abort();
+        let _ = reaper.await;
+    });
+    Ok(Running {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
 /// Binds `addr` and serves `state` (in memory, or persistent from [`AppState::open`]) until
 /// SIGINT/SIGTERM. A persistent state's log is flushed and fsynced when the last request ends.
 pub async fn run(addr: SocketAddr, state: AppState, conn: ConnLimits) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    let reaper = tokio::spawn(reap_services(state.registry.clone()));
     let mode = match &state.durability {
         Some(d) => format!("persistent, fsync {:?}", d.log.policy()),
         None => "in memory".to_string(),
     };
-    tracing::info!(addr = %listener.local_addr()?, mode, "caskv serving");
-    let app = router(state, conn.body_timeout);
-    serve(listener, app, conn, shutdown_signal()).await;
-    reaper.abort();
-    let _ = reaper.await;
+    let server = spawn(listener, state, conn)?;
+    tracing::info!(addr = %server.addr(), mode, "caskv serving");
+    shutdown_signal().await;
+    server.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
