@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use caskv::persist::{FsyncPolicy, Options, Persistent};
+use caskv::persist::{FsyncPolicy, Options};
+use caskv::Db;
 use caskv::Store;
 
 const CLIENTS: usize = 64;
@@ -71,8 +72,8 @@ fn library_cas(config: &Config, policy: Option<FsyncPolicy>) -> f64 {
         }
         Some(policy) => {
             let dir = tempfile::tempdir().unwrap();
-            let db: Persistent<String, String> =
-                Persistent::open(dir.path(), Options::default().fsync(policy)).unwrap();
+            let db: Db<String, String> =
+                Db::open(dir.path(), Options::default().fsync(policy)).unwrap();
             let last: Vec<AtomicU64> = (0..CLIENTS).map(|_| AtomicU64::new(0)).collect();
             throughput(config.run_for, |c, _| {
                 let expected = last[c].load(Ordering::Relaxed);
@@ -178,7 +179,7 @@ fn recovery(config: &Config) {
     };
     let write_started = Instant::now();
     {
-        let db: Persistent<String, String> = Persistent::open(dir.path(), options()).unwrap();
+        let db: Db<String, String> = Db::open(dir.path(), options()).unwrap();
         let value = "v".repeat(64);
         let db = Arc::new(db);
         std::thread::scope(|s| {
@@ -199,13 +200,13 @@ fn recovery(config: &Config) {
     let log_bytes = dir_bytes(dir.path(), "log-");
 
     let started = Instant::now();
-    let db: Persistent<String, String> = Persistent::open(dir.path(), options()).unwrap();
+    let db: Db<String, String> = Db::open(dir.path(), options()).unwrap();
     let replay = started.elapsed();
     assert_eq!(db.store().len(), n);
-    let report = db.snapshot().unwrap();
+    let report = db.snapshot().unwrap().unwrap();
     drop(db);
     let started = Instant::now();
-    let db: Persistent<String, String> = Persistent::open(dir.path(), options()).unwrap();
+    let db: Db<String, String> = Db::open(dir.path(), options()).unwrap();
     let load = started.elapsed();
     assert_eq!(db.store().len(), n);
     drop(db);

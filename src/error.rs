@@ -71,6 +71,9 @@ pub enum Error<K, V> {
     /// refused, or was applied in memory but is not durable and was not acknowledged. Every
     /// later write fails the same way until the data directory is opened again.
     Storage(StorageError),
+    /// A service write on a [`Db`](crate::Db) opened without services
+    /// ([`Options::services`](crate::persist::Options::services)).
+    NoServices,
     /// A persistent store cannot log an entry (or batch) this large.
     EntryTooLarge {
         /// Encoded bytes of the key and value (or of the whole batch).
@@ -273,6 +276,9 @@ impl<K: fmt::Debug, V> fmt::Display for Error<K, V> {
                 )
             }
             Error::Storage(e) => fmt::Display::fmt(e, f),
+            Error::NoServices => {
+                f.write_str("this database was opened without services (Options::services)")
+            }
             Error::EntryTooLarge { len, max } => {
                 write!(f, "{len} bytes to log exceed the limit of {max}")
             }
@@ -301,6 +307,7 @@ impl<K: fmt::Debug, V> fmt::Debug for Error<K, V> {
                 .field("attempts", attempts)
                 .finish(),
             Error::Storage(e) => f.debug_tuple("Storage").field(e).finish(),
+            Error::NoServices => f.write_str("NoServices"),
             Error::EntryTooLarge { len, max } => f
                 .debug_struct("EntryTooLarge")
                 .field("len", len)

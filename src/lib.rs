@@ -65,6 +65,7 @@
 mod batch;
 mod cell;
 mod clock;
+mod db;
 mod entry;
 #[cfg(caskv_loom)]
 #[doc(hidden)]
@@ -92,9 +93,11 @@ pub struct ReadmeDoctests;
 
 pub use batch::Op;
 pub use clock::GlobalIndex;
+pub use db::Db;
 pub use entry::{Entry, EntryRef};
 pub use error::{Conflict, Error, Expected, StorageError};
 pub use journal::{Journal, Mutation};
+pub use persist::Pending;
 pub use registry::{
     Registration, Registry, RegistryError, Service, ServiceEntry, DEFAULT_SERVICE_TTL,
 };

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use caskv::persist::{FsyncPolicy, Options, Persistent};
+use caskv::persist::{FsyncPolicy, Options};
 
-type Db = Persistent<String, String>;
+type Db = caskv::Db<String, String>;
 
 const WRITERS: usize = 64;
 const WRITES_EACH: usize = 20;
@@ -38,7 +38,7 @@ async fn write_concurrently(db: &Arc<Db>) -> Vec<(String, u64, String)> {
 }
 
 fn check_recovered(dir: &std::path::Path, acked: &[(String, u64, String)]) {
-    let db: Db = Persistent::open(dir, Options::default()).unwrap();
+    let db: Db = Db::open(dir, Options::default()).unwrap();
     for (key, index, value) in acked {
         let entry = db
             .store()

@@ -1,4 +1,4 @@
-//! `log_recovery`: `Persistent::open` on a data directory holding a damaged log segment and,
+//! `log_recovery`: `Db::open` on a data directory holding a damaged log segment and,
 //! optionally, a damaged snapshot.
 //!
 //! The first byte of an input chooses how each file is built from the rest ([`Layout`]); a
@@ -11,7 +11,7 @@
 //!   indices and sync markers, which bytes a fuzzer cannot checksum would never reach.
 //!
 //! The files go into a fresh directory as `log-0000000000000001.caskv` and
-//! `snapshot-0000000000000001.caskv`, which is opened as a `Persistent<String, String>` with
+//! `snapshot-0000000000000001.caskv`, which is opened as a `Db<String, String>` with
 //! automatic snapshots off. Then:
 //! - **Open** returns, never panics or hangs. A refusal is `Corrupt`, `NewerFormat`, `Decode` or
 //!   `Io` (never `Locked`: nobody else has the directory), and opening the directory again is
@@ -33,10 +33,10 @@ use std::collections::BTreeMap;
 use std::mem::discriminant;
 use std::path::Path;
 
-use caskv::persist::{Options, PersistError, Persistent};
+use caskv::persist::{Options, PersistError};
 use caskv::Service;
 
-type Db = Persistent<String, String>;
+type Db = caskv::Db<String, String>;
 
 /// The file names the harness writes: segment 1, and the snapshot that replays from it.
 const SEGMENT: &str = "log-0000000000000001.caskv";
@@ -187,7 +187,7 @@ fn build_file(magic: &[u8; 8], encoding: Encoding, bytes: &[u8]) -> Vec<u8> {
 }
 
 fn options() -> Options {
-    Options::default().snapshot_after_bytes(0)
+    Options::default().snapshot_after_bytes(0).services(true)
 }
 
 /// A scratch directory, on tmpfs where there is one.
@@ -222,6 +222,7 @@ fn service_state(db: &Db) -> ServiceState {
     // Restored registrations get a fresh TTL, so `list` (which reaps expired ones) sees them
     // all.
     db.registry()
+        .expect("opened with services")
         .list()
         .into_iter()
         .map(|s| (s.service, s.modify_index, s.create_index))
@@ -286,7 +287,7 @@ fn check_directory(dir: &Path, snapshot_on_close: bool) {
         }
     };
 
-    let high_water = db.recovery().high_water;
+    let high_water = db.recovery().expect("on disk").high_water;
     let kv = kv_state(&db);
     let services = service_state(&db);
     let indices = kv
@@ -336,14 +337,14 @@ fn check_directory(dir: &Path, snapshot_on_close: bool) {
     let db = Db::open(dir, options())
         .unwrap_or_else(|e| panic!("the second open failed after the first succeeded: {e}"));
     assert_eq!(
-        db.recovery().truncated_bytes,
+        db.recovery().expect("on disk").truncated_bytes,
         0,
         "the second open truncated a log the first had closed cleanly"
     );
     assert!(
-        db.recovery().high_water >= index,
+        db.recovery().expect("on disk").high_water >= index,
         "the second open resumes at {} although index {index} was handed out",
-        db.recovery().high_water
+        db.recovery().expect("on disk").high_water
     );
     assert_eq!(
         kv_state(&db),
@@ -361,7 +362,7 @@ fn check_directory(dir: &Path, snapshot_on_close: bool) {
 // Seeds
 // ---------------------------------------------------------------------------------------------
 
-/// The seed corpus: real logs and snapshots written by a `Persistent`, whole, cut short and with
+/// The seed corpus: real logs and snapshots written by a `Db`, whole, cut short and with
 /// a bit flipped, in each layout. `tests/fuzz_corpus.rs` replays them, and writes them into
 /// `fuzz/corpus/log_recovery/` when asked
 /// (`CASKV_WRITE_SEEDS=1 cargo test --test fuzz_corpus log_recovery_seeds`). Registrations carry

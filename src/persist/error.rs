@@ -72,6 +72,16 @@ pub enum PersistError {
         #[source]
         source: DecodeError,
     },
+    /// The directory holds service registrations but was opened without services
+    /// ([`Options::services`](super::Options::services)): refused rather than drop them at the
+    /// next snapshot.
+    #[error("{}: the data directory holds {registrations} service registrations; open it with services on", dir.display())]
+    ServicesOff {
+        /// The data directory.
+        dir: PathBuf,
+        /// How many registrations it holds.
+        registrations: usize,
+    },
     /// The log failed while the operation needed it.
     #[error(transparent)]
     Storage(#[from] StorageError),

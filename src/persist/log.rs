@@ -287,12 +287,6 @@ impl Drop for Log {
 }
 
 impl Shared {
-    /// The fsync policy.
-    #[cfg(feature = "server")]
-    pub(crate) fn policy(&self) -> FsyncPolicy {
-        self.policy
-    }
-
     /// What a writer waits for under this log's policy.
     pub(crate) fn ack_level(&self) -> Level {
         match self.policy {

@@ -1,21 +1,22 @@
-//! Persistence: a store (and service registry) that survives restarts and crashes.
+//! Persistence: the data directory behind a [`Db`](crate::Db) opened with [`Db::open`].
 //!
-//! [`Persistent::open`] recovers a data directory into memory and from then on hands every
-//! committed mutation to a checksummed, append-only log through the store's
+//! [`Db::open`](crate::Db::open) recovers a data directory into memory and from then on hands
+//! every committed mutation to a checksummed, append-only log through the store's
 //! [`Journal`](crate::Journal) hook, in per-key memory order. Memory stays the source of truth
 //! for reads. Snapshots compact the log in the background without stopping writers.
 //!
 //! # Guarantees
-//! - A write whose [`Pending::wait`] returned `Ok` survives a process crash under every
-//!   [`FsyncPolicy`], and a power loss under [`FsyncPolicy::Always`] (see the policy's table).
+//! - A write whose [`Pending`] resolved to `Ok` (by [`Pending::wait`] or `.await`) survives a
+//!   process crash under every [`FsyncPolicy`], and a power loss under [`FsyncPolicy::Always`]
+//!   (see the policy's table).
 //! - Recovery restores every key with its value, flags and both indices, and the state it
 //!   restores is a prefix of the log: per key, exactly the mutations up to some point, in the
 //!   order they were applied.
 //! - The global index resumes above every index ever handed out, even one whose write was lost
 //!   (indices are reserved durably in blocks before they are handed out), so an index is never
 //!   reused, not even across a crash.
-//! - A torn tail is truncated with a log line; any other damage stops [`Persistent::open`] with
-//!   a [`PersistError`] naming the file and byte offset. A directory written by a newer format
+//! - A torn tail is truncated with a log line; any other damage stops `Db::open` with a
+//!   [`PersistError`] naming the file and byte offset. A directory written by a newer format
 //!   is refused.
 //!
 //! Reads can return a write that is not yet durable (as in Redis): a write is applied in memory
@@ -23,15 +24,16 @@
 //!
 //! # Example
 //! ```
-//! use caskv::persist::{Options, Persistent};
+//! use caskv::persist::Options;
+//! use caskv::Db;
 //!
 //! let dir = std::env::temp_dir().join(format!("caskv-doc-{}", std::process::id()));
 //! # let _ = std::fs::remove_dir_all(&dir);
-//! let db: Persistent<String, String> = Persistent::open(&dir, Options::default())?;
+//! let db: Db<String, String> = Db::open(&dir, Options::default())?;
 //! let index = db.set("greeting".into(), "hello".to_string())?.wait()?;
 //! drop(db);
 //!
-//! let db: Persistent<String, String> = Persistent::open(&dir, Options::default())?;
+//! let db: Db<String, String> = Db::open(&dir, Options::default())?;
 //! let entry = db.store().get("greeting").unwrap();
 //! assert_eq!((entry.value.as_str(), entry.modify_index), ("hello", index));
 //! assert!(db.set("greeting".into(), "again".to_string())?.wait()? > index);
@@ -56,7 +58,6 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
-use std::borrow::Borrow;
 use std::fs::File;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
@@ -73,7 +74,7 @@ pub use snapshot::SnapshotReport;
 
 use crate::error::StorageError;
 use crate::journal::Written;
-use crate::{Error, GlobalIndex, Op, Registration, Registry, RegistryError, Service, Store};
+use crate::{GlobalIndex, Registration, Registry, Store};
 use journal::LogJournal;
 use log::{CreateSegment, Level, Log};
 use record::Space;
@@ -92,6 +93,7 @@ pub struct Options {
     fsync: FsyncPolicy,
     snapshot_after_bytes: u64,
     max_batch: usize,
+    services: bool,
     service_ttl: Duration,
     tick: Duration,
     create_segment: CreateSegment,
@@ -103,6 +105,7 @@ impl Default for Options {
             fsync: FsyncPolicy::Always,
             snapshot_after_bytes: 64 << 20,
             max_batch: crate::DEFAULT_MAX_BATCH,
+            services: false,
             service_ttl: crate::DEFAULT_SERVICE_TTL,
             tick: Duration::from_secs(1),
             create_segment: Arc::new(log::create_file),
@@ -116,6 +119,7 @@ impl std::fmt::Debug for Options {
             .field("fsync", &self.fsync)
             .field("snapshot_after_bytes", &self.snapshot_after_bytes)
             .field("max_batch", &self.max_batch)
+            .field("services", &self.services)
             .field("service_ttl", &self.service_ttl)
             .finish_non_exhaustive()
     }
@@ -133,6 +137,16 @@ impl Options {
         self.fsync
     }
 
+    /// The batch bound set.
+    pub(crate) fn batch_bound(&self) -> usize {
+        self.max_batch
+    }
+
+    /// The services setting and their TTL: `Some(ttl)` when on.
+    pub(crate) fn services_ttl(&self) -> Option<Duration> {
+        self.services.then_some(self.service_ttl)
+    }
+
     /// Take a snapshot (and drop the log it covers) once this many log bytes were written since
     /// the last one. Default 64 MiB; 0 turns automatic snapshots off.
     pub fn snapshot_after_bytes(mut self, bytes: u64) -> Self {
@@ -143,6 +157,15 @@ impl Options {
     /// The most operations one batch may hold. Default 1000.
     pub fn max_batch(mut self, max: usize) -> Self {
         self.max_batch = max;
+        self
+    }
+
+    /// Whether the database keeps a service [`Registry`] beside the KV store, sharing its
+    /// global index and (on disk) its log. Default off: [`Db::registry`](crate::Db::registry)
+    /// is `None` and [`Db::register`](crate::Db::register) is refused. A data directory that
+    /// holds registrations must be opened with it on.
+    pub fn services(mut self, on: bool) -> Self {
+        self.services = on;
         self
     }
 
@@ -186,10 +209,10 @@ pub const MAX_BATCH_BYTES: usize = 60 << 20;
 ///
 /// # Example
 /// ```
-/// # use caskv::persist::{Options, Persistent};
+/// # use caskv::{persist::Options, Db};
 /// # let dir = std::env::temp_dir().join(format!("caskv-pending-{}", std::process::id()));
 /// # let _ = std::fs::remove_dir_all(&dir);
-/// let db: Persistent<String, u64> = Persistent::open(&dir, Options::default())?;
+/// let db: Db<String, u64> = Db::open(&dir, Options::default())?;
 /// // Pipelining: issue several writes, then wait for the last; one fsync can cover them all.
 /// let pending: Vec<_> = (0..10u64)
 ///     .map(|i| db.set(format!("k{i}"), i))
@@ -206,7 +229,8 @@ pub struct Pending<T> {
     /// Taken when the future completes.
     value: Option<T>,
     ticket: Option<u64>,
-    log: Arc<Log>,
+    /// The log it waits for: none for a write of an in-memory [`Db`](crate::Db) (ready at once).
+    log: Option<Arc<Log>>,
     /// This future's registration with the log while it waits (see `Shared::poll_ticket`).
     waiter: Option<u64>,
 }
@@ -226,9 +250,24 @@ impl<T> Pending<T> {
         Pending {
             value: Some(value),
             ticket,
-            log,
+            log: Some(log),
             waiter: None,
         }
+    }
+
+    /// A write with nothing to wait for (an in-memory store): ready at once.
+    pub(crate) fn ready(value: T) -> Self {
+        Pending {
+            value: Some(value),
+            ticket: None,
+            log: None,
+            waiter: None,
+        }
+    }
+
+    /// The log and the ticket to wait for, if there is anything to wait for.
+    fn waiting(&self) -> Option<(&Arc<Log>, u64)> {
+        self.log.as_ref().zip(self.ticket)
     }
 
     /// Blocks until the write is durable under the store's [`FsyncPolicy`]; returns what the
@@ -237,16 +276,16 @@ impl<T> Pending<T> {
     /// # Panics
     /// If the future already completed (was `.await`ed to `Ok`).
     pub fn wait(mut self) -> Result<T, StorageError> {
-        if let Some(ticket) = self.ticket {
-            self.log.wait(ticket, self.log.ack_level())?;
+        if let Some((log, ticket)) = self.waiting() {
+            log.wait(ticket, log.ack_level())?;
         }
         Ok(self.value.take().expect("`Pending` already completed"))
     }
 
     /// Whether [`wait`](Pending::wait) would return at once.
     pub fn is_durable(&self) -> bool {
-        self.ticket
-            .is_none_or(|t| self.log.is_done(t, self.log.ack_level()))
+        self.waiting()
+            .is_none_or(|(log, t)| log.is_done(t, log.ack_level()))
     }
 }
 
@@ -261,8 +300,8 @@ impl<T> std::future::Future for Pending<T> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         let this = self.get_mut();
-        if let Some(ticket) = this.ticket {
-            let done = this.log.poll_ticket(ticket, &mut this.waiter, cx.waker());
+        if let (Some(log), Some(ticket)) = (&this.log, this.ticket) {
+            let done = log.poll_ticket(ticket, &mut this.waiter, cx.waker());
             let std::task::Poll::Ready(result) = done else {
                 return std::task::Poll::Pending;
             };
@@ -278,22 +317,17 @@ impl<T> std::future::Future for Pending<T> {
 
 impl<T> Drop for Pending<T> {
     fn drop(&mut self) {
-        if let (Some(ticket), Some(waiter)) = (self.ticket, self.waiter) {
-            self.log.forget(ticket, waiter);
+        if let (Some(log), Some(ticket), Some(waiter)) = (&self.log, self.ticket, self.waiter) {
+            log.forget(ticket, waiter);
         }
     }
 }
 
-/// A persistent KV store and service registry in one data directory.
+/// The data directory of a [`Db`](crate::Db) opened with [`Db::open`](crate::Db::open): the
+/// log, the background thread (periodic flush, automatic snapshots) and the directory's lock.
 ///
-/// Reads go through [`store`](Persistent::store) and [`registry`](Persistent::registry).
-/// Writes go through the methods here, which refuse to write once the log has failed and return
-/// a [`Pending`] to wait on. Writes made directly through `store()` or `registry()` are logged
-/// too, in the same per-key order, but their callers cannot wait for them; a background thread
-/// flushes them within about a second.
-///
-/// Dropping it flushes and fsyncs the log and stops its background thread.
-pub struct Persistent<K, V> {
+/// Dropping it stops the background thread, then flushes and fsyncs the log.
+pub(crate) struct Durable<K, V> {
     inner: Arc<Inner<K, V>>,
     stop: Option<mpsc::Sender<()>>,
     worker: Option<JoinHandle<()>>,
@@ -302,7 +336,8 @@ pub struct Persistent<K, V> {
 /// What the store, the background thread and the snapshotter share.
 pub(crate) struct Inner<K, V> {
     pub(crate) store: Arc<Store<K, V>>,
-    pub(crate) registry: Arc<Registry>,
+    /// The service registry, when the options turned services on.
+    pub(crate) registry: Option<Arc<Registry>>,
     pub(crate) log: Arc<Log>,
     reservation: Arc<Reservation>,
     dir: PathBuf,
@@ -324,18 +359,14 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-impl<K, V> Persistent<K, V>
+impl<K, V> Durable<K, V>
 where
     K: Codec + Hash + Eq + Ord + Clone + Send + Sync + 'static,
     V: Codec + Clone + Send + Sync + 'static,
 {
-    /// Opens (creating if needed) the data directory `dir`: takes its lock, recovers the
-    /// latest snapshot and the log after it, and starts a new log segment.
-    ///
-    /// Fails if another process has the directory open, if a file is corrupt (naming it and
-    /// the offset), if it was written by a newer format, or on an I/O error.
-    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Self, PersistError> {
-        let dir = dir.as_ref().to_path_buf();
+    /// Opens (creating if needed) the data directory `dir`: see [`Db::open`](crate::Db::open).
+    pub(crate) fn open(dir: &Path, options: Options) -> Result<Self, PersistError> {
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).map_err(PersistError::io(&dir))?;
         let lock_path = dir.join("LOCK");
         let lock = File::options()
@@ -393,30 +424,21 @@ where
             store.restore(key, value, v.flags, v.modify_index, v.create_index);
         }
 
-        let services: Store<String, Arc<Registration>> = Store::builder()
-            .global_index(clock)
-            .build_journaled(Box::new(LogJournal::<String, Arc<Registration>>::new(
-                log.clone(),
-                Space::Services,
-            )));
-        // A restart grants every registration a fresh TTL: heartbeats are not logged, so the
-        // recorded deadline of a live service may be long past.
-        let renewed = now_ms().saturating_add(options.service_ttl.as_millis() as u64);
-        for (name, v) in recovered.services {
-            let name = String::decode(&name).map_err(|source| PersistError::Decode {
-                what: "key",
-                source,
-            })?;
-            let reg = Registration::decode(&v.value).map_err(|source| PersistError::Decode {
-                what: "value",
-                source,
-            })?;
-            let reg =
-                Registration::restored(reg.service().clone(), reg.expires_at_ms().max(renewed));
-            services.restore(name, Arc::new(reg), v.flags, v.modify_index, v.create_index);
-        }
-        let registry =
-            Registry::with_store(services, options.service_ttl, Some(registration::admit));
+        let registry = match options.services_ttl() {
+            Some(ttl) => Some(Arc::new(restore_services(
+                recovered.services,
+                clock,
+                &log,
+                ttl,
+            )?)),
+            None if recovered.services.is_empty() => None,
+            None => {
+                return Err(PersistError::ServicesOff {
+                    dir,
+                    registrations: recovered.services.len(),
+                })
+            }
+        };
 
         let mut report = recovered.report;
         report.high_water = recovered.high_water;
@@ -434,7 +456,7 @@ where
         }
         let inner = Arc::new(Inner {
             store: Arc::new(store),
-            registry: Arc::new(registry),
+            registry,
             log,
             reservation,
             dir,
@@ -453,229 +475,105 @@ where
                 .spawn(move || background(&shared, &stopped))
                 .map_err(PersistError::io(&inner.dir))?
         };
-        Ok(Persistent {
+        Ok(Durable {
             inner,
             stop: Some(stop),
             worker: Some(worker),
         })
     }
 
-    /// The KV store, for reads (writes through it are logged but cannot be waited for).
-    pub fn store(&self) -> &Store<K, V> {
+    /// Writes a snapshot now and drops the log it covers.
+    pub(crate) fn snapshot(&self) -> Result<SnapshotReport, PersistError> {
+        self.inner.snapshot()
+    }
+
+    /// Flushes and fsyncs everything logged so far (whatever the policy).
+    pub(crate) fn sync(&self) -> Result<(), StorageError> {
+        self.inner.log.flush_all(Level::Synced)
+    }
+}
+
+impl<K, V> Durable<K, V> {
+    /// The KV store.
+    pub(crate) fn store(&self) -> &Arc<Store<K, V>> {
         &self.inner.store
     }
 
-    /// The service registry, for reads and heartbeats.
-    pub fn registry(&self) -> &Registry {
-        &self.inner.registry
+    /// The service registry, when on.
+    pub(crate) fn registry(&self) -> Option<&Arc<Registry>> {
+        self.inner.registry.as_ref()
     }
 
     /// What opening the directory recovered.
-    pub fn recovery(&self) -> &RecoveryReport {
+    pub(crate) fn recovery(&self) -> &RecoveryReport {
         &self.inner.report
     }
 
     /// The data directory.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.inner.dir
     }
 
-    /// Shared handles for the server, which waits for durability off its async threads.
-    #[cfg(feature = "server")]
-    pub(crate) fn handles(&self) -> (Arc<Store<K, V>>, Arc<Registry>, Arc<Log>) {
-        (
-            self.inner.store.clone(),
-            self.inner.registry.clone(),
-            self.inner.log.clone(),
-        )
+    /// The fsync policy.
+    pub(crate) fn policy(&self) -> FsyncPolicy {
+        self.inner.options.fsync
     }
 
-    /// Refuses a write once the log has failed.
-    fn check(&self) -> Result<(), StorageError> {
-        match self.inner.log.failure() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+    /// The log, for the tests that look at its waiters.
+    #[cfg(test)]
+    pub(crate) fn log(&self) -> &Log {
+        &self.inner.log
     }
 
-    fn pending<T>(&self, value: T, written: Option<Written>) -> Pending<T> {
+    /// The log's failure, once it failed: every later write is refused with it.
+    pub(crate) fn failure(&self) -> Option<StorageError> {
+        self.inner.log.failure()
+    }
+
+    /// A [`Pending`] for a write that returned `value` and was logged as `written` (none: it
+    /// logged nothing, as a failed compare of `compare_and_set`).
+    pub(crate) fn pending<T>(&self, value: T, written: Option<Written>) -> Pending<T> {
         Pending::logged(
             value,
             written.and_then(|w| w.ticket),
             self.inner.log.clone(),
         )
     }
+}
 
-    fn check_size(key: &K, value: Option<&V>) -> Result<usize, Error<K, V>> {
-        let len = key.encoded_len() + value.map_or(0, Codec::encoded_len);
-        if len > MAX_ENTRY_BYTES {
-            return Err(Error::EntryTooLarge {
-                len,
-                max: MAX_ENTRY_BYTES,
-            });
-        }
-        Ok(len)
+/// The recovered registrations, in a registry journaled to `log`'s services space. A restart
+/// grants every registration a fresh TTL: heartbeats are not logged, so the recorded deadline
+/// of a live service may be long past.
+fn restore_services(
+    recovered: std::collections::HashMap<Vec<u8>, recover::OwnedVersion>,
+    clock: Arc<GlobalIndex>,
+    log: &Arc<Log>,
+    ttl: Duration,
+) -> Result<Registry, PersistError> {
+    let services: Store<String, Arc<Registration>> = Store::builder()
+        .global_index(clock)
+        .build_journaled(Box::new(LogJournal::<String, Arc<Registration>>::new(
+            log.clone(),
+            Space::Services,
+        )));
+    let renewed = now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+    for (name, v) in recovered {
+        let name = String::decode(&name).map_err(|source| PersistError::Decode {
+            what: "key",
+            source,
+        })?;
+        let reg = Registration::decode(&v.value).map_err(|source| PersistError::Decode {
+            what: "value",
+            source,
+        })?;
+        let reg = Registration::restored(reg.service().clone(), reg.expires_at_ms().max(renewed));
+        services.restore(name, Arc::new(reg), v.flags, v.modify_index, v.create_index);
     }
-
-    /// [`Store::set`], logged. Returns the index once [`Pending::wait`]ed.
-    pub fn set(&self, key: K, value: V) -> Result<Pending<u64>, Error<K, V>> {
-        self.set_inner(key, value, None)
-    }
-
-    /// [`Store::set_with_flags`], logged.
-    pub fn set_with_flags(
-        &self,
-        key: K,
-        value: V,
-        flags: u64,
-    ) -> Result<Pending<u64>, Error<K, V>> {
-        self.set_inner(key, value, Some(flags))
-    }
-
-    fn set_inner(&self, key: K, value: V, flags: Option<u64>) -> Result<Pending<u64>, Error<K, V>> {
-        self.check()?;
-        Self::check_size(&key, Some(&value))?;
-        let w = self.inner.store.write_set(key, value, flags);
-        Ok(self.pending(w.index, Some(w)))
-    }
-
-    /// [`Store::set_cas`], logged.
-    pub fn set_cas(&self, key: K, value: V, expected: u64) -> Result<Pending<u64>, Error<K, V>> {
-        self.set_cas_inner(key, value, expected, None)
-    }
-
-    /// [`Store::set_cas_with_flags`], logged.
-    pub fn set_cas_with_flags(
-        &self,
-        key: K,
-        value: V,
-        expected: u64,
-        flags: u64,
-    ) -> Result<Pending<u64>, Error<K, V>> {
-        self.set_cas_inner(key, value, expected, Some(flags))
-    }
-
-    fn set_cas_inner(
-        &self,
-        key: K,
-        value: V,
-        expected: u64,
-        flags: Option<u64>,
-    ) -> Result<Pending<u64>, Error<K, V>> {
-        self.check()?;
-        Self::check_size(&key, Some(&value))?;
-        let w = self
-            .inner
-            .store
-            .write_set_cas(key, value, expected, flags)?;
-        Ok(self.pending(w.index, Some(w)))
-    }
-
-    /// [`Store::delete`], logged. (No size check: a key that was written fits the log, and an
-    /// absent one logs nothing.)
-    pub fn delete<Q>(&self, key: &Q) -> Result<Pending<u64>, Error<K, V>>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
-    {
-        self.check()?;
-        let w = self.inner.store.write_delete(key, None)?;
-        Ok(self.pending(w.index, Some(w)))
-    }
-
-    /// [`Store::delete_cas`], logged.
-    pub fn delete_cas<Q>(&self, key: &Q, expected: u64) -> Result<Pending<u64>, Error<K, V>>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
-    {
-        self.check()?;
-        let w = self.inner.store.write_delete(key, Some(expected))?;
-        Ok(self.pending(w.index, Some(w)))
-    }
-
-    /// [`Store::compare_and_set`], logged.
-    pub fn compare_and_set(
-        &self,
-        key: K,
-        expected: Option<&V>,
-        new: Option<V>,
-    ) -> Result<Pending<Option<u64>>, Error<K, V>>
-    where
-        V: PartialEq,
-    {
-        self.check()?;
-        Self::check_size(&key, new.as_ref())?;
-        let w = self.inner.store.write_compare_and_set(key, expected, new)?;
-        Ok(self.pending(w.map(|w| w.index), w))
-    }
-
-    /// [`Store::update`], logged. Each value `f` returns is checked against
-    /// [`MAX_ENTRY_BYTES`] before it is written ([`Error::EntryTooLarge`]).
-    pub fn update<F>(&self, key: K, f: F) -> Result<Pending<u64>, Error<K, V>>
-    where
-        F: FnMut(Option<&V>) -> V,
-    {
-        self.check()?;
-        let w = self
-            .inner
-            .store
-            .write_update(key, f, |k, v| Self::check_size(k, Some(v)).map(drop))?;
-        Ok(self.pending(w.index, Some(w)))
-    }
-
-    /// [`Store::batch`], logged as one record.
-    pub fn batch(&self, ops: Vec<Op<K, V>>) -> Result<Pending<u64>, Error<K, V>>
-    where
-        V: PartialEq,
-    {
-        self.check()?;
-        let mut total = 0;
-        for op in &ops {
-            let value = match op {
-                Op::Set { value, .. } | Op::SetCas { value, .. } => Some(value),
-                Op::CompareAndSet { new, .. } => new.as_ref(),
-                _ => None,
-            };
-            total += Self::check_size(op.key(), value)?;
-        }
-        if total > MAX_BATCH_BYTES {
-            return Err(Error::EntryTooLarge {
-                len: total,
-                max: MAX_BATCH_BYTES,
-            });
-        }
-        let w = self.inner.store.write_batch(ops)?;
-        Ok(self.pending(w.index, Some(w)))
-    }
-
-    /// [`Registry::register`], logged.
-    pub fn register(
-        &self,
-        service: Service,
-        cas: Option<u64>,
-    ) -> Result<Pending<u64>, RegistryError> {
-        self.check()?;
-        let w = self.inner.registry.register_written(service, cas)?;
-        Ok(self.pending(w.index, Some(w)))
-    }
-
-    /// [`Registry::deregister`], logged.
-    pub fn deregister(&self, name: &str, cas: Option<u64>) -> Result<Pending<u64>, RegistryError> {
-        self.check()?;
-        let w = self.inner.registry.deregister_written(name, cas)?;
-        Ok(self.pending(w.index, Some(w)))
-    }
-
-    /// Writes a snapshot now and drops the log it covers. Writers keep going meanwhile.
-    pub fn snapshot(&self) -> Result<SnapshotReport, PersistError> {
-        self.inner.snapshot()
-    }
-
-    /// Flushes and fsyncs everything logged so far (whatever the policy).
-    pub fn sync(&self) -> Result<(), StorageError> {
-        self.inner.log.flush_all(Level::Synced)
-    }
+    Ok(Registry::with_store(
+        services,
+        ttl,
+        Some(registration::admit),
+    ))
 }
 
 impl<K, V> Inner<K, V>
@@ -730,7 +628,7 @@ where
     }
 }
 
-impl<K, V> Drop for Persistent<K, V> {
+impl<K, V> Drop for Durable<K, V> {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(worker) = self.worker.take() {
@@ -741,14 +639,5 @@ impl<K, V> Drop for Persistent<K, V> {
                 tracing::error!(error = %e, "caskv: final log flush failed");
             }
         }
-    }
-}
-
-impl<K, V> std::fmt::Debug for Persistent<K, V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Persistent")
-            .field("dir", &self.inner.dir)
-            .field("fsync", &self.inner.options.fsync)
-            .finish_non_exhaustive()
     }
 }

@@ -47,7 +47,7 @@ pub(crate) struct Recovered {
     pub(crate) report: RecoveryReport,
 }
 
-/// What [`Persistent::open`](super::Persistent::open) did to bring the state back.
+/// What [`Db::open`](crate::Db::open) did to bring the state back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RecoveryReport {

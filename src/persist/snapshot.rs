@@ -115,7 +115,9 @@ where
         record::encode_snapshot_head(&mut writer.payload, high_water);
         writer.put()?;
         writer.store(&inner.store, Space::Kv)?;
-        writer.store(inner.registry.store(), Space::Services)?;
+        if let Some(registry) = &inner.registry {
+            writer.store(registry.store(), Space::Services)?;
+        }
         record::encode_snapshot_end(&mut writer.payload, writer.entries);
         writer.put()?;
         let entries = writer.entries;

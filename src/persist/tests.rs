@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use super::log::{segment_path, SegmentFile};
 use super::*;
-use crate::Op;
+use crate::{Error, Op, Service};
 
-type Db = Persistent<String, String>;
+type Db = crate::Db<String, String>;
 
 /// The state a reader would compare: key → (value, flags, modify_index, create_index).
 type State = BTreeMap<String, (String, u64, u64, u64)>;
@@ -49,7 +49,7 @@ fn recovered_state(rec: &recover::Recovered) -> State {
 }
 
 fn options() -> Options {
-    Options::default().snapshot_after_bytes(0)
+    Options::default().snapshot_after_bytes(0).services(true)
 }
 
 #[test]
@@ -58,7 +58,7 @@ fn reopen_restores_every_entry_with_its_indices_and_resumes_above_the_high_water
     let before;
     let deleted_at;
     {
-        let db: Db = Persistent::open(dir.path(), options()).unwrap();
+        let db: Db = Db::open(dir.path(), options()).unwrap();
         let a = db.set("a".into(), "1".to_string()).unwrap().wait().unwrap();
         db.set_with_flags("b".into(), "2".to_string(), 7)
             .unwrap()
@@ -101,16 +101,16 @@ fn reopen_restores_every_entry_with_its_indices_and_resumes_above_the_high_water
         deleted_at = db.delete(&"d".to_string()).unwrap().wait().unwrap();
         before = state_of(db.store());
     }
-    let db: Db = Persistent::open(dir.path(), options()).unwrap();
+    let db: Db = Db::open(dir.path(), options()).unwrap();
     assert_eq!(state_of(db.store()), before);
     assert_eq!(
         db.store().get("a").unwrap().value.as_str(),
         "1b!",
         "last write wins"
     );
-    let web = db.registry().get("web").unwrap();
+    let web = db.registry().unwrap().get("web").unwrap();
     assert_eq!((web.service.port, web.service.tags.len()), (80, 1));
-    assert!(db.recovery().records > 0);
+    assert!(db.recovery().unwrap().records > 0);
     let next = db.set("e".into(), "5".to_string()).unwrap().wait().unwrap();
     assert!(
         next > deleted_at,
@@ -121,8 +121,8 @@ fn reopen_restores_every_entry_with_its_indices_and_resumes_above_the_high_water
 #[test]
 fn a_second_process_is_refused_and_a_newer_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let db: Db = Persistent::open(dir.path(), options()).unwrap();
-    match Persistent::<String, String>::open(dir.path(), options()) {
+    let db: Db = Db::open(dir.path(), options()).unwrap();
+    match Db::open(dir.path(), options()) {
         Err(PersistError::Locked { .. }) => {}
         other => panic!("expected Locked, got {other:?}"),
     }
@@ -135,7 +135,7 @@ fn a_second_process_is_refused_and_a_newer_format_is_refused() {
     let masked = (crc.rotate_right(15)).wrapping_add(0xa282_ead8);
     bytes[20..24].copy_from_slice(&masked.to_le_bytes());
     fs::write(&seg, &bytes).unwrap();
-    match Persistent::<String, String>::open(dir.path(), options()) {
+    match Db::open(dir.path(), options()) {
         Err(PersistError::NewerFormat {
             found: 2,
             supported: 1,
@@ -149,7 +149,7 @@ fn a_second_process_is_refused_and_a_newer_format_is_refused() {
 fn corruption_before_the_tail_names_the_file_and_offset() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db: Db = Persistent::open(dir.path(), options()).unwrap();
+        let db: Db = Db::open(dir.path(), options()).unwrap();
         for i in 0..20 {
             db.set(format!("k{i}"), "x".repeat(50))
                 .unwrap()
@@ -161,7 +161,7 @@ fn corruption_before_the_tail_names_the_file_and_offset() {
     let mut bytes = fs::read(&seg).unwrap();
     bytes[100] ^= 0x10;
     fs::write(&seg, &bytes).unwrap();
-    let err = Persistent::<String, String>::open(dir.path(), options()).unwrap_err();
+    let err = Db::open(dir.path(), options()).unwrap_err();
     let PersistError::Corrupt { file, offset, .. } = &err else {
         panic!("expected Corrupt, got {err:?}");
     };
@@ -177,7 +177,7 @@ fn small_log() -> (Vec<u8>, Vec<State>) {
     let dir = tempfile::tempdir().unwrap();
     let mut states = vec![State::new()];
     {
-        let db: Db = Persistent::open(dir.path(), options()).unwrap();
+        let db: Db = Db::open(dir.path(), options()).unwrap();
         let step = |db: &Db, states: &mut Vec<State>| states.push(state_of(db.store()));
         let a = db
             .set("a".into(), "one".to_string())
@@ -403,7 +403,7 @@ fn run_until_power_cut(
     ack: Ack,
 ) -> (Acked, Instant) {
     let disk = Arc::new(Disk::default());
-    let db: Db = Persistent::open(
+    let db: Db = Db::open(
         dir,
         options()
             .fsync(policy)
@@ -466,7 +466,7 @@ fn run_until_power_cut(
 
 /// Checks the recovered store against acknowledgements older than `window` before the cut.
 fn check_survivors(dir: &Path, acked: &Acked, cut_at: Instant, window: Duration) -> usize {
-    let db: Db = Persistent::open(dir, options()).unwrap();
+    let db: Db = Db::open(dir, options()).unwrap();
     let mut checked = 0;
     for (key, acks) in acked {
         // The newest acknowledgement older than the window must have survived (or been
@@ -579,7 +579,7 @@ fn power_loss_with_never_recovers_a_consistent_prefix() {
         true,
         Ack::Mixed,
     );
-    let db: Db = Persistent::open(dir.path(), options()).unwrap();
+    let db: Db = Db::open(dir.path(), options()).unwrap();
     for (key, entry) in db.store().entries() {
         // Writer t's values are "t:i"; a recovered value names a write that was made.
         let (t, _) = entry.value.split_once(':').unwrap();
@@ -604,7 +604,7 @@ fn snapshots_racing_writers_restore_the_same_state_key_by_key() {
     let dir = tempfile::tempdir().unwrap();
     let before;
     {
-        let db: Db = Persistent::open(dir.path(), options()).unwrap();
+        let db: Db = Db::open(dir.path(), options()).unwrap();
         let stop = AtomicBool::new(false);
         std::thread::scope(|s| {
             for t in 0..3u64 {
@@ -630,7 +630,7 @@ fn snapshots_racing_writers_restore_the_same_state_key_by_key() {
             let mut snapshots = 0;
             let started = Instant::now();
             while snapshots < 5 || started.elapsed() < Duration::from_millis(300) {
-                let report = db.snapshot().unwrap();
+                let report = db.snapshot().unwrap().unwrap();
                 assert!(report.path.exists());
                 snapshots += 1;
             }
@@ -640,8 +640,8 @@ fn snapshots_racing_writers_restore_the_same_state_key_by_key() {
         before = state_of(db.store());
         assert!(!before.is_empty());
     }
-    let db: Db = Persistent::open(dir.path(), options()).unwrap();
-    assert!(db.recovery().snapshot.is_some());
+    let db: Db = Db::open(dir.path(), options()).unwrap();
+    assert!(db.recovery().unwrap().snapshot.is_some());
     assert_eq!(state_of(db.store()), before);
     // Only the latest snapshot and the segments after it remain.
     let listing = recover::list(dir.path()).unwrap();
@@ -657,7 +657,7 @@ fn automatic_snapshots_compact_the_log() {
         .tick(Duration::from_millis(10));
     let before;
     {
-        let db: Db = Persistent::open(dir.path(), options.clone()).unwrap();
+        let db: Db = Db::open(dir.path(), options.clone()).unwrap();
         for i in 0..400 {
             db.set(format!("k{}", i % 20), format!("{i:0100}"))
                 .unwrap()
@@ -681,7 +681,7 @@ fn automatic_snapshots_compact_the_log() {
         log_bytes < 400 * 100,
         "the log was not compacted: {log_bytes} bytes"
     );
-    let db: Db = Persistent::open(dir.path(), options).unwrap();
+    let db: Db = Db::open(dir.path(), options).unwrap();
     assert_eq!(state_of(db.store()), before);
 }
 
@@ -689,8 +689,7 @@ fn automatic_snapshots_compact_the_log() {
 fn a_failed_fsync_is_never_acknowledged_and_refuses_later_writes() {
     let dir = tempfile::tempdir().unwrap();
     let disk = Arc::new(Disk::default());
-    let db: Db =
-        Persistent::open(dir.path(), options().create_segment(Disk::creator(&disk))).unwrap();
+    let db: Db = Db::open(dir.path(), options().create_segment(Disk::creator(&disk))).unwrap();
     db.set("a".into(), "1".to_string()).unwrap().wait().unwrap();
     disk.cut.store(true, Ordering::SeqCst);
     let pending = db.set("b".into(), "2".to_string()).unwrap();
@@ -708,7 +707,7 @@ fn a_failed_fsync_is_never_acknowledged_and_refuses_later_writes() {
 #[test]
 fn an_oversized_registration_is_refused_and_the_log_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let db: Db = Persistent::open(dir.path(), options()).unwrap();
+    let db: Db = Db::open(dir.path(), options()).unwrap();
     let service = |meta: String| Service {
         name: "big".into(),
         address: "10.0.0.1".into(),
@@ -724,7 +723,7 @@ fn an_oversized_registration_is_refused_and_the_log_goes_on() {
         "{err}"
     );
     assert!(
-        db.registry().get("big").is_none(),
+        db.registry().unwrap().get("big").is_none(),
         "a refused registration was applied"
     );
     db.register(service("small".into()), None)
@@ -737,7 +736,7 @@ fn an_oversized_registration_is_refused_and_the_log_goes_on() {
 #[test]
 fn oversized_entries_are_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let db: Db = Persistent::open(dir.path(), options()).unwrap();
+    let db: Db = Db::open(dir.path(), options()).unwrap();
     let big = "x".repeat(MAX_ENTRY_BYTES + 1);
     let err = db.set("k".into(), big.clone()).unwrap_err();
     assert!(err.is_invalid_argument(), "{err}");
@@ -764,22 +763,16 @@ fn within<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 
 /// The disk fails while a round is under way: every waiter of that round, async (`.await`) and
 /// blocking (`wait`), gets the error and none hangs; so does a `Pending` awaited afterwards,
 /// and later writes are refused.
-#[cfg(feature = "server")]
 #[test]
 fn a_failed_round_reaches_every_awaiting_future_and_every_blocking_waiter() {
     within(Duration::from_secs(30), || {
         let dir = tempfile::tempdir().unwrap();
         let disk = Arc::new(Disk::default());
-        let db: Arc<Db> = Arc::new(
-            Persistent::open(dir.path(), options().create_segment(Disk::creator(&disk))).unwrap(),
-        );
+        let db: Arc<Db> =
+            Arc::new(Db::open(dir.path(), options().create_segment(Disk::creator(&disk))).unwrap());
         db.set("before".into(), "1".to_string())
             .unwrap()
             .wait()
-            .unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
             .unwrap();
         // Hold the disk: the next round blocks in its `write` until the power is cut.
         let held = disk.files.lock().unwrap();
@@ -787,7 +780,8 @@ fn a_failed_round_reaches_every_awaiting_future_and_every_blocking_waiter() {
         let tasks: Vec<_> = (0..16)
             .map(|i| {
                 let pending = db.set(format!("a{i}"), "x".to_string()).unwrap();
-                runtime.spawn(pending)
+                // Each future is polled by an executor of its own that parks until woken.
+                std::thread::spawn(move || block_on(pending))
             })
             .collect();
         let threads: Vec<_> = (0..4)
@@ -804,7 +798,7 @@ fn a_failed_round_reaches_every_awaiting_future_and_every_blocking_waiter() {
         disk.cut.store(true, Ordering::SeqCst);
         drop(held);
         for task in tasks {
-            let result = runtime.block_on(task).unwrap();
+            let result = task.join().unwrap();
             assert!(
                 result.is_err(),
                 "a future was acknowledged on a failed disk"
@@ -813,7 +807,7 @@ fn a_failed_round_reaches_every_awaiting_future_and_every_blocking_waiter() {
         for thread in threads {
             assert!(thread.join().unwrap().is_err(), "a wait was acknowledged");
         }
-        let late = runtime.block_on(late);
+        let late = block_on(late);
         assert!(
             late.is_err(),
             "a future awaited after the failure was acknowledged"
@@ -829,8 +823,7 @@ fn a_failed_round_reaches_every_awaiting_future_and_every_blocking_waiter() {
 fn db_on_a_disk_after_a_first_write() -> (tempfile::TempDir, Arc<Disk>, Db) {
     let dir = tempfile::tempdir().unwrap();
     let disk = Arc::new(Disk::default());
-    let db: Db =
-        Persistent::open(dir.path(), options().create_segment(Disk::creator(&disk))).unwrap();
+    let db: Db = Db::open(dir.path(), options().create_segment(Disk::creator(&disk))).unwrap();
     db.set("first".into(), "0".to_string())
         .unwrap()
         .wait()
@@ -893,7 +886,7 @@ fn a_panicking_waker_does_not_strand_the_other_waiters_of_its_round() {
     let mut cx = Context::from_waker(&panics);
     assert!(std::pin::Pin::new(&mut bad).poll(&mut cx).is_pending());
     let woken = register(&mut good);
-    assert_eq!(db.inner.log.waiters(), 2, "both futures registered");
+    assert_eq!(db.log().waiters(), 2, "both futures registered");
     drop(held);
     wait_for(&woken);
     // The flusher survived the panic: a later future is covered by a later round.
@@ -916,10 +909,10 @@ fn a_pending_dropped_before_completion_is_harmless() {
         let mut dropped = db.set("dropped".into(), "1".to_string()).unwrap();
         let mut cx = Context::from_waker(Waker::noop());
         assert!(std::pin::Pin::new(&mut dropped).poll(&mut cx).is_pending());
-        assert_eq!(db.inner.log.waiters(), 1, "the polled future registered");
+        assert_eq!(db.log().waiters(), 1, "the polled future registered");
         drop(dropped);
         assert_eq!(
-            db.inner.log.waiters(),
+            db.log().waiters(),
             0,
             "the dropped future left its registration"
         );
@@ -931,7 +924,7 @@ fn a_pending_dropped_before_completion_is_harmless() {
     })
     .unwrap();
     drop(db);
-    let db: Db = Persistent::open(dir.path(), options()).unwrap();
+    let db: Db = Db::open(dir.path(), options()).unwrap();
     assert_eq!(&*db.store().get("dropped").unwrap().value, "1");
     assert_eq!(db.store().get("after").unwrap().modify_index, index);
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use super::error::ApiError;
 use super::extract::{JsonBody, KeyPath, Params};
 use super::metrics::Op as Metric;
-use super::{metered, AppState};
+use super::{acknowledged, metered, AppState};
 use crate::{Entry, Op};
 
 /// `PUT /kv/{key}` body.
@@ -89,14 +89,10 @@ pub async fn put(
         let KeyPath(key) = key?;
         let JsonBody(body) = body?;
         state.limits.check_value(&key, &body.value)?;
-        state.writable()?;
-        let store = &state.store;
-        let result = match body.cas {
-            None => Ok(store.write_set(key.clone(), body.value, body.flags)),
-            Some(cas) => store.write_set_cas(key.clone(), body.value, cas, body.flags),
-        };
-        let written = result.map_err(|e| ApiError::from_store(e, "key"))?;
-        let index = state.ack(written).await?;
+        let write = state
+            .db()
+            .put(key.clone(), body.value, body.cas, body.flags);
+        let index = acknowledged(write, "key").await?;
         Ok(Json(json!({"message": "key set", "key": key, "modify_index": index})).into_response())
     })
     .await
@@ -111,12 +107,7 @@ pub async fn delete(
     metered(&state, Metric::KvDelete, async {
         let KeyPath(key) = key?;
         let cas = params?.cas()?;
-        state.writable()?;
-        let written = state
-            .store
-            .write_delete(&key, cas)
-            .map_err(|e| ApiError::from_store(e, "key"))?;
-        let index = state.ack(written).await?;
+        let index = acknowledged(state.db().remove(key.as_str(), cas), "key").await?;
         Ok(
             Json(json!({"message": "key deleted", "key": key, "modify_index": index}))
                 .into_response(),
@@ -241,12 +232,7 @@ fn keys_response(message: &str, mut keys: Vec<String>, index: u64) -> Response {
 }
 
 async fn run_batch(state: &AppState, ops: Vec<Op<String, String>>) -> Result<u64, ApiError> {
-    state.writable()?;
-    let written = state
-        .store
-        .write_batch(ops)
-        .map_err(|e| ApiError::from_store(e, "key"))?;
-    state.ack(written).await
+    acknowledged(state.db().batch(ops), "key").await
 }
 
 /// `POST /batch/kv/set` `{"items": {k: v}}`.

@@ -34,10 +34,8 @@ pub use error::ApiError;
 pub use limits::{Limits, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES};
 use metrics::{Metrics, Op as Metric, Status};
 
-use crate::journal::Written;
-use crate::persist::log::Log;
-use crate::persist::{FsyncPolicy, Options, Pending, PersistError, Persistent};
-use crate::{GlobalIndex, Registry, Store};
+use crate::persist::{FsyncPolicy, Options, Pending, PersistError};
+use crate::{Db, Error, Registry, Store};
 
 /// Everything a handler can reach. Cloning it (axum does, per request) is one reference count.
 #[derive(Clone)]
@@ -52,39 +50,22 @@ impl std::ops::Deref for AppState {
 
 /// What [`AppState`] shares.
 pub struct Shared {
-    /// The KV store.
+    /// The KV store, for reads (writes go through [`AppState::db`]).
     pub store: Arc<Store<String, String>>,
-    /// The service registry (sharing the store's global index).
+    /// The service registry (sharing the store's global index), for reads and heartbeats.
     pub registry: Arc<Registry>,
     /// Operation counters and latency histograms.
     pub metrics: Arc<Metrics>,
     /// Size bounds.
     pub limits: Limits,
-    /// The data directory's log, when persistent.
-    durability: Option<Durability>,
-}
-
-/// A persistent state's log, and the data directory kept open while any handler may run.
-struct Durability {
-    log: Arc<Log>,
-    _db: Persistent<String, String>,
+    /// The one write path, in memory or on disk.
+    db: Db<String, String>,
 }
 
 impl AppState {
     /// A fresh in-memory state with these bounds and service TTL.
     pub fn new(limits: Limits, service_ttl: Duration) -> Self {
-        let index = Arc::new(GlobalIndex::new());
-        let store = Store::builder()
-            .global_index(index.clone())
-            .max_batch(limits.max_batch)
-            .build();
-        AppState(Arc::new(Shared {
-            store: Arc::new(store),
-            registry: Arc::new(Registry::new(index, service_ttl)),
-            metrics: Arc::new(Metrics::new()),
-            limits,
-            durability: None,
-        }))
+        AppState::serving(Db::memory(db_options(&limits, service_ttl)), limits)
     }
 
     /// A persistent state: opens (and recovers) the data directory `dir`.
@@ -95,47 +76,48 @@ impl AppState {
         service_ttl: Duration,
     ) -> Result<Self, PersistError> {
         limits.check_loggable()?;
-        let options = Options::default()
-            .fsync(fsync)
-            .max_batch(limits.max_batch)
-            .service_ttl(service_ttl);
-        Ok(AppState::persistent(
-            Persistent::open(dir, options)?,
-            limits,
-        ))
+        let db = Db::open(dir, db_options(&limits, service_ttl).fsync(fsync))?;
+        Ok(AppState::serving(db, limits))
     }
 
-    /// A state serving an open data directory.
-    fn persistent(db: Persistent<String, String>, limits: Limits) -> Self {
-        let (store, registry, log) = db.handles();
+    /// A state serving `db`, which [`db_options`] opened (services on).
+    fn serving(db: Db<String, String>, limits: Limits) -> Self {
+        let (store, registry) = db.handles();
+        let registry = registry.expect("the server's Db is opened with services on (db_options)");
         AppState(Arc::new(Shared {
             store,
             registry,
             metrics: Arc::new(Metrics::new()),
             limits,
-            durability: Some(Durability { log, _db: db }),
+            db,
         }))
     }
 
-    /// Refuses a write once the log has failed (503).
-    pub(crate) fn writable(&self) -> Result<(), ApiError> {
-        match self.durability.as_ref().and_then(|d| d.log.failure()) {
-            Some(e) => Err(ApiError::Storage(e.to_string())),
-            None => Ok(()),
-        }
+    /// The write path every handler writes through.
+    pub fn db(&self) -> &Db<String, String> {
+        &self.db
     }
+}
 
-    /// Waits until `written` is durable under the fsync policy (at once when in memory);
-    /// returns its index. Awaits the log's [`Pending`] future, which the log's flusher wakes:
-    /// the async workers never block on the disk and no request hops to a blocking thread.
-    pub(crate) async fn ack(&self, written: Written) -> Result<u64, ApiError> {
-        let (Some(d), Some(ticket)) = (&self.durability, written.ticket) else {
-            return Ok(written.index);
-        };
-        Pending::logged(written.index, Some(ticket), d.log.clone())
-            .await
-            .map_err(|e| ApiError::Storage(e.to_string()))
-    }
+/// The server's database: the bounds' batch size, and services on.
+fn db_options(limits: &Limits, service_ttl: Duration) -> Options {
+    Options::default()
+        .max_batch(limits.max_batch)
+        .services(true)
+        .service_ttl(service_ttl)
+}
+
+/// Waits for a write made through the write path to be acknowledged (durable under the fsync
+/// policy; at once in memory) and maps its errors for `noun` ("key" or "service"): what every
+/// writing handler does after it built its request.
+pub(crate) async fn acknowledged<V>(
+    write: Result<Pending<u64>, Error<String, V>>,
+    noun: &'static str,
+) -> Result<u64, ApiError> {
+    write
+        .map_err(|e| ApiError::from_store(e, noun))?
+        .await
+        .map_err(|e| ApiError::Storage(e.to_string()))
 }
 
 /// Connection-level settings of [`serve`].
@@ -483,8 +465,8 @@ pub fn spawn(listener: TcpListener, state: AppState, conn: ConnLimits) -> std::i
 /// SIGINT/SIGTERM. A persistent state's log is flushed and fsynced when the last request ends.
 pub async fn run(addr: SocketAddr, state: AppState, conn: ConnLimits) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    let mode = match &state.durability {
-        Some(d) => format!("persistent, fsync {:?}", d.log.policy()),
+    let mode = match state.db().fsync_policy() {
+        Some(fsync) => format!("persistent, fsync {fsync:?}"),
         None => "in memory".to_string(),
     };
     let server = spawn(listener, state, conn)?;
@@ -558,8 +540,8 @@ mod tests {
             let file = std::fs::OpenOptions::new().append(true).open(path)?;
             Ok(Box::new(Breakable(file, flag.clone())) as Box<dyn SegmentFile>)
         }));
-        let db = Persistent::open(dir.path(), options).unwrap();
-        let state = AppState::persistent(db, Limits::default());
+        let options = options.services(true);
+        let state = AppState::serving(Db::open(dir.path(), options).unwrap(), Limits::default());
         let app = router(state, Duration::from_secs(5));
         let (status, _) = send(&app, "PUT", "/kv/a", r#"{"value":"1"}"#).await;
         assert_eq!(status, StatusCode::OK);

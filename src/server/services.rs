@@ -11,7 +11,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::extract::{JsonBody, KeyPath, Params};
 use super::metrics::Op as Metric;
-use super::{metered, AppState};
+use super::{acknowledged, metered, AppState};
 use crate::{Service, ServiceEntry};
 
 /// A registration body: the service plus an optional `cas`.
@@ -60,12 +60,8 @@ pub async fn register(
                 service.name, state.limits.max_value_bytes
             )));
         }
-        state.writable()?;
-        let written = state
-            .registry
-            .register_written(service.clone(), body.cas)
-            .map_err(|e| ApiError::from_store(e, "service"))?;
-        let index = state.ack(written).await?;
+        let write = state.db().register(service.clone(), body.cas);
+        let index = acknowledged(write, "service").await?;
         Ok(Json(
             json!({"message": "service registered", "service": service, "modify_index": index}),
         )
@@ -124,12 +120,7 @@ pub async fn deregister(
                 "cas=0 on deregister: create-only has no meaning for a removal".into(),
             ));
         }
-        state.writable()?;
-        let written = state
-            .registry
-            .deregister_written(&name, cas)
-            .map_err(|e| ApiError::from_store(e, "service"))?;
-        let index = state.ack(written).await?;
+        let index = acknowledged(state.db().deregister(&name, cas), "service").await?;
         Ok(
             Json(json!({"message": "service deregistered", "name": name, "modify_index": index}))
                 .into_response(),

@@ -1,0 +1,501 @@
+//! [`Db`]: the one write path, in memory or on disk.
+//!
+//! A `Db` is a [`Store`] (and, when asked for, a service [`Registry`] sharing its global index)
+//! whose every write returns a [`Pending`]: ready at once in memory, and on disk resolved when
+//! the log's flush covers the write under the [`FsyncPolicy`]. Wait for it with
+//! [`Pending::wait`] from a thread, or `.await` it from async code (the log's flusher wakes it;
+//! no runtime is needed). Before a write is applied, a `Db` on disk refuses it if the log has
+//! failed ([`Error::Storage`]) or if its record would not fit the log
+//! ([`Error::EntryTooLarge`]), so nothing a client sends can poison the log.
+//!
+//! The server, the registry's endpoints and the CLI write through this path only; reads go
+//! straight to [`Db::store`] and [`Db::registry`].
+
+use std::borrow::Borrow;
+use std::hash::Hash;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::journal::Written;
+use crate::persist::{
+    Codec, Durable, FsyncPolicy, Options, Pending, PersistError, RecoveryReport, SnapshotReport,
+    MAX_BATCH_BYTES, MAX_ENTRY_BYTES,
+};
+use crate::{Error, GlobalIndex, Op, Registry, RegistryError, Service, StorageError, Store};
+
+/// A KV store (and optionally a service registry) with one write path for memory and disk.
+///
+/// - [`Db::memory`]: nothing is logged; every [`Pending`] is ready at once.
+/// - [`Db::open`]: a data directory, recovered on open, every write logged (see
+///   [`persist`](crate::persist) for the guarantees).
+///
+/// Reads go through [`store`](Db::store) and [`registry`](Db::registry). Writes go through the
+/// methods here. (Writes made directly through `store()` on disk are logged too, in the same
+/// per-key order, but nobody can wait for them; the background thread flushes them within about
+/// a second.)
+///
+/// # Example
+/// ```
+/// use caskv::persist::Options;
+/// use caskv::Db;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let db: Db<String, String> = Db::memory(Options::default());
+/// // From a thread: block until the write is acknowledged (at once in memory).
+/// let first = db.set("k".into(), "v1".to_string())?.wait()?;
+/// // From async code: await it; on disk the log's flusher wakes the task.
+/// let second = db.set_cas("k".into(), "v2".to_string(), first)?.await?;
+/// assert!(second > first);
+/// assert_eq!(db.store().get("k").unwrap().value, "v2");
+/// # Ok(())
+/// # }
+/// # let db: Db<String, String> = Db::memory(Options::default());
+/// # let i = db.set("k".into(), "v".to_string()).unwrap().wait().unwrap();
+/// # assert_eq!(db.store().get("k").unwrap().modify_index, i);
+/// ```
+pub struct Db<K, V> {
+    store: Arc<Store<K, V>>,
+    registry: Option<Arc<Registry>>,
+    /// The data directory: none in memory.
+    durable: Option<Durable<K, V>>,
+}
+
+impl<K, V> Db<K, V>
+where
+    K: Codec + Hash + Eq + Ord + Clone + Send + Sync + 'static,
+    V: Codec + Clone + Send + Sync + 'static,
+{
+    /// An in-memory database: the store's batch bound and the services setting come from
+    /// `options` (the rest of them is about the disk).
+    pub fn memory(options: Options) -> Self {
+        let clock = Arc::new(GlobalIndex::new());
+        let store = Store::builder()
+            .global_index(clock.clone())
+            .max_batch(options.batch_bound())
+            .build();
+        Db {
+            store: Arc::new(store),
+            registry: options
+                .services_ttl()
+                .map(|ttl| Arc::new(Registry::new(clock, ttl))),
+            durable: None,
+        }
+    }
+
+    /// Opens (creating if needed) the data directory `dir`: takes its lock, recovers the latest
+    /// snapshot and the log after it, and starts a new log segment.
+    ///
+    /// Fails if another process has the directory open, if a file is corrupt (naming it and
+    /// the offset), if it was written by a newer format, if it holds service registrations and
+    /// `options` has services off, or on an I/O error.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Self, PersistError> {
+        let durable = Durable::open(dir.as_ref(), options)?;
+        Ok(Db {
+            store: durable.store().clone(),
+            registry: durable.registry().cloned(),
+            durable: Some(durable),
+        })
+    }
+
+    /// The KV store, for reads.
+    pub fn store(&self) -> &Store<K, V> {
+        &self.store
+    }
+
+    /// The service registry (for reads and heartbeats), when the options turned it on.
+    pub fn registry(&self) -> Option<&Registry> {
+        self.registry.as_deref()
+    }
+
+    /// Shared handles, for a server's read paths.
+    #[cfg(feature = "server")]
+    pub(crate) fn handles(&self) -> (Arc<Store<K, V>>, Option<Arc<Registry>>) {
+        (self.store.clone(), self.registry.clone())
+    }
+
+    /// The data directory, on disk.
+    pub fn dir(&self) -> Option<&Path> {
+        self.durable.as_ref().map(Durable::dir)
+    }
+
+    /// The fsync policy, on disk.
+    pub fn fsync_policy(&self) -> Option<FsyncPolicy> {
+        self.durable.as_ref().map(Durable::policy)
+    }
+
+    /// What opening the data directory recovered, on disk.
+    pub fn recovery(&self) -> Option<&RecoveryReport> {
+        self.durable.as_ref().map(Durable::recovery)
+    }
+
+    /// The log, for the tests that look at its waiters.
+    #[cfg(test)]
+    pub(crate) fn log(&self) -> &crate::persist::log::Log {
+        self.durable.as_ref().expect("a Db on disk").log()
+    }
+
+    /// Refuses a write once the log has failed.
+    fn check(&self) -> Result<(), StorageError> {
+        match self.durable.as_ref().and_then(Durable::failure) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The log bytes of one entry, refused above [`MAX_ENTRY_BYTES`] on disk (0 in memory,
+    /// where nothing is logged).
+    fn logged_len(&self, key: &K, value: Option<&V>) -> Result<usize, Error<K, V>> {
+        if self.durable.is_none() {
+            return Ok(0);
+        }
+        let len = key.encoded_len() + value.map_or(0, Codec::encoded_len);
+        if len > MAX_ENTRY_BYTES {
+            return Err(Error::EntryTooLarge {
+                len,
+                max: MAX_ENTRY_BYTES,
+            });
+        }
+        Ok(len)
+    }
+
+    /// The acknowledgement of a write that returned `value`, logged as `written` (none: it
+    /// logged nothing).
+    fn pending<T>(&self, value: T, written: Option<Written>) -> Pending<T> {
+        match &self.durable {
+            Some(d) => d.pending(value, written),
+            None => Pending::ready(value),
+        }
+    }
+
+    /// [`Store::set`] through the write path. Resolves to the new `modify_index`.
+    pub fn set(&self, key: K, value: V) -> Result<Pending<u64>, Error<K, V>> {
+        self.put(key, value, None, None)
+    }
+
+    /// [`Store::set_with_flags`] through the write path.
+    pub fn set_with_flags(
+        &self,
+        key: K,
+        value: V,
+        flags: u64,
+    ) -> Result<Pending<u64>, Error<K, V>> {
+        self.put(key, value, None, Some(flags))
+    }
+
+    /// [`Store::set_cas`] through the write path.
+    pub fn set_cas(&self, key: K, value: V, expected: u64) -> Result<Pending<u64>, Error<K, V>> {
+        self.put(key, value, Some(expected), None)
+    }
+
+    /// [`Store::set_cas_with_flags`] through the write path.
+    pub fn set_cas_with_flags(
+        &self,
+        key: K,
+        value: V,
+        expected: u64,
+        flags: u64,
+    ) -> Result<Pending<u64>, Error<K, V>> {
+        self.put(key, value, Some(expected), Some(flags))
+    }
+
+    /// A set (`expected` none) or a CAS, keeping the flags unless `flags` gives new ones: every
+    /// form of `set` above, and the server's `PUT`, which takes both as optional.
+    pub fn put(
+        &self,
+        key: K,
+        value: V,
+        expected: Option<u64>,
+        flags: Option<u64>,
+    ) -> Result<Pending<u64>, Error<K, V>> {
+        self.check()?;
+        self.logged_len(&key, Some(&value))?;
+        let w = match expected {
+            None => self.store.write_set(key, value, flags),
+            Some(expected) => self.store.write_set_cas(key, value, expected, flags)?,
+        };
+        Ok(self.pending(w.index, Some(w)))
+    }
+
+    /// [`Store::delete`] through the write path. (No size check: a key that was written fits
+    /// the log, and an absent one logs nothing.)
+    pub fn delete<Q>(&self, key: &Q) -> Result<Pending<u64>, Error<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.remove(key, None)
+    }
+
+    /// [`Store::delete_cas`] through the write path.
+    pub fn delete_cas<Q>(&self, key: &Q, expected: u64) -> Result<Pending<u64>, Error<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.remove(key, Some(expected))
+    }
+
+    /// A delete, conditional on `expected` when given: both forms above, and the server's
+    /// `DELETE`, which takes the index as optional.
+    pub fn remove<Q>(&self, key: &Q, expected: Option<u64>) -> Result<Pending<u64>, Error<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.check()?;
+        let w = self.store.write_delete(key, expected)?;
+        Ok(self.pending(w.index, Some(w)))
+    }
+
+    /// [`Store::compare_and_set`] through the write path. Resolves to the new index, or to
+    /// `None` when both sides were absent (nothing was written).
+    pub fn compare_and_set(
+        &self,
+        key: K,
+        expected: Option<&V>,
+        new: Option<V>,
+    ) -> Result<Pending<Option<u64>>, Error<K, V>>
+    where
+        V: PartialEq,
+    {
+        self.check()?;
+        self.logged_len(&key, new.as_ref())?;
+        let w = self.store.write_compare_and_set(key, expected, new)?;
+        Ok(self.pending(w.map(|w| w.index), w))
+    }
+
+    /// [`Store::update`] through the write path. On disk each value `f` returns is checked
+    /// against [`MAX_ENTRY_BYTES`] before it is written ([`Error::EntryTooLarge`]).
+    pub fn update<F>(&self, key: K, f: F) -> Result<Pending<u64>, Error<K, V>>
+    where
+        F: FnMut(Option<&V>) -> V,
+    {
+        self.check()?;
+        let w = self
+            .store
+            .write_update(key, f, |k, v| self.logged_len(k, Some(v)).map(drop))?;
+        Ok(self.pending(w.index, Some(w)))
+    }
+
+    /// [`Store::batch`] through the write path, logged as one record. On disk every entry is
+    /// checked against [`MAX_ENTRY_BYTES`] and the whole batch against [`MAX_BATCH_BYTES`]
+    /// before anything is applied.
+    pub fn batch(&self, ops: Vec<Op<K, V>>) -> Result<Pending<u64>, Error<K, V>>
+    where
+        V: PartialEq,
+    {
+        self.check()?;
+        let mut total = 0;
+        for op in &ops {
+            let value = match op {
+                Op::Set { value, .. } | Op::SetCas { value, .. } => Some(value),
+                Op::CompareAndSet { new, .. } => new.as_ref(),
+                _ => None,
+            };
+            total += self.logged_len(op.key(), value)?;
+        }
+        if total > MAX_BATCH_BYTES {
+            return Err(Error::EntryTooLarge {
+                len: total,
+                max: MAX_BATCH_BYTES,
+            });
+        }
+        let w = self.store.write_batch(ops)?;
+        Ok(self.pending(w.index, Some(w)))
+    }
+
+    /// The registry, or the error a database without services answers.
+    fn services(&self) -> Result<&Registry, RegistryError> {
+        self.registry.as_deref().ok_or(Error::NoServices)
+    }
+
+    /// [`Registry::register`] through the write path ([`Error::NoServices`] without services).
+    pub fn register(
+        &self,
+        service: Service,
+        cas: Option<u64>,
+    ) -> Result<Pending<u64>, RegistryError> {
+        let registry = self.services()?;
+        self.check()?;
+        let w = registry.register_written(service, cas)?;
+        Ok(self.pending(w.index, Some(w)))
+    }
+
+    /// [`Registry::deregister`] through the write path ([`Error::NoServices`] without services).
+    pub fn deregister(&self, name: &str, cas: Option<u64>) -> Result<Pending<u64>, RegistryError> {
+        let registry = self.services()?;
+        self.check()?;
+        let w = registry.deregister_written(name, cas)?;
+        Ok(self.pending(w.index, Some(w)))
+    }
+
+    /// On disk, writes a snapshot now and drops the log it covers (writers keep going
+    /// meanwhile); in memory there is nothing to snapshot and it returns `None`.
+    pub fn snapshot(&self) -> Result<Option<SnapshotReport>, PersistError> {
+        self.durable.as_ref().map(Durable::snapshot).transpose()
+    }
+
+    /// On disk, flushes and fsyncs everything logged so far, whatever the policy; in memory,
+    /// nothing to do.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.durable.as_ref().map_or(Ok(()), Durable::sync)
+    }
+
+    /// The log's failure, once it failed (every later write is refused with it); none in
+    /// memory.
+    pub fn storage_failure(&self) -> Option<StorageError> {
+        self.durable.as_ref().and_then(Durable::failure)
+    }
+}
+
+impl<K, V> std::fmt::Debug for Db<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Db");
+        match &self.durable {
+            Some(durable) => d
+                .field("dir", &durable.dir())
+                .field("fsync", &durable.policy()),
+            None => d.field("dir", &"(in memory)"),
+        };
+        d.field("services", &self.registry.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persist::Options;
+
+    fn service(name: &str) -> Service {
+        Service {
+            name: name.into(),
+            address: "10.0.0.1".into(),
+            port: 80,
+            tags: vec![],
+            meta: Default::default(),
+        }
+    }
+
+    #[test]
+    fn in_memory_every_write_is_acknowledged_at_once_with_the_stores_answer() {
+        let db: Db<String, String> = Db::memory(Options::default());
+        assert!(db.dir().is_none() && db.fsync_policy().is_none() && db.recovery().is_none());
+        let set = db.set("a".into(), "1".into()).unwrap();
+        assert!(set.is_durable());
+        let a = set.wait().unwrap();
+        let b = db
+            .set_cas("a".into(), "2".into(), a)
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert!(b > a);
+        let stale = db.set_cas("a".into(), "3".into(), a).unwrap_err();
+        assert_eq!(stale.conflict().unwrap().current_index(), Some(b));
+        let c = db
+            .compare_and_set("a".into(), Some(&"2".to_string()), Some("4".into()))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert!(c > Some(b));
+        let d = db
+            .update("n".into(), |_| "0".into())
+            .unwrap()
+            .wait()
+            .unwrap();
+        let e = db
+            .batch(vec![
+                Op::set("x".into(), "y".into()),
+                Op::delete("n".into()),
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert!(e > d);
+        assert!(db.store().get("n").is_none());
+        assert!(db.delete("a").unwrap().wait().unwrap() > e);
+        assert!(db.store().get("a").is_none());
+        assert!(db.snapshot().unwrap().is_none());
+        db.sync().unwrap();
+        assert!(db.storage_failure().is_none());
+    }
+
+    #[test]
+    fn services_are_opt_in() {
+        let db: Db<String, String> = Db::memory(Options::default());
+        assert!(db.registry().is_none());
+        assert!(matches!(
+            db.register(service("web"), None),
+            Err(Error::NoServices)
+        ));
+        assert!(matches!(db.deregister("web", None), Err(Error::NoServices)));
+
+        let db: Db<String, String> = Db::memory(Options::default().services(true));
+        let at = db.register(service("web"), None).unwrap().wait().unwrap();
+        // The registry and the store share one global index.
+        let kv = db.set("k".into(), "v".into()).unwrap().wait().unwrap();
+        assert!(kv > at);
+        assert_eq!(db.registry().unwrap().get("web").unwrap().modify_index, at);
+        assert!(db.deregister("web", Some(at)).unwrap().wait().unwrap() > kv);
+    }
+
+    #[test]
+    fn a_directory_with_registrations_is_refused_without_services_and_kept_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let on = || Options::default().services(true);
+        let at = {
+            let db: Db<String, String> = Db::open(dir.path(), on()).unwrap();
+            db.set("k".into(), "v".into()).unwrap().wait().unwrap();
+            db.register(service("web"), None).unwrap().wait().unwrap()
+        };
+        match Db::<String, String>::open(dir.path(), Options::default()) {
+            Err(PersistError::ServicesOff { registrations, .. }) => assert_eq!(registrations, 1),
+            other => panic!("opened without services: {other:?}"),
+        }
+        let db: Db<String, String> = Db::open(dir.path(), on()).unwrap();
+        assert_eq!(db.registry().unwrap().get("web").unwrap().modify_index, at);
+        assert_eq!(db.store().get("k").unwrap().value, "v");
+    }
+
+    #[test]
+    fn a_directory_without_services_logs_and_snapshots_the_kv_space_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = {
+            let db: Db<String, String> = Db::open(dir.path(), Options::default()).unwrap();
+            assert!(db.registry().is_none());
+            assert!(matches!(
+                db.register(service("web"), None),
+                Err(Error::NoServices)
+            ));
+            let a = db.set("a".into(), "1".into()).unwrap().wait().unwrap();
+            assert!(db.snapshot().unwrap().is_some());
+            let b = db.set("b".into(), "2".into()).unwrap().wait().unwrap();
+            (a, b)
+        };
+        let db: Db<String, String> = Db::open(dir.path(), Options::default()).unwrap();
+        assert_eq!(db.store().get("a").unwrap().modify_index, a);
+        assert_eq!(db.store().get("b").unwrap().modify_index, b);
+        assert!(db.recovery().unwrap().snapshot.is_some());
+    }
+
+    #[test]
+    fn an_oversized_entry_or_batch_is_refused_on_disk_before_it_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let db: Db<String, Vec<u8>> = Db::open(dir.path(), Options::default()).unwrap();
+        let big = vec![0u8; MAX_ENTRY_BYTES];
+        let err = db.set("big".into(), big.clone()).unwrap_err();
+        assert!(matches!(err, Error::EntryTooLarge { max, .. } if max == MAX_ENTRY_BYTES));
+        let half = vec![0u8; MAX_ENTRY_BYTES / 2];
+        let ops = (0..8)
+            .map(|i| Op::set(format!("k{i}"), half.clone()))
+            .collect();
+        let err = db.batch(ops).unwrap_err();
+        assert!(matches!(err, Error::EntryTooLarge { max, .. } if max == MAX_BATCH_BYTES));
+        assert!(db.store().is_empty(), "nothing was applied");
+        // The log is unharmed: the next write is acknowledged.
+        db.set("small".into(), vec![1]).unwrap().wait().unwrap();
+        // In memory nothing is logged, so there is no log bound to meet.
+        let mem: Db<String, Vec<u8>> = Db::memory(Options::default());
+        mem.set("big".into(), big).unwrap().wait().unwrap();
+    }
+}
