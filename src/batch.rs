@@ -5,7 +5,9 @@
 //! 1. **Check the request** before touching anything: not empty, not over the bound, no key
 //!    twice, no `delete_cas` with 0. Sort the operations by key: the one global lock order.
 //! 2. **Lock** each key in that order: CAS its slot's word from a version, a tomb or empty to a
-//!    [`Lock`] naming this batch's [`Txn`] and the `before` it replaced. A cell already
+//!    [`Lock`] naming this batch's [`Txn`], the `before` it replaced and the key (by pointer:
+//!    the key of `before`, or of the spare tomb of a slot claimed empty). The `Txn` and every
+//!    lock of the batch share one block: one allocation and one retire per batch. A cell already
 //!    locked by another batch is waited for; since every batch locks in key order, waits cannot
 //!    form a cycle. Single-key writers never hold a lock while waiting, so they cannot close one
 //!    either.
@@ -17,8 +19,8 @@
 //!    a `Locked` node reads `after` if and only if it sees the flip, so once any reader has seen
 //!    one key new, every later read of any key of the batch sees it new too.
 //! 5. **Release**: store each slot's `after` over its lock (a tomb where a key that had no
-//!    slot stays absent: a claimed slot never becomes empty again), and retire the lock nodes
-//!    and the replaced versions through the epoch collector.
+//!    slot stays absent: a claimed slot never becomes empty again), retire the replaced
+//!    versions through the epoch collector, then the `Txn` block with its locks.
 //!
 //! Readers never wait for a batch: they resolve a `Locked` word through the `Txn`. Writers of a
 //! locked key wait until the release. A batch that meets a table resize while locking releases
@@ -171,6 +173,7 @@ impl<K, V> Op<K, V> {
 }
 
 /// What an operation does to its key once every condition held.
+#[derive(Clone, Copy)]
 enum Effect {
     /// Write the operation's value with these flags (`None`: keep).
     Write(Option<u64>),
@@ -240,13 +243,12 @@ impl<K: Clone, V: PartialEq + Clone> Op<K, V> {
 /// One slot this batch holds.
 struct HeldSlot<'g> {
     slot: &'g AtomicU64,
-    /// The `LOCKED` word installed in the slot.
-    lock: u64,
     /// What the lock replaced (a record, a tomb, or empty).
     before: u64,
     /// For a slot claimed empty: the tomb it gets if the key stays absent, made before the
     /// claim so that releasing runs no user code and allocates nothing (a claimed slot never
-    /// becomes empty again). Freed at release if unused.
+    /// becomes empty again), and whose key the lock names meanwhile. Retired at release if
+    /// unused (a reader may still be reading its key through the lock).
     spare: u64,
     /// Set once released, so that unwinding does not release twice.
     released: bool,
@@ -264,9 +266,9 @@ enum Stop<'g> {
 /// The held slots of a batch: inline up to this many keys (no allocation for a small batch).
 const INLINE_KEYS: usize = 8;
 
-/// The slots a batch holds, in key order. Dropping it releases every slot not yet released:
-/// to `after` once the batch committed, to `before` otherwise, and then retires the batch's
-/// [`Txn`]. That makes a panic in user code between lock and release leave every key as it was
+/// The slots a batch holds, in key order; slot `i` is held by lock `i` of the batch's [`Txn`]
+/// block. Dropping it releases every slot not yet released: to `after` once the batch
+/// committed, to `before` otherwise, and then retires the batch's [`Txn`] with its locks. That makes a panic in user code between lock and release leave every key as it was
 /// (or as committed), never locked.
 struct Held<'s, 'g, K, V>
 where
@@ -275,8 +277,11 @@ where
 {
     store: &'s Store<K, V>,
     guard: &'g Guard,
-    /// Ours from `new`; retired by `drop`, after every lock that points to it left its slot.
-    txn: *const Txn,
+    /// Ours from `new`, with room for a lock per key; retired by `drop` (or `restart`), after
+    /// every lock in it left its slot.
+    txn: *mut Txn,
+    /// The batch's keys: the room for locks of every block it makes.
+    keys: usize,
     slots: SmallVec<[HeldSlot<'g>; INLINE_KEYS]>,
 }
 
@@ -289,7 +294,8 @@ where
         Held {
             store,
             guard,
-            txn: Txn::boxed(),
+            txn: Txn::with_locks(keys),
+            keys,
             slots: SmallVec::with_capacity(keys),
         }
     }
@@ -300,25 +306,29 @@ where
         unsafe { &*self.txn }
     }
 
-    /// Locks the slot of `key`, waiting while another batch holds it or a write to it settles.
-    /// Gives up (holding what it held) when the table is being resized.
+    /// Locks the slot of `key` with the next lock of the block, waiting while another batch
+    /// holds it or a write to it settles. Gives up (holding what it held) when the table is
+    /// being resized.
     fn lock(&mut self, key: &K) -> Result<(), Stop<'g>> {
         let raw = &self.store.raw;
         let guard = self.guard;
         let hash = raw.hash(key);
         let mut backoff = Backoff::new();
-        let mut lock = Unpublished::<K, V>::new(Lock::word(hash, key.clone(), self.txn, EMPTY));
+        // SAFETY: the block has room for a lock per key, and we hold fewer slots than keys.
+        let lock = unsafe { Txn::lock::<K>(self.txn, self.slots.len()) };
+        let lock_word = cell::word_of(lock, cell::hash_tag(hash), cell::LOCKED);
         let mut spare = Unpublished::<K, V>::new(EMPTY);
         loop {
             let table = raw.table(guard);
             let (slot, before) = match raw.locate(table, hash, key) {
                 Located::Resizing => return Err(Stop::Resizing(table)),
                 Located::Vacant { slot } => {
-                    set_before(&mut lock, EMPTY);
                     if spare.word == EMPTY {
                         spare.word = Tomb::word(hash, key.clone(), 0, 0);
                     }
-                    match raw.claim(table, slot, lock.word) {
+                    // SAFETY: our unpublished lock; the spare tomb starts with its `Keyed`.
+                    unsafe { set_lock(lock, cell::node_of(spare.word), EMPTY) };
+                    match raw.claim(table, slot, lock_word) {
                         Claim::Claimed => (slot, EMPTY),
                         Claim::Lost => continue,
                         Claim::Resizing => return Err(Stop::Resizing(table)),
@@ -342,11 +352,13 @@ where
                     }
                     State::Frozen(_) => return Err(Stop::Resizing(table)),
                     State::Absent | State::Present(_) => {
-                        set_before(&mut lock, word);
-                        // AcqRel: Release publishes the lock node (and its `before`) to readers'
+                        // SAFETY: our unpublished lock; `word` (a record or a tomb, which start
+                        // with their `Keyed`) stays live while the lock replaces it.
+                        unsafe { set_lock(lock, cell::node_of(word), word) };
+                        // AcqRel: Release publishes the lock (and its `before`) to readers'
                         // Acquire loads; Acquire orders us after the word we replace.
                         if slot
-                            .compare_exchange(word, lock.word, Ordering::AcqRel, Ordering::Acquire)
+                            .compare_exchange(word, lock_word, Ordering::AcqRel, Ordering::Acquire)
                             .is_err()
                         {
                             continue;
@@ -357,7 +369,6 @@ where
             };
             self.slots.push(HeldSlot {
                 slot,
-                lock: lock.publish(),
                 before,
                 spare: if before == EMPTY {
                     spare.publish()
@@ -370,11 +381,12 @@ where
         }
     }
 
-    /// The lock node of held slot `i`.
+    /// Lock `i` of the batch, which holds slot `i`.
     fn lock_node(&self, i: usize) -> &'g Lock<K> {
-        // SAFETY: the lock is ours, published, and retired only by `release_one`, through the
-        // collector that waits for our pin.
-        unsafe { &*cell::node_of::<Lock<K>>(self.slots[i].lock) }
+        debug_assert!(i < self.slots.len());
+        // SAFETY: lock `i` is in our block, published in slot `i`; the block is retired only
+        // by `release_all`, through the collector that waits for our pin.
+        unsafe { &*Txn::lock::<K>(self.txn, i) }
     }
 
     /// Replaces the lock of held slot `i` (which only we may change) with `next`; a slot left
@@ -390,19 +402,20 @@ where
         }
         held.released = true;
         let spare = std::mem::replace(&mut held.spare, EMPTY);
-        let next = if next == EMPTY {
-            debug_assert!(spare != EMPTY, "an empty slot is claimed with a spare tomb");
-            spare
-        } else {
-            drop(Unpublished::<K, V>::new(spare));
-            next
+        let (next, unused) = match next {
+            EMPTY => {
+                debug_assert!(spare != EMPTY, "an empty slot is claimed with a spare tomb");
+                (spare, EMPTY)
+            }
+            next => (next, spare),
         };
         // Release: pairs with the Acquire load of readers, writers and copiers, publishing
         // `next` (and, for readers that then see no lock, everything the batch did before).
         held.slot.store(next, Ordering::Release);
-        // SAFETY: the lock is unlinked by the store above and was reachable only through this
-        // slot; pinned readers that loaded it are waited for by the collector.
-        unsafe { cell::retire::<K, V>(held.lock, guard) };
+        // The lock itself is retired with the batch's block (`release_all`). An unused spare
+        // tomb was never in a slot, but the lock named its key: pinned readers may be reading it.
+        // SAFETY: reachable only through the lock just unlinked; retired once, here.
+        unsafe { cell::retire::<K, V>(unused, guard) };
         if held.before != next {
             // SAFETY: `before` was the word we replaced with the lock; it is now unreachable
             // (neither in the slot nor in a live lock) and is retired once, here.
@@ -426,7 +439,7 @@ where
         );
         self.release_all();
         self.slots.clear();
-        self.txn = Txn::boxed();
+        self.txn = Txn::with_locks(self.keys);
     }
 
     /// Releases every slot not yet released (to `after` once committed, else to `before`),
@@ -442,8 +455,9 @@ where
             };
             self.release_one(i, next);
         }
-        // SAFETY: every lock naming the txn is out of its slot (released above, or never
-        // published), so only threads pinned before now can reach it; retired once, here.
+        // SAFETY: every lock of the block is out of its slot (released above, or never
+        // published), so only threads pinned before now can reach the block; retired once,
+        // here.
         unsafe { epoch::retire(self.guard, Txn::word(self.txn), Txn::free) };
     }
 }
@@ -458,11 +472,17 @@ where
     }
 }
 
-/// Sets the `before` of the unpublished lock node of `lock`.
-fn set_before<K, V>(lock: &mut Unpublished<K, V>, before: u64) {
-    // SAFETY: the node is a lock this thread made and has not published: nobody else can see
-    // it.
-    unsafe { (*cell::node_of::<Lock<K>>(lock.word)).before = before };
+/// Sets the key and the `before` of an unpublished lock.
+///
+/// # Safety
+/// `lock` is a lock of a live block of ours, not in any slot; `keyed` stays live while the lock
+/// is published.
+unsafe fn set_lock<K>(lock: *mut Lock<K>, keyed: *const cell::Keyed<K>, before: u64) {
+    // SAFETY: the caller's contract: nobody else can see the lock.
+    unsafe {
+        (*lock).keyed = keyed;
+        (*lock).before = before;
+    }
 }
 
 impl<K, V> Store<K, V>
@@ -542,8 +562,9 @@ where
         // Commit: one index, every after stored, then the one flip.
         let index = self.clock.next();
         let mut writes = 0;
-        for (i, (op, (effect, before))) in ops.into_iter().zip(effects).enumerate() {
-            let hash = held.lock_node(i).keyed.hash;
+        // By reference: moving the inline vector into the iterator would copy all of it.
+        for (i, (op, &(effect, before))) in ops.into_iter().zip(&effects).enumerate() {
+            let hash = held.lock_node(i).keyed().hash;
             let (key, value) = op.into_parts();
             let after = match (effect, value) {
                 (Effect::Write(flags), Some(value)) => {

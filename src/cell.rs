@@ -18,7 +18,7 @@
 //! | `0` | **empty**: never claimed in this table | — | absent, and the probe stops |
 //! | tag \| [`Record`] | a committed **version** | key, hash, indices, flags, value inline | that version |
 //! | tag \| [`Tomb`] \| `DELETED` | **deleted**: the slot stays the key's | key, hash, the delete's index | absent |
-//! | tag \| [`Lock`] \| `LOCKED` | held by a **batch** in flight | key, `Txn`, `before` and `after` words | `before` until the batch's one status word flips to committed, then `after` |
+//! | tag \| [`Lock`] \| `LOCKED` | held by a **batch** in flight | a pointer to the key, the `Txn`, `before` and `after` words (in the batch's one block) | `before` until the batch's one status word flips to committed, then `after` |
 //! | any of the above \| `UNLOGGED` | **settling** (journaled stores): written, its journal record not yet taken | as untagged | what it would see untagged |
 //! | any settled, unlocked state \| `FROZEN` | being **moved** to the next table by a resize | as unfrozen | what it would see unfrozen |
 //!
@@ -49,6 +49,7 @@
 //!   Acquire load of the word it replaces, and that word's index was taken before it was
 //!   published, so the counter's single modification order puts the new index above it.
 
+use std::alloc::Layout;
 use std::borrow::Borrow;
 
 use crate::recycle;
@@ -145,41 +146,97 @@ pub(crate) struct Tomb<K> {
     pub(crate) header: Header<K>,
 }
 
-/// A batch's hold on one slot.
+/// A batch's hold on one slot: one of the locks laid out after the batch's [`Txn`], in the
+/// same block (a batch makes one allocation and one retire for its status word and all its
+/// locks, and clones no key).
 ///
-/// `before` is the word the batch replaced and never changes. `after` is written by the lock
-/// holder before it flips [`Txn::state`] to committed, and is read only by threads that saw the
-/// committed state. `txn` is the batch's one status word: the holder retires it through the
-/// collector only after every lock of the batch is out of its slot, so a thread pinned while
-/// it could reach this lock can still read it.
+/// `keyed` is the key the slot holds: that of the `before` node, or, for a slot the batch
+/// claimed empty, that of the spare tomb it keeps for it; both stay live while the lock is in
+/// its slot (the holder retires them only after releasing it). `before` is the word the batch
+/// replaced and never changes once published. `after` is written by the lock holder before it
+/// flips [`Txn::state`] to committed, and is read only by threads that saw the committed state.
+/// `txn` is the block's status word: the holder retires the block through the collector only
+/// after every lock in it is out of its slot, so a thread pinned while it could reach this lock
+/// can still read it.
 #[repr(C, align(16))]
 pub(crate) struct Lock<K> {
-    pub(crate) keyed: Keyed<K>,
+    pub(crate) keyed: *const Keyed<K>,
     pub(crate) txn: *const Txn,
     pub(crate) before: u64,
     pub(crate) after: AtomicU64,
 }
 
-/// The one commit point of a batch: every [`Lock`] of the batch points here.
+impl<K> Lock<K> {
+    /// The key and hash of the slot this lock holds.
+    pub(crate) fn keyed(&self) -> &Keyed<K> {
+        // SAFETY: `keyed` points to `before`'s node or to the spare tomb, both live while the
+        // lock can be reached (the `Lock` invariants).
+        unsafe { &*self.keyed }
+    }
+}
+
+/// The one commit point of a batch, followed in its block by room for the batch's locks.
 ///
 /// # Invariant
 /// `state` goes from [`Txn::PENDING`] to [`Txn::COMMITTED`] at most once and never back; a
-/// batch that aborts never leaves `PENDING`. A `Txn` lives in a recycled block (16-aligned, as
-/// every node) until the collector frees it after the batch released its last lock.
-#[repr(align(16))]
+/// batch that aborts never leaves `PENDING`. The block (16-aligned, as every node) lives until
+/// the collector frees it after the batch released its last lock. Each lock in it is
+/// published in at most one slot, at most once.
+#[repr(C, align(16))]
 pub(crate) struct Txn {
     state: AtomicU8,
+    /// Room for this many locks follows.
+    locks: u32,
 }
 
 impl Txn {
     pub(crate) const PENDING: u8 = 0;
     pub(crate) const COMMITTED: u8 = 1;
 
-    /// A new pending status word on the heap.
-    pub(crate) fn boxed() -> *mut Txn {
-        recycle::boxed(Txn {
-            state: AtomicU8::new(Self::PENDING),
-        })
+    /// The block of a `Txn` with room for `locks` locks.
+    fn layout(locks: u32) -> Layout {
+        // A `Lock`'s layout does not depend on its key type (it holds pointers and words).
+        let room = Layout::array::<Lock<()>>(locks as usize)
+            .and_then(|room| Layout::new::<Txn>().extend(room))
+            .expect("a batch's locks fit in memory");
+        room.0.pad_to_align()
+    }
+
+    /// A new pending batch with room for `locks` locks (the batch's keys), in one block. Every
+    /// lock starts unpublished: no key, no `before`, no `after`.
+    pub(crate) fn with_locks(locks: usize) -> *mut Txn {
+        let locks = u32::try_from(locks).expect("a batch's keys are bounded by max_batch");
+        let txn = recycle::block(Self::layout(locks)).cast::<Txn>();
+        // SAFETY: a fresh block laid out as `Txn` and then `locks` locks (`layout`), ours
+        // alone; every field is written before the block is shared.
+        unsafe {
+            txn.write(Txn {
+                state: AtomicU8::new(Self::PENDING),
+                locks,
+            });
+            for i in 0..locks as usize {
+                Self::lock::<()>(txn, i).write(Lock {
+                    keyed: std::ptr::null(),
+                    txn,
+                    before: EMPTY,
+                    after: AtomicU64::new(EMPTY),
+                });
+            }
+        }
+        txn
+    }
+
+    /// Lock `i` of the block of `txn`.
+    ///
+    /// # Safety
+    /// `txn` was made by [`Txn::with_locks`] with room for more than `i` locks, and is live.
+    pub(crate) unsafe fn lock<K>(txn: *mut Txn, i: usize) -> *mut Lock<K> {
+        // SAFETY: the caller's contract; locks follow the header at `size_of::<Txn>()` (16,
+        // a multiple of a lock's alignment), in bounds of the block.
+        unsafe {
+            debug_assert!(i < (*txn).locks as usize);
+            txn.add(1).cast::<Lock<K>>().add(i)
+        }
     }
 
     /// The word the collector retires a `Txn` as (its address).
@@ -187,13 +244,24 @@ impl Txn {
         txn.expose_provenance() as u64
     }
 
-    /// Frees a `Txn` retired as [`Txn::word`].
+    /// Frees a `Txn` retired as [`Txn::word`], with its locks.
     ///
     /// # Safety
-    /// `word` is a `Txn` made by [`Txn::boxed`], unreachable by every thread, freed once.
+    /// `word` is a `Txn` made by [`Txn::with_locks`], unreachable by every thread (none of its
+    /// locks in a slot), freed once.
     pub(crate) unsafe fn free(word: u64) {
-        // SAFETY: the caller's contract.
-        unsafe { recycle::drop_boxed(std::ptr::with_exposed_provenance_mut::<Txn>(word as usize)) }
+        let txn = std::ptr::with_exposed_provenance_mut::<Txn>(word as usize);
+        // SAFETY: the caller's contract: every lock was initialized by `with_locks`; they own
+        // nothing (pointers and words) but are dropped for the atomics' sake (loom's track
+        // their objects).
+        unsafe {
+            let locks = (*txn).locks;
+            for i in 0..locks as usize {
+                std::ptr::drop_in_place(Self::lock::<()>(txn, i));
+            }
+            std::ptr::drop_in_place(txn);
+            recycle::unblock(txn.cast::<u8>(), Self::layout(locks));
+        }
     }
 
     /// The batch's commit point.
@@ -294,9 +362,24 @@ where
     K: Borrow<Q>,
     Q: Eq + ?Sized,
 {
-    // SAFETY: every node type starts with a `Keyed<K>` (`repr(C)`), live for the caller's pin.
-    let keyed = unsafe { &*node_of::<Keyed<K>>(word) };
+    // SAFETY: forwarded from the caller.
+    let keyed = unsafe { keyed_of::<K>(word) };
     keyed.hash == hash && keyed.key.borrow() == key
+}
+
+/// The key and hash of the node of `word` (not empty): a record's or a tomb's own, a lock's
+/// through its `keyed` pointer.
+///
+/// # Safety
+/// As [`classify`], and `address(word) != 0`.
+#[inline]
+pub(crate) unsafe fn keyed_of<'g, K>(word: u64) -> &'g Keyed<K> {
+    if word & LOCKED != 0 {
+        // SAFETY: a LOCKED word points to a live `Lock` whose `keyed` is live with it.
+        return unsafe { (*node_of::<Lock<K>>(word)).keyed() };
+    }
+    // SAFETY: records and tombs start with a `Keyed<K>` (`repr(C)`), live for the caller's pin.
+    unsafe { &*node_of::<Keyed<K>>(word) }
 }
 
 impl<K, V> Record<K, V> {
@@ -332,20 +415,6 @@ impl<K> Tomb<K> {
     }
 }
 
-impl<K> Lock<K> {
-    /// A new lock on the heap over `before`, as a slot word tagged `LOCKED`.
-    #[inline]
-    pub(crate) fn word(hash: u64, key: K, txn: *const Txn, before: u64) -> u64 {
-        let ptr = recycle::boxed(Lock {
-            keyed: Keyed { hash, key },
-            txn,
-            before,
-            after: AtomicU64::new(EMPTY),
-        });
-        word_of(ptr, hash_tag(hash), LOCKED)
-    }
-}
-
 /// Frees the node of `word` now: a lock, a tomb or a record, as the word's bits say (or
 /// nothing for an empty word). Every node is made by `recycle::boxed` in its `word` function.
 ///
@@ -355,11 +424,13 @@ pub(crate) unsafe fn free_node<K, V>(word: u64) {
     if address(word) == 0 {
         return;
     }
+    debug_assert!(
+        word & LOCKED == 0,
+        "locks are freed with their batch's Txn block"
+    );
     // SAFETY: the caller's contract, and the bits name the node's type in every branch.
     unsafe {
-        if word & LOCKED != 0 {
-            recycle::drop_boxed(node_of::<Lock<K>>(word))
-        } else if word & DELETED != 0 {
+        if word & DELETED != 0 {
             recycle::drop_boxed(node_of::<Tomb<K>>(word))
         } else {
             recycle::drop_boxed(node_of::<Record<K, V>>(word))

@@ -125,15 +125,20 @@ mod cache {
 /// Moves `node` to the heap, into a recycled block when one of its class is at hand.
 #[inline]
 pub(crate) fn boxed<T>(node: T) -> *mut T {
-    let layout = Layout::new::<T>();
-    let ptr = match class_of(layout).and_then(|(class, _)| cache::take(class)) {
-        Some(block) => block,
-        None => allocate(layout),
-    };
-    let ptr = ptr.cast::<T>();
+    let ptr = block(Layout::new::<T>()).cast::<T>();
     // SAFETY: `ptr` is a fresh block at least as large and as aligned as `T`, owned by us.
     unsafe { ptr.write(node) };
     ptr
+}
+
+/// A block for `layout` (nonzero size, alignment at most 16), from this thread's cache when
+/// one of its class is at hand. Give it back with [`unblock`] and the same layout.
+#[inline]
+pub(crate) fn block(layout: Layout) -> *mut u8 {
+    match class_of(layout).and_then(|(class, _)| cache::take(class)) {
+        Some(block) => block,
+        None => allocate(layout),
+    }
 }
 
 /// A fresh block for a node of `layout`: of its class's layout when the class is cached (so
@@ -144,8 +149,8 @@ fn allocate(layout: Layout) -> *mut u8 {
         // SAFETY: the class layout has a nonzero size.
         Some((_, class_layout)) => unsafe { alloc(class_layout) },
         // Not cached: a plain allocation (a zero-sized node never occurs: every node holds a
-        // hash).
-        // SAFETY: `layout` has a nonzero size (`T` holds at least a hash).
+        // hash or a status word).
+        // SAFETY: `layout` has a nonzero size (the callers' contract).
         None => unsafe { alloc(layout) },
     };
     if ptr.is_null() {
@@ -162,16 +167,25 @@ fn allocate(layout: Layout) -> *mut u8 {
 pub(crate) unsafe fn drop_boxed<T>(ptr: *mut T) {
     // SAFETY: the caller's contract: a live `T` that only we can reach.
     unsafe { std::ptr::drop_in_place(ptr) };
-    let layout = Layout::new::<T>();
-    let block = ptr.cast::<u8>();
+    // SAFETY: made by `boxed::<T>`, so by `block(Layout::new::<T>())`; given back once.
+    unsafe { unblock(ptr.cast::<u8>(), Layout::new::<T>()) };
+}
+
+/// Recycles (or deallocates) a block whose contents were dropped.
+///
+/// # Safety
+/// `block` came from [`block`] with this `layout`, nothing can reach it, and it is given back
+/// once.
+#[inline]
+pub(crate) unsafe fn unblock(block: *mut u8, layout: Layout) {
     match class_of(layout) {
         Some((class, class_layout)) => {
             if !cache::keep(class, block) {
-                // SAFETY: the block was allocated with its class's layout (see `boxed`).
+                // SAFETY: the block was allocated with its class's layout (see `allocate`).
                 unsafe { dealloc(block, class_layout) };
             }
         }
-        // SAFETY: an uncached node's block was allocated with its own layout (see `boxed`).
+        // SAFETY: an uncached block was allocated with its own layout (see `allocate`).
         None => unsafe { dealloc(block, layout) },
     }
 }

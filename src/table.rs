@@ -512,9 +512,9 @@ where
             if address(word) == 0 {
                 continue;
             }
-            // SAFETY: a claimed slot's word, loaded under `guard`; every node starts with a
-            // `Keyed<K>` and lives for the pin.
-            let keyed = unsafe { &*cell::node_of::<cell::Keyed<K>>(word) };
+            // SAFETY: a claimed slot's word, loaded under `guard`: its node (and a lock's key)
+            // lives for the pin.
+            let keyed = unsafe { cell::keyed_of::<K>(word) };
             f(&keyed.key, slot, word);
         }
     }
