@@ -8,18 +8,23 @@
 //! are small (1 s header and body timeouts, 8 connections) so the whole file runs in a few
 //! seconds. Every loop here is bounded both in count and in time, and all traffic is loopback.
 
+#[path = "support/raw.rs"]
+mod raw;
+#[path = "support/server.rs"]
+mod server;
+
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use caskv::server::{reap_services, router, serve, AppState, ConnLimits, Limits};
+use caskv::server::ConnLimits;
 use caskv::Entry;
+use raw::{answered, request, status_of, Conn};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
+use server::{in_memory, Client, Server, CLIENT_TIMEOUT};
 
 /// The server's header-read timeout in these tests.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
@@ -29,8 +34,6 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_CONNECTIONS: usize = 8;
 /// A healthy client must be served within this while hostile ones do their worst.
 const PROMPT: Duration = Duration::from_secs(1);
-/// How long any single exchange may take before a test fails instead of hanging.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The pace of a trickling client: one byte per interval.
 const DRIP: Duration = Duration::from_millis(200);
 /// The default body limit (SPEC §3: 1 MiB).
@@ -39,61 +42,18 @@ const BODY_LIMIT: usize = 1024 * 1024;
 // ---------------------------------------------------------------------------------------------
 // The server under test.
 
-/// A server on `127.0.0.1:0` with the small connection limits above, run on a background thread
-/// with its own two-worker tokio runtime.
-struct Server {
-    addr: SocketAddr,
-    base: String,
-    agent: ureq::Agent,
-    state: AppState,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
 impl Server {
+    /// `support/server.rs`'s server with the small connection limits above.
     fn start() -> Server {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = AppState::new(Limits::default(), Duration::from_secs(30));
-        let conn = ConnLimits {
-            max_connections: MAX_CONNECTIONS,
-            header_timeout: HEADER_TIMEOUT,
-            body_timeout: BODY_TIMEOUT,
-            shutdown_grace: Duration::from_secs(1),
-        };
-        let app = router(state.clone(), conn.body_timeout);
-        let registry = state.registry.clone();
-        let (tx, rx) = oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let reaper = tokio::spawn(reap_services(registry));
-                serve(listener, app, conn, async {
-                    let _ = rx.await;
-                })
-                .await;
-                reaper.abort();
-            });
-        });
-        Server {
-            addr,
-            base: format!("http://{addr}"),
-            agent: agent(),
-            state,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        }
-    }
-
-    /// One request through `ureq` (pooled keep-alive connections): status and JSON body.
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        call(&self.agent, &self.base, method, path, body)
+        Server::spawn(
+            in_memory(),
+            ConnLimits {
+                max_connections: MAX_CONNECTIONS,
+                header_timeout: HEADER_TIMEOUT,
+                body_timeout: BODY_TIMEOUT,
+                shutdown_grace: Duration::from_secs(1),
+            },
+        )
     }
 
     /// `PUT /kv/{key}` that must succeed; returns its `modify_index`.
@@ -120,18 +80,6 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            // Do not turn a failing test's panic into an abort.
-            let _ = t.join();
-        }
-    }
-}
-
 #[derive(Debug, PartialEq)]
 struct Snapshot {
     entries: Vec<(String, Entry<String>)>,
@@ -139,232 +87,8 @@ struct Snapshot {
     services: Vec<(String, u64)>,
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(CLIENT_TIMEOUT))
-        .build()
-        .into()
-}
-
-fn call(
-    agent: &ureq::Agent,
-    base: &str,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let builder = ureq::http::Request::builder()
-        .method(method)
-        .uri(format!("{base}{path}"));
-    let result = match body {
-        Some(b) => agent.run(
-            builder
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(b).unwrap())
-                .unwrap(),
-        ),
-        None => agent.run(builder.body(()).unwrap()),
-    };
-    let mut response = result.unwrap_or_else(|e| panic!("{method} {path}: no response: {e}"));
-    let status = response.status().as_u16();
-    let text = response
-        .body_mut()
-        .read_to_string()
-        .unwrap_or_else(|e| panic!("{method} {path}: unreadable body: {e}"));
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{method} {path}: {status} body is not JSON ({e}): {text:?}"));
-    (status, body)
-}
-
 // ---------------------------------------------------------------------------------------------
-// Raw HTTP/1.1 over a TcpStream, for what no client library sends.
-
-/// A response read off a raw connection.
-#[derive(Debug)]
-struct RawReply {
-    status: u16,
-    /// The response said `Connection: close`.
-    close: bool,
-    body: Vec<u8>,
-}
-
-impl RawReply {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{} body is not JSON ({e}): {:?}", self.status, self.text()))
-    }
-
-    /// An error the router produced: `{"error", "message"}`, both non-empty strings.
-    #[track_caller]
-    fn assert_json_error(&self, status: u16) {
-        assert_eq!(self.status, status, "body: {}", self.text());
-        let body = self.json();
-        for field in ["error", "message"] {
-            assert!(
-                body[field].as_str().is_some_and(|s| !s.is_empty()),
-                "error body lacks a string {field:?}: {body}"
-            );
-        }
-    }
-
-    /// A rejection: `status`, with the SPEC's JSON body where the router saw the request, or an
-    /// empty body where hyper refused it before routing (an unparsable request line).
-    #[track_caller]
-    fn assert_rejected(&self, status: u16) {
-        if self.body.is_empty() {
-            assert_eq!(self.status, status, "an empty-bodied answer");
-        } else {
-            self.assert_json_error(status);
-        }
-    }
-}
-
-/// A raw connection that keeps what it read past one response for the next (pipelining).
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(CLIENT_TIMEOUT)).unwrap();
-        Conn {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send a request");
-    }
-
-    /// Reads into the buffer; 0 on EOF or reset. Panics on a read timeout: the server hung.
-    fn fill(&mut self) -> usize {
-        let mut chunk = [0u8; 16 * 1024];
-        match self.stream.read(&mut chunk) {
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                n
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!("no response within {CLIENT_TIMEOUT:?}: the server hung")
-            }
-            Err(_) => 0,
-        }
-    }
-
-    /// Reads one response; `None` if the server closed the connection before sending any of it.
-    fn reply(&mut self) -> Option<RawReply> {
-        let head_end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if self.fill() == 0 {
-                assert!(
-                    self.buf.is_empty(),
-                    "connection closed mid-head: {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                );
-                return None;
-            }
-        };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line: {head}"));
-        let header = |name: &str| {
-            head.lines().skip(1).find_map(|l| {
-                let (n, v) = l.split_once(':')?;
-                n.trim()
-                    .eq_ignore_ascii_case(name)
-                    .then(|| v.trim().to_string())
-            })
-        };
-        assert!(
-            header("transfer-encoding").is_none(),
-            "unexpected chunked response: {head}"
-        );
-        self.buf.drain(..head_end);
-        let body = match header("content-length") {
-            Some(len) => {
-                let len: usize = len.parse().unwrap();
-                while self.buf.len() < len {
-                    assert!(self.fill() > 0, "connection closed mid-body");
-                }
-                self.buf.drain(..len).collect()
-            }
-            None if status < 200 || status == 204 || status == 304 => Vec::new(),
-            None => {
-                while self.fill() > 0 {}
-                std::mem::take(&mut self.buf)
-            }
-        };
-        let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        Some(RawReply {
-            status,
-            close,
-            body,
-        })
-    }
-
-    /// True when the server has closed the connection (EOF or reset) with nothing more to read.
-    fn closed_by_server(&mut self) -> bool {
-        self.buf.is_empty() && self.fill() == 0
-    }
-}
-
-/// `METHOD target HTTP/1.1` with a JSON body (a `Content-Length` one) if given; `target` is raw
-/// bytes, so it may hold what no URI may.
-fn request(method: &str, target: &[u8], body: Option<&[u8]>) -> Vec<u8> {
-    let mut out = format!("{method} ").into_bytes();
-    out.extend_from_slice(target);
-    out.extend_from_slice(b" HTTP/1.1\r\nHost: localhost\r\n");
-    if let Some(body) = body {
-        out.extend_from_slice(
-            format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        out.extend_from_slice(body);
-    } else {
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-/// One request on a fresh connection. The request is written from another thread, as the
-/// server may answer and close before it has read all of it (write errors are then expected).
-/// `None` if the server closed without answering.
-fn exchange(addr: SocketAddr, request: Vec<u8>) -> Option<RawReply> {
-    let mut conn = Conn::open(addr);
-    let mut writer = conn.stream.try_clone().unwrap();
-    let sender = std::thread::spawn(move || {
-        let _ = writer.write_all(&request);
-    });
-    let reply = conn.reply();
-    // Unblocks the writer if the server stopped reading.
-    let _ = conn.stream.shutdown(Shutdown::Both);
-    sender.join().unwrap();
-    reply
-}
-
-/// `exchange` that must get an answer.
-#[track_caller]
-fn answered(addr: SocketAddr, request: Vec<u8>) -> RawReply {
-    let shown = String::from_utf8_lossy(&request[..request.len().min(80)]).into_owned();
-    exchange(addr, request).unwrap_or_else(|| panic!("no answer to {shown:?}"))
-}
+// Healthy and trickling clients, over raw connections (`support/raw.rs`).
 
 /// A healthy client: `GET /health` on a fresh connection must be answered 200
 /// `{"status":"ok"}`. Returns how long it took.
@@ -427,12 +151,6 @@ fn trickle(addr: SocketAddr, opening: &[u8], drip: &[u8], deadline: Duration) ->
         received,
         dripped,
     }
-}
-
-/// The status of the response in `bytes`, if they hold a status line.
-fn status_of(bytes: &[u8]) -> Option<u16> {
-    let text = String::from_utf8_lossy(bytes);
-    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
 /// The opening of a request head that never ends: a header line dripped byte by byte.
@@ -1184,7 +902,7 @@ fn deletes_and_batch_cas_race_a_listing_loop() {
     let cas_writer = |id: usize| {
         let (base, race) = (base.clone(), race.clone());
         std::thread::spawn(move || {
-            let agent = agent();
+            let client = Client::new(&base);
             let mut rng = fastrand::Rng::with_seed(id as u64);
             let mut done: Vec<(String, Landed)> = Vec::new();
             let mut batches: Vec<u64> = Vec::new();
@@ -1196,13 +914,8 @@ fn deletes_and_batch_cas_race_a_listing_loop() {
                 let mut keys: Vec<String> = race.clone();
                 rng.shuffle(&mut keys);
                 keys.truncate(rng.usize(1..=3));
-                let (status, read) = call(
-                    &agent,
-                    &base,
-                    "POST",
-                    "/batch/kv/get",
-                    Some(&json!({"keys": keys})),
-                );
+                let (status, read) =
+                    client.call("POST", "/batch/kv/get", Some(&json!({"keys": keys})));
                 assert_eq!(status, 200, "batch get: {read}");
                 let mut items = serde_json::Map::new();
                 let mut expected = serde_json::Map::new();
@@ -1212,9 +925,7 @@ fn deletes_and_batch_cas_race_a_listing_loop() {
                     items.insert(k.clone(), json!(value));
                     expected.insert(k.clone(), json!(index));
                 }
-                let (status, reply) = call(
-                    &agent,
-                    &base,
+                let (status, reply) = client.call(
                     "POST",
                     "/batch/kv/set-cas",
                     Some(&json!({"items": items, "expected_indices": expected})),
@@ -1247,7 +958,7 @@ fn deletes_and_batch_cas_race_a_listing_loop() {
     let deleter = {
         let (base, race) = (base.clone(), race.clone());
         std::thread::spawn(move || {
-            let agent = agent();
+            let client = Client::new(&base);
             let mut rng = fastrand::Rng::with_seed(99);
             let mut done: Vec<(String, Landed)> = Vec::new();
             let mut absent = 0usize;
@@ -1256,7 +967,7 @@ fn deletes_and_batch_cas_race_a_listing_loop() {
                     break;
                 }
                 let k = &race[rng.usize(..KEYS)];
-                let (status, reply) = call(&agent, &base, "DELETE", &format!("/kv/{k}"), None);
+                let (status, reply) = client.call("DELETE", &format!("/kv/{k}"), None);
                 match status {
                     200 => done.push((
                         k.clone(),
@@ -1275,7 +986,7 @@ fn deletes_and_batch_cas_race_a_listing_loop() {
         let (base, stop, statics, race) =
             (base.clone(), stop.clone(), statics.clone(), race.clone());
         std::thread::spawn(move || {
-            let agent = agent();
+            let client = Client::new(&base);
             let mut listings = 0usize;
             // Bounded by count and by time; the writers' end stops it early.
             for round in 0..5 * ROUNDS {
@@ -1287,7 +998,7 @@ fn deletes_and_batch_cas_race_a_listing_loop() {
                 } else {
                     "/kv/?prefix=race/"
                 };
-                let (status, list) = call(&agent, &base, "GET", path, None);
+                let (status, list) = client.call("GET", path, None);
                 assert_eq!(status, 200, "GET {path}: {list}");
                 let keys: Vec<&str> = list
                     .as_array()

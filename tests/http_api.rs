@@ -2,27 +2,19 @@
 //! port, driven by a real HTTP client (`ureq`) and, for requests no client would send, by raw
 //! `TcpStream`s. Every test starts its own server, so counters and indices start from zero.
 
+#[path = "support/raw.rs"]
+mod raw;
+#[path = "support/server.rs"]
+mod server;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::thread::JoinHandle;
+use std::net::TcpStream;
 use std::time::{Duration, Instant, SystemTime};
 
-use caskv::server::{reap_services, router, serve, AppState, ConnLimits, Limits};
+use caskv::server::{AppState, ConnLimits, Limits};
+use raw::{answered, request, Conn};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
-
-/// How long any single exchange may take before the test fails instead of hanging.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A server on `127.0.0.1:0`, run on a background thread with its own tokio runtime.
-struct Server {
-    addr: SocketAddr,
-    base: String,
-    agent: ureq::Agent,
-    state: AppState,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
+use server::{assert_error, Server};
 
 struct Config {
     limits: Limits,
@@ -40,124 +32,21 @@ impl Default for Config {
     }
 }
 
-/// A response: status and body text.
-struct Reply {
-    status: u16,
-    text: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text))
-    }
-}
-
 impl Server {
     fn start() -> Server {
         Server::with(Config::default())
     }
 
+    /// `support/server.rs`'s server with these limits, TTL and body timeout.
     fn with(config: Config) -> Server {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = AppState::new(config.limits, config.service_ttl);
-        let (tx, rx) = oneshot::channel::<()>();
-        let app = router(state.clone(), config.body_timeout);
-        let registry = state.registry.clone();
-        let conn = ConnLimits {
-            shutdown_grace: Duration::from_secs(5),
-            ..ConnLimits::default()
-        };
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let reaper = tokio::spawn(reap_services(registry));
-                serve(listener, app, conn, async {
-                    let _ = rx.await;
-                })
-                .await;
-                reaper.abort();
-            });
-        });
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(CLIENT_TIMEOUT))
-            .build()
-            .into();
-        Server {
-            addr,
-            base: format!("http://{addr}"),
-            agent,
-            state,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        }
-    }
-
-    /// Resolves the shutdown future; the server keeps serving in-flight requests.
-    fn begin_shutdown(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-
-    /// Shuts down and waits for the serving thread to end.
-    fn stop(&mut self) {
-        self.begin_shutdown();
-        if let Some(t) = self.thread.take() {
-            t.join().expect("the server thread panicked");
-        }
-    }
-
-    fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> Reply {
-        let builder = ureq::http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        let result = match body {
-            Some(b) => self.agent.run(
-                builder
-                    .header("content-type", "application/json")
-                    .body(b.to_vec())
-                    .unwrap(),
-            ),
-            None => self.agent.run(builder.body(()).unwrap()),
-        };
-        let mut response = result.unwrap_or_else(|e| panic!("{method} {path}: no response: {e}"));
-        let status = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .read_to_string()
-            .unwrap_or_else(|e| panic!("{method} {path}: unreadable body: {e}"));
-        Reply { status, text }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let bytes = body.map(|b| serde_json::to_vec(&b).unwrap());
-        let reply = self.request(method, path, bytes.as_deref());
-        (reply.status, reply.json())
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        self.call("GET", path, None)
-    }
-
-    fn put(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call("PUT", path, Some(body))
-    }
-
-    fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call("POST", path, Some(body))
-    }
-
-    fn delete(&self, path: &str) -> (u16, Value) {
-        self.call("DELETE", path, None)
+        Server::spawn(
+            AppState::new(config.limits, config.service_ttl),
+            ConnLimits {
+                body_timeout: config.body_timeout,
+                shutdown_grace: Duration::from_secs(5),
+                ..ConnLimits::default()
+            },
+        )
     }
 
     /// `PUT /kv/{key}` that must succeed; returns its `modify_index`.
@@ -206,16 +95,6 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.begin_shutdown();
-        if let Some(t) = self.thread.take() {
-            // Do not turn a failing test's panic into an abort.
-            let _ = t.join();
-        }
-    }
-}
-
 fn metric_in(text: &str, series: &str) -> u64 {
     let prefix = format!("{series} ");
     let line = text
@@ -241,20 +120,6 @@ fn encode(key: &str) -> String {
     out
 }
 
-/// Asserts an error reply: the status, and a JSON object with non-empty `error` and `message`.
-#[track_caller]
-fn assert_error(reply: &(u16, Value), status: u16) {
-    assert_eq!(reply.0, status, "body: {}", reply.1);
-    for field in ["error", "message"] {
-        let s = reply.1[field].as_str();
-        assert!(
-            s.is_some_and(|s| !s.is_empty()),
-            "error body lacks a string {field:?}: {}",
-            reply.1
-        );
-    }
-}
-
 fn sorted(v: &Value) -> Vec<String> {
     let mut keys: Vec<String> = v
         .as_array()
@@ -274,107 +139,6 @@ fn conflicts(body: &Value) -> Vec<Value> {
         .clone();
     cs.sort_by(|a, b| a["key"].as_str().cmp(&b["key"].as_str()));
     cs
-}
-
-// ---------------------------------------------------------------------------------------------
-// Raw HTTP/1.1 over a TcpStream, for requests a client library will not send.
-
-struct RawReply {
-    status: u16,
-    body: String,
-}
-
-fn raw_connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT)).unwrap();
-    stream
-}
-
-/// Reads one response: the head, then `Content-Length` bytes of body (or up to EOF).
-fn raw_read(stream: &mut TcpStream) -> RawReply {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut chunk).expect("read the response head");
-        assert!(n > 0, "connection closed before a response head: {buf:?}");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line: {head}"));
-    let length = head.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.eq_ignore_ascii_case("content-length")
-            .then(|| value.trim().parse::<usize>().unwrap())
-    });
-    let mut body = buf[head_end..].to_vec();
-    match length {
-        Some(len) => {
-            while body.len() < len {
-                let n = stream.read(&mut chunk).expect("read the response body");
-                assert!(n > 0, "connection closed mid-body");
-                body.extend_from_slice(&chunk[..n]);
-            }
-            body.truncate(len);
-        }
-        None => {
-            let _ = stream.read_to_end(&mut body);
-        }
-    }
-    RawReply {
-        status,
-        body: String::from_utf8_lossy(&body).to_string(),
-    }
-}
-
-/// Reads one response head byte by byte, consuming nothing after it.
-fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = stream.read(&mut byte).expect("read a response head");
-        assert!(n == 1, "connection closed mid-head: {head:?}");
-        head.push(byte[0]);
-    }
-    String::from_utf8_lossy(&head).to_string()
-}
-
-fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawReply {
-    let mut stream = raw_connect(addr);
-    stream.write_all(request).unwrap();
-    raw_read(&mut stream)
-}
-
-/// Sends a request with a `Content-Length` body from another thread (the server may answer and
-/// close before it has read the body, so write errors are expected) and reads the answer.
-fn raw_send_body(addr: SocketAddr, method: &str, path: &str, body: Vec<u8>) -> RawReply {
-    let mut stream = raw_connect(addr);
-    let mut writer = stream.try_clone().unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let sender = std::thread::spawn(move || {
-        let _ = writer.write_all(head.as_bytes());
-        let _ = writer.write_all(&body);
-    });
-    let reply = raw_read(&mut stream);
-    drop(stream);
-    sender.join().unwrap();
-    reply
-}
-
-fn raw_json(reply: &RawReply) -> Value {
-    serde_json::from_str(&reply.body)
-        .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", reply.body))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -727,9 +491,9 @@ fn oversized_bodies_are_refused_with_413() {
     let before = s.snapshot();
     // An honest Content-Length over 1 MiB, with the body sent.
     let huge = format!(r#"{{"value": "{}"}}"#, "x".repeat(1024 * 1024 + 10));
-    let reply = raw_send_body(s.addr, "PUT", "/kv/k", huge.into_bytes());
-    assert_eq!(reply.status, 413, "{}", reply.body);
-    assert!(raw_json(&reply)["message"].is_string());
+    let reply = answered(s.addr, request("PUT", b"/kv/k", Some(huge.as_bytes())));
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert!(reply.json()["message"].is_string());
     // A body over the value limit but under the body limit.
     let reply = s.request(
         "PUT",
@@ -750,14 +514,15 @@ fn oversized_bodies_are_refused_with_413() {
 fn declared_huge_body_is_refused_before_it_is_sent() {
     let s = Server::start();
     let start = Instant::now();
-    let reply = raw_exchange(
+    let reply = answered(
         s.addr,
         b"PUT /kv/big HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-          Content-Length: 100000000\r\n\r\n",
+          Content-Length: 100000000\r\n\r\n"
+            .to_vec(),
     );
     let elapsed = start.elapsed();
-    assert_eq!(reply.status, 413, "{}", reply.body);
-    let body = raw_json(&reply);
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    let body = reply.json();
     assert!(
         body["error"].is_string() && body["message"].is_string(),
         "{body}"
@@ -772,16 +537,14 @@ fn declared_huge_body_is_refused_before_it_is_sent() {
 #[test]
 fn chunked_body_over_the_limit_is_413() {
     let s = Server::start();
-    let mut stream = raw_connect(s.addr);
-    stream
-        .write_all(
-            b"PUT /kv/big HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-              Transfer-Encoding: chunked\r\n\r\n",
-        )
-        .unwrap();
+    let mut conn = Conn::open(s.addr);
+    conn.send(
+        b"PUT /kv/big HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\n\r\n",
+    );
     // 1.25 MiB in 64 KiB chunks; the server may stop reading (and answer) part-way.
     let chunk = vec![b'x'; 64 * 1024];
-    let mut writer = stream.try_clone().unwrap();
+    let mut writer = conn.stream.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
         let first = br#"{"value": "xxxx"#;
         let _ = writer.write_all(format!("{:x}\r\n", first.len()).as_bytes());
@@ -798,14 +561,14 @@ fn chunked_body_over_the_limit_is_413() {
         }
         let _ = writer.write_all(b"2\r\n\"}\r\n0\r\n\r\n");
     });
-    let reply = raw_read(&mut stream);
-    assert_eq!(reply.status, 413, "{}", reply.body);
-    let body = raw_json(&reply);
+    let reply = conn.reply().expect("a 413");
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    let body = reply.json();
     assert!(
         body["error"].is_string() && body["message"].is_string(),
         "{body}"
     );
-    drop(stream);
+    drop(conn);
     sender.join().unwrap();
     assert_eq!(s.get("/kv/big").0, 404);
 }
@@ -814,32 +577,32 @@ fn chunked_body_over_the_limit_is_413() {
 fn malformed_requests_on_the_wire_get_an_answer_not_a_hang() {
     let s = Server::start();
     // Raw bytes that are not UTF-8 in the request target.
-    let reply = raw_exchange(
+    let reply = answered(
         s.addr,
-        b"GET /kv/\xff\xfe HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        b"GET /kv/\xff\xfe HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_vec(),
     );
-    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert_eq!(reply.status, 400, "{}", reply.text());
     // A percent-escape that decodes to invalid UTF-8, sent verbatim.
-    let reply = raw_exchange(
+    let reply = answered(
         s.addr,
-        b"GET /kv/%FF%FE HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        b"GET /kv/%FF%FE HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_vec(),
     );
-    assert_eq!(reply.status, 400, "{}", reply.body);
-    assert!(raw_json(&reply)["error"].is_string());
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(reply.json()["error"].is_string());
     // Not HTTP at all.
-    let mut stream = raw_connect(s.addr);
-    stream.write_all(b"HELLO THERE\r\n\r\n").unwrap();
+    let mut conn = Conn::open(s.addr);
+    conn.send(b"HELLO THERE\r\n\r\n");
     let mut rest = Vec::new();
-    let _ = stream.read_to_end(&mut rest);
+    let _ = conn.stream.read_to_end(&mut rest);
     let text = String::from_utf8_lossy(&rest);
     assert!(
         rest.is_empty() || text.starts_with("HTTP/1.1 400"),
         "unexpected answer: {text}"
     );
     // A declared length that is not a number.
-    let reply = raw_exchange(
+    let reply = answered(
         s.addr,
-        b"PUT /kv/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n",
+        b"PUT /kv/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n".to_vec(),
     );
     assert_eq!(reply.status, 400);
     // The server is still healthy and unchanged.
@@ -853,19 +616,17 @@ fn body_that_never_arrives_times_out() {
         body_timeout: Duration::from_millis(300),
         ..Config::default()
     });
-    let mut stream = raw_connect(s.addr);
+    let mut conn = Conn::open(s.addr);
     let start = Instant::now();
-    stream
-        .write_all(b"PUT /kv/slow HTTP/1.1\r\nHost: localhost\r\nContent-Length: 20\r\n\r\n{\"va")
-        .unwrap();
-    let reply = raw_read(&mut stream);
+    conn.send(b"PUT /kv/slow HTTP/1.1\r\nHost: localhost\r\nContent-Length: 20\r\n\r\n{\"va");
+    let reply = conn.reply().expect("an answer");
     assert!(
         (400..500).contains(&reply.status),
         "status {} {}",
         reply.status,
-        reply.body
+        reply.text()
     );
-    assert!(raw_json(&reply)["error"].is_string());
+    assert!(reply.json()["error"].is_string());
     assert!(start.elapsed() < Duration::from_secs(5));
     assert_eq!(s.get("/kv/slow").0, 404);
 }
@@ -1627,18 +1388,18 @@ fn graceful_shutdown_finishes_in_flight_requests_then_refuses() {
     let mut s = Server::start();
     s.set("before", json!({"value": "x"}));
     let body = br#"{"value": "finished"}"#;
-    let mut stream = raw_connect(s.addr);
+    let mut conn = Conn::open(s.addr);
     let head = format!(
         "PUT /kv/slow HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).unwrap();
+    conn.send(head.as_bytes());
     // The interim 100 comes once the handler starts reading the body: the request is in flight.
-    let interim = read_head(&mut stream);
+    let interim = conn.head().expect("an interim response");
     assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
-    stream.write_all(&body[..6]).unwrap();
-    stream.flush().unwrap();
+    conn.send(&body[..6]);
+    conn.stream.flush().unwrap();
 
     s.begin_shutdown();
     // New connections are refused once the loop has seen the shutdown.
@@ -1653,10 +1414,10 @@ fn graceful_shutdown_finishes_in_flight_requests_then_refuses() {
     }
 
     // The in-flight request still completes.
-    stream.write_all(&body[6..]).unwrap();
-    let reply = raw_read(&mut stream);
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    let reply = raw_json(&reply);
+    conn.send(&body[6..]);
+    let reply = conn.reply().expect("the in-flight request's answer");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = reply.json();
     assert_eq!(reply["message"], json!("key set"));
     assert_eq!(reply["key"], json!("slow"));
     assert_eq!(reply["modify_index"], json!(2));

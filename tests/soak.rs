@@ -14,16 +14,18 @@
 //!
 //! Run by `ci/soak.sh [SECONDS]` (`CASKV_SOAK_SECS`, default 30). It prints one line of figures.
 
+#[path = "support/server.rs"]
+mod server;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use caskv::server::{reap_services, router, serve, AppState, ConnLimits, Limits};
+use caskv::server::ConnLimits;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
+use server::{in_memory, Server};
 
 /// Client threads driving the load.
 const CLIENTS: usize = 4;
@@ -40,63 +42,18 @@ const SERVICES: usize = 4;
 /// and everything was deleted. The live data peaks near 1 MiB (256 keys of at most 4 KiB), so
 /// anything close to this bound is a leak (unreclaimed versions, connections, metrics).
 const RSS_SLACK: u64 = 64 * 1024 * 1024;
-/// Any single request slower than this fails the soak instead of hanging it.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
-
-struct Server {
-    addr: SocketAddr,
-    state: AppState,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
 
 impl Server {
+    /// `support/server.rs`'s server, with room for the clients' connections.
     fn start() -> Server {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = AppState::new(Limits::default(), Duration::from_secs(30));
-        let conn = ConnLimits {
-            max_connections: 64,
-            shutdown_grace: Duration::from_secs(2),
-            ..ConnLimits::default()
-        };
-        let app = router(state.clone(), conn.body_timeout);
-        let registry = state.registry.clone();
-        let (tx, rx) = oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let reaper = tokio::spawn(reap_services(registry));
-                serve(listener, app, conn, async {
-                    let _ = rx.await;
-                })
-                .await;
-                reaper.abort();
-            });
-        });
-        Server {
-            addr,
-            state,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        Server::spawn(
+            in_memory(),
+            ConnLimits {
+                max_connections: 64,
+                shutdown_grace: Duration::from_secs(2),
+                ..ConnLimits::default()
+            },
+        )
     }
 }
 
@@ -140,8 +97,7 @@ impl Tally {
 
 /// One client thread: its connection, its tallies, and what it saw of indices.
 struct Client {
-    agent: ureq::Agent,
-    base: String,
+    http: server::Client,
     id: usize,
     rng: fastrand::Rng,
     tally: Tally,
@@ -156,12 +112,8 @@ struct Client {
 impl Client {
     fn new(base: &str, id: usize) -> Client {
         Client {
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(CLIENT_TIMEOUT))
-                .build()
-                .into(),
-            base: base.to_string(),
+            // A request slower than `server::CLIENT_TIMEOUT` is a transport error.
+            http: server::Client::new(base),
             id,
             rng: fastrand::Rng::with_seed(0x5eed_u64.wrapping_add(id as u64)),
             tally: Tally::default(),
@@ -180,27 +132,15 @@ impl Client {
         body: Option<&Value>,
         allowed: &[u16],
     ) -> Option<(u16, Value)> {
-        let builder = ureq::http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        let result = match body {
-            Some(b) => self.agent.run(
-                builder
-                    .header("content-type", "application/json")
-                    .body(serde_json::to_vec(b).unwrap())
-                    .unwrap(),
-            ),
+        let body = match body {
+            Some(b) => Some(serde_json::to_vec(b).unwrap()),
             // A bodiless PUT goes out with `Content-Length: 0`: ureq would send an empty chunked
             // body, which the server may answer and then close the connection on without saying
             // so (tests/hostile.rs, `an_unread_request_body_does_not_silently_end_keep_alive`).
-            None if method == "PUT" => self.agent.run(builder.body(Vec::<u8>::new()).unwrap()),
-            None => self.agent.run(builder.body(()).unwrap()),
+            None if method == "PUT" => Some(Vec::new()),
+            None => None,
         };
-        let outcome = result.and_then(|mut r| {
-            let status = r.status().as_u16();
-            r.body_mut().read_to_string().map(|text| (status, text))
-        });
-        let (status, text) = match outcome {
+        let (status, text) = match self.http.send(method, path, body.as_deref()) {
             Ok(x) => x,
             Err(e) => {
                 self.tally.transport += 1;
@@ -376,7 +316,7 @@ fn soak() {
     let load = Duration::from_secs(secs);
     let warm_up = (load / 5).min(Duration::from_secs(10));
     let server = Server::start();
-    let base = format!("http://{}", server.addr);
+    let base = server.base.clone();
 
     let mut setup = Client::new(&base, usize::MAX);
     for c in 0..COUNTERS {
