@@ -34,14 +34,14 @@ use std::hash::Hash;
 use smallvec::SmallVec;
 
 use crate::cell::{
-    self, classify, visible, Lock, Meta, Record, State, Tomb, Txn, Unpublished, EMPTY,
+    self, classify, visible, Cas, Cell, Lock, Meta, Record, State, Tomb, Txn, Unpublished, EMPTY,
 };
 use crate::entry::{Entry, EntryRef};
 use crate::error::{Conflict, Error, Expected};
 use crate::journal::{Mutation, Written};
 use crate::store::{check_index, value_matches, Store};
 use crate::sync::epoch::Guard;
-use crate::sync::{epoch, AtomicU64, Backoff, Ordering};
+use crate::sync::{epoch, Backoff, Ordering};
 use crate::table::{Claim, Located, Table};
 
 /// One operation of a batch.
@@ -242,7 +242,7 @@ impl<K: Clone, V: PartialEq + Clone> Op<K, V> {
 
 /// One slot this batch holds.
 struct HeldSlot<'g> {
-    slot: &'g AtomicU64,
+    slot: &'g Cell,
     /// What the lock replaced (a record, a tomb, or empty).
     before: u64,
     /// For a slot claimed empty: the tomb it gets if the key stays absent, made before the
@@ -355,12 +355,7 @@ where
                         // SAFETY: our unpublished lock; `word` (a record or a tomb, which start
                         // with their `Keyed`) stays live while the lock replaces it.
                         unsafe { set_lock(lock, cell::node_of(word), word) };
-                        // AcqRel: Release publishes the lock (and its `before`) to readers'
-                        // Acquire loads; Acquire orders us after the word we replace.
-                        if slot
-                            .compare_exchange(word, lock_word, Ordering::AcqRel, Ordering::Acquire)
-                            .is_err()
-                        {
+                        if slot.lock(word, lock_word) == Cas::Lost {
                             continue;
                         }
                         (slot, word)
@@ -409,9 +404,7 @@ where
             }
             next => (next, spare),
         };
-        // Release: pairs with the Acquire load of readers, writers and copiers, publishing
-        // `next` (and, for readers that then see no lock, everything the batch did before).
-        held.slot.store(next, Ordering::Release);
+        held.slot.release(next);
         // The lock itself is retired with the batch's block (`release_all`). An unused spare
         // tomb was never in a slot, but the lock named its key: pinned readers may be reading it.
         // SAFETY: reachable only through the lock just unlinked; retired once, here.

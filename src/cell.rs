@@ -277,6 +277,128 @@ impl Txn {
     }
 }
 
+/// A key's version cell: one slot of the table, whose word is the key's whole state (see the
+/// module docs). The word is private: every transition is a method here, with its memory
+/// ordering justified once, and every CAS transition returns a [`Cas`] the caller must look
+/// at (as tokio's task state does).
+#[repr(transparent)]
+pub(crate) struct Cell(AtomicU64);
+
+/// Whether a CAS transition of a [`Cell`] took.
+#[must_use = "a lost CAS means the cell changed: look again or give up"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cas {
+    /// The cell now holds the new word.
+    Won,
+    /// The cell did not hold the expected word; nothing changed.
+    Lost,
+}
+
+impl Cas {
+    fn of(result: Result<u64, u64>) -> Cas {
+        match result {
+            Ok(_) => Cas::Won,
+            Err(_) => Cas::Lost,
+        }
+    }
+}
+
+impl Cell {
+    /// An empty cell (never claimed).
+    pub(crate) fn empty() -> Cell {
+        Cell(AtomicU64::new(EMPTY))
+    }
+
+    /// The cell's word, for a reader, a writer or a copier that will read its node.
+    #[inline]
+    pub(crate) fn load(&self) -> u64 {
+        // Acquire: pairs with the Release of the transition that installed the word (every
+        // CAS and store below), so the node's fields written before it are visible.
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// The cell's word, for an estimate or an exclusive owner (a table being freed); its node
+    /// must not be read through it unless the caller is ordered after the writer otherwise.
+    #[inline]
+    pub(crate) fn peek(&self) -> u64 {
+        // Relaxed: see above.
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// A writer's CAS from the word it decided on (`current`) to its new node's word: a new
+    /// version, a tomb, or a first word claiming an empty cell (`current` = [`EMPTY`]).
+    #[inline]
+    pub(crate) fn replace(&self, current: u64, new: u64) -> Cas {
+        // AcqRel: Release publishes the new node's fields to the Acquire loads of readers,
+        // writers and copiers; Acquire orders this CAS after the word it replaces, like the
+        // load that found it.
+        Cas::of(
+            self.0
+                .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire),
+        )
+    }
+
+    /// A batch's CAS from a version, a tomb or empty (`current`) to its `LOCKED` word; from
+    /// then on only the batch changes the cell ([`Cell::release`]).
+    #[inline]
+    pub(crate) fn lock(&self, current: u64, lock: u64) -> Cas {
+        debug_assert!(lock & LOCKED != 0 && current & (LOCKED | UNLOGGED | FROZEN) == 0);
+        // AcqRel: as `replace`: Release publishes the lock (and its `before`) to readers'
+        // Acquire loads; Acquire orders us after the word we replace.
+        Cas::of(
+            self.0
+                .compare_exchange(current, lock, Ordering::AcqRel, Ordering::Acquire),
+        )
+    }
+
+    /// The lock holder's release: stores `next` (its `after` or `before`) over its lock.
+    #[inline]
+    pub(crate) fn release(&self, next: u64) {
+        debug_assert!(next & (LOCKED | UNLOGGED | FROZEN) == 0);
+        // Release: pairs with the Acquire loads of readers, writers and copiers, publishing
+        // `next` (and, for readers that then see no lock, everything the batch did before). A
+        // plain store suffices: only the lock holder changes a LOCKED word.
+        self.0.store(next, Ordering::Release);
+    }
+
+    /// The installer's settle: stores its `UNLOGGED` word untagged once the journal took it.
+    #[inline]
+    pub(crate) fn settle(&self, installed: u64) {
+        debug_assert!(installed & UNLOGGED != 0, "settling a settled word");
+        // Release: pairs with the Acquire load of every later writer or copier, so one that
+        // sees the settled word also sees everything the journal did while the key settled.
+        // A plain store suffices: only the installer changes an UNLOGGED word.
+        self.0.store(installed & !UNLOGGED, Ordering::Release);
+    }
+
+    /// A resize copier's freeze of a settled, unlocked word: from then on nobody changes it.
+    #[inline]
+    pub(crate) fn freeze(&self, current: u64) -> Cas {
+        debug_assert!(current & (LOCKED | UNLOGGED | FROZEN) == 0);
+        // AcqRel: Acquire as `load`; Release orders our freeze before the copy becomes visible
+        // through the resize's `copied` counter.
+        Cas::of(self.0.compare_exchange(
+            current,
+            current | FROZEN,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ))
+    }
+
+    /// A resize copier's placing of a moved word into an empty cell of the next table, which
+    /// only copiers write until it is published.
+    #[inline]
+    pub(crate) fn place(&self, word: u64) -> Cas {
+        // Release on success: publishes nothing new (the node was published before), but
+        // orders the word before the copier's `copied` increment for the publisher. Relaxed on
+        // failure: another copier's word, which the caller only steps over.
+        Cas::of(
+            self.0
+                .compare_exchange(EMPTY, word, Ordering::Release, Ordering::Relaxed),
+        )
+    }
+}
+
 /// A slot word as a caller must treat it.
 pub(crate) enum State<'g, K, V> {
     /// No version: the slot is empty (a write may claim it) or holds a tomb.
@@ -487,23 +609,19 @@ impl<K, V> Drop for Unpublished<K, V> {
 /// took the record, or while unwinding from a journal that panicked, so the key never stays
 /// settling (and its writers never wait) forever.
 pub(crate) struct Settling<'c> {
-    slot: &'c AtomicU64,
+    cell: &'c Cell,
     installed: u64,
 }
 
 impl<'c> Settling<'c> {
-    pub(crate) fn new(slot: &'c AtomicU64, installed: u64) -> Self {
+    pub(crate) fn new(cell: &'c Cell, installed: u64) -> Self {
         debug_assert!(installed & UNLOGGED != 0, "settling a settled word");
-        Settling { slot, installed }
+        Settling { cell, installed }
     }
 }
 
 impl Drop for Settling<'_> {
     fn drop(&mut self) {
-        // Release: pairs with the Acquire load of every later writer or copier, so one that
-        // sees the settled word also sees everything the journal did while the key settled.
-        // A plain store suffices: only the installer changes an UNLOGGED word.
-        self.slot
-            .store(self.installed & !UNLOGGED, Ordering::Release);
+        self.cell.settle(self.installed);
     }
 }

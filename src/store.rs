@@ -7,14 +7,14 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::cell::{
-    self, classify, visible, Meta, Record, Settling, State, Tomb, Unpublished, UNLOGGED,
+    self, classify, visible, Cas, Cell, Meta, Record, Settling, State, Tomb, Unpublished, UNLOGGED,
 };
 use crate::clock::GlobalIndex;
 use crate::entry::{Entry, EntryRef};
 use crate::error::{Conflict, Error, Expected};
 use crate::journal::{Journal, Mutation, Written};
 use crate::sync::epoch::Guard;
-use crate::sync::{AtomicU64, Backoff, Ordering, StdArc};
+use crate::sync::{Backoff, StdArc};
 use crate::table::{Claim, Located, Raw, Table};
 
 /// The default bound on operations in one batch.
@@ -201,15 +201,12 @@ enum Step<'g, K, V> {
     Retry,
     /// The key has a slot: CAS it from `word`.
     Slot {
-        slot: &'g AtomicU64,
+        slot: &'g Cell,
         word: u64,
         current: Option<&'g Record<K, V>>,
     },
     /// The key has no slot: claim the empty `slot` of `table`.
-    Vacant {
-        table: &'g Table,
-        slot: &'g AtomicU64,
-    },
+    Vacant { table: &'g Table, slot: &'g Cell },
 }
 
 impl<K, V> Store<K, V>
@@ -643,8 +640,7 @@ where
                     State::Present(r) | State::Frozen(Some(r)) => return f(k, EntryRef::of(r)),
                     State::Absent | State::Frozen(None) => return,
                 }
-                // Acquire: as every load of a slot (pairs with the Release that settled it).
-                word = slot.load(Ordering::Acquire);
+                word = slot.load();
             }
         });
     }
@@ -686,7 +682,7 @@ where
                     current: Some(_), ..
                 } => return false, // `node` is freed unpublished
                 Step::Slot { slot, word, .. } => {
-                    if cas(slot, word, node.word) {
+                    if slot.replace(word, node.word) == Cas::Won {
                         node.publish();
                         // SAFETY: the tomb is replaced by our CAS; retired once, by us.
                         unsafe { cell::retire::<K, V>(word, &guard) };
@@ -796,7 +792,7 @@ where
                     }
                 }
             } else {
-                cas(slot, word, node.word)
+                slot.replace(word, node.word) == Cas::Won
             };
             if !installed {
                 continue; // look again, decide again, restamp the same record
@@ -870,7 +866,7 @@ where
                         .modify_index = index
                 };
             }
-            if !cas(slot, word, tomb.word) {
+            if slot.replace(word, tomb.word) == Cas::Lost {
                 continue;
             }
             let installed = tomb.publish();
@@ -883,15 +879,6 @@ where
             return Ok(Some(Written { index, ticket }));
         }
     }
-}
-
-/// CAS a slot from `current` to `new`: whether it took.
-fn cas(slot: &AtomicU64, current: u64, new: u64) -> bool {
-    // AcqRel: Release publishes the new node's fields to the Acquire loads of readers, writers
-    // and copiers; Acquire orders this CAS after the word it replaces, like the load that
-    // found it.
-    slot.compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
-        .is_ok()
 }
 
 impl<K, V> Store<K, V> {

@@ -50,11 +50,11 @@ use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
 
 use crate::cell::{
-    self, address, free_node, has_tag, hash_tag, holds_key, Record, DELETED, EMPTY, FROZEN, LOCKED,
-    UNLOGGED,
+    self, address, free_node, has_tag, hash_tag, holds_key, Cas, Cell, Record, DELETED, EMPTY,
+    FROZEN, LOCKED, UNLOGGED,
 };
 use crate::sync::epoch::{self, Guard};
-use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Backoff, Ordering};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Backoff, Ordering};
 
 /// The hasher of every store: fast, and seeded per store.
 #[cfg(not(caskv_loom))]
@@ -79,7 +79,7 @@ const CHUNK: usize = 2;
 /// One table generation. See the module docs.
 #[repr(C, align(64))]
 pub(crate) struct Table {
-    slots: Box<[AtomicU64]>,
+    slots: Box<[Cell]>,
     mask: usize,
     /// The next table once a resize began (set once, by CAS from null).
     next: AtomicPtr<Table>,
@@ -102,9 +102,9 @@ struct Counters {
 /// Where a key stands in one table, for a writer.
 pub(crate) enum Located<'g> {
     /// The key's slot and the word loaded from it (Acquire).
-    Found { slot: &'g AtomicU64, word: u64 },
+    Found { slot: &'g Cell, word: u64 },
     /// The key has no slot; `slot` is the empty slot it would claim.
-    Vacant { slot: &'g AtomicU64 },
+    Vacant { slot: &'g Cell },
     /// The table is being resized: help, then look again in the next table.
     Resizing,
 }
@@ -124,7 +124,7 @@ impl Table {
     fn new(capacity: usize) -> Box<Table> {
         debug_assert!(capacity.is_power_of_two() && capacity >= MIN_CAPACITY);
         Box::new(Table {
-            slots: (0..capacity).map(|_| AtomicU64::new(EMPTY)).collect(),
+            slots: (0..capacity).map(|_| Cell::empty()).collect(),
             mask: capacity - 1,
             next: AtomicPtr::new(std::ptr::null_mut()),
             counters: Counters {
@@ -148,13 +148,13 @@ impl Table {
     }
 
     /// Every slot, for a scan.
-    pub(crate) fn slots(&self) -> &[AtomicU64] {
+    pub(crate) fn slots(&self) -> &[Cell] {
         &self.slots
     }
 
     /// Slot `i`, where `i` is masked by `self.mask`.
     #[inline(always)]
-    fn slot(&self, i: usize) -> &AtomicU64 {
+    fn slot(&self, i: usize) -> &Cell {
         debug_assert!(i <= self.mask);
         // SAFETY: `i <= mask` and the array has `mask + 1` slots.
         unsafe { self.slots.get_unchecked(i) }
@@ -175,8 +175,8 @@ impl Table {
             ))
         };
         for slot in table.slots.iter() {
-            // Relaxed: nobody else can reach the table any more.
-            let word = slot.load(Ordering::Relaxed);
+            // Nobody else can reach the table any more.
+            let word = slot.peek();
             if address(word) != 0 && word & DELETED != 0 {
                 // SAFETY: a frozen tomb, reachable only from this table (the copy skipped it).
                 unsafe { free_node::<K, ()>(word) };
@@ -268,9 +268,8 @@ where
         // the probe long before.
         let mut left = table.mask;
         loop {
-            // Acquire: pairs with the Release half of the CAS or store that wrote the word, so
-            // the node it points to is fully visible.
-            let word = table.slot(i).load(Ordering::Acquire);
+            // The node the word points to is fully visible (`Cell::load`).
+            let word = table.slot(i).load();
             if address(word) == 0 {
                 return None;
             }
@@ -300,8 +299,7 @@ where
         let mut i = hash as usize & table.mask;
         for _ in 0..=table.mask {
             let slot = table.slot(i);
-            // Acquire: as in `find`.
-            let word = slot.load(Ordering::Acquire);
+            let word = slot.load();
             if word & FROZEN != 0 {
                 return Located::Resizing;
             }
@@ -320,18 +318,16 @@ where
 
     /// Claims the empty `slot` of `table` for `word` (a new record, tomb or lock of a key that
     /// has no slot there).
-    pub(crate) fn claim(&self, table: &Table, slot: &AtomicU64, word: u64) -> Claim {
+    pub(crate) fn claim(&self, table: &Table, slot: &Cell, word: u64) -> Claim {
         // Relaxed: `claimed` is a bound, not a publication; the slot CAS below publishes.
         let reserved = table.counters.claimed.fetch_add(1, Ordering::Relaxed);
         if reserved >= table.capacity() / 2 {
             table.counters.claimed.fetch_sub(1, Ordering::Relaxed);
             return Claim::Resizing;
         }
-        // AcqRel: Release publishes the node to the Acquire loads of readers and writers;
-        // Acquire orders us after whatever word won instead.
-        match slot.compare_exchange(EMPTY, word, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => Claim::Claimed,
-            Err(_) => {
+        match slot.replace(EMPTY, word) {
+            Cas::Won => Claim::Claimed,
+            Cas::Lost => {
                 // Relaxed: as above.
                 table.counters.claimed.fetch_sub(1, Ordering::Relaxed);
                 Claim::Lost
@@ -402,8 +398,8 @@ where
             .slots
             .iter()
             .filter(|slot| {
-                // Relaxed: an estimate for sizing only; the copy reads each word with Acquire.
-                let word = slot.load(Ordering::Relaxed);
+                // An estimate for sizing only; the copy loads each word itself.
+                let word = slot.peek();
                 address(word) != 0 && word & DELETED == 0
             })
             .count();
@@ -426,20 +422,15 @@ where
         for slot in &table.slots[range] {
             let mut backoff = Backoff::new();
             let word = loop {
-                // Acquire: pairs with the Release that wrote the word (its node is read below).
-                let word = slot.load(Ordering::Acquire);
+                // Its node is read below.
+                let word = slot.load();
                 debug_assert!(word & FROZEN == 0, "a slot frozen twice");
                 if word & (LOCKED | UNLOGGED) != 0 {
                     // Only the holder may change it (cell invariants): wait for it.
                     backoff.snooze();
                     continue;
                 }
-                // AcqRel: Acquire as the load above; Release orders our freeze before the copy
-                // becomes visible through `copied`.
-                if slot
-                    .compare_exchange(word, word | FROZEN, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
+                if slot.freeze(word) == Cas::Won {
                     break word;
                 }
             };
@@ -467,14 +458,7 @@ where
     fn insert_moved(next: &Table, hash: u64, word: u64) {
         let mut i = hash as usize & next.mask;
         loop {
-            let slot = &next.slots[i];
-            // Relaxed on failure: another helper's word, which we only step over. Release on
-            // success: publishes nothing new (the node was published before), but orders the
-            // word before our `copied` increment for the publisher.
-            if slot
-                .compare_exchange(EMPTY, word, Ordering::Release, Ordering::Relaxed)
-                .is_ok()
-            {
+            if next.slots[i].place(word) == Cas::Won {
                 return;
             }
             i = (i + 1) & next.mask;
@@ -500,15 +484,10 @@ where
 
     /// Calls `f` with the key, slot and word of every claimed slot of the current table.
     /// Weakly consistent: a slot written during the scan may be seen before or after the write.
-    pub(crate) fn for_each<'g>(
-        &self,
-        guard: &'g Guard,
-        mut f: impl FnMut(&'g K, &'g AtomicU64, u64),
-    ) {
+    pub(crate) fn for_each<'g>(&self, guard: &'g Guard, mut f: impl FnMut(&'g K, &'g Cell, u64)) {
         let table = self.table(guard);
         for slot in table.slots() {
-            // Acquire: as in `find`.
-            let word = slot.load(Ordering::Acquire);
+            let word = slot.load();
             if address(word) == 0 {
                 continue;
             }
@@ -539,8 +518,8 @@ impl<K, V> Drop for Raw<K, V> {
         unsafe {
             let t = Box::from_raw(table);
             for slot in t.slots.iter() {
-                // Relaxed: we own the table exclusively.
-                let word = slot.load(Ordering::Relaxed) & !FROZEN;
+                // We own the table exclusively.
+                let word = slot.peek() & !FROZEN;
                 // A lock is released before the batch that took it returns or unwinds.
                 debug_assert!(word & (LOCKED | UNLOGGED) == 0);
                 free_node::<K, V>(word);
