@@ -36,10 +36,11 @@ use smallvec::SmallVec;
 use crate::cell::{
     self, classify, visible, Cas, Cell, Lock, Meta, Record, State, Tomb, Txn, Unpublished, EMPTY,
 };
+use crate::engine::{check_index, value_matches};
 use crate::entry::{Entry, EntryRef};
 use crate::error::{Conflict, Error, Expected};
 use crate::journal::{Mutation, Written};
-use crate::store::{check_index, value_matches, Store};
+use crate::store::Store;
 use crate::sync::epoch::Guard;
 use crate::sync::{epoch, Backoff, Ordering};
 use crate::table::{Claim, Located, Table};
@@ -310,7 +311,7 @@ where
     /// holds it or a write to it settles. Gives up (holding what it held) when the table is
     /// being resized.
     fn lock(&mut self, key: &K) -> Result<(), Stop<'g>> {
-        let raw = &self.store.raw;
+        let raw = &self.store.engine.raw;
         let guard = self.guard;
         let hash = raw.hash(key);
         let mut backoff = Backoff::new();
@@ -515,10 +516,10 @@ where
         if ops.is_empty() {
             return Err(Error::EmptyBatch);
         }
-        if ops.len() > self.config.max_batch {
+        if ops.len() > self.engine.config.max_batch {
             return Err(Error::BatchTooLarge {
                 len: ops.len(),
-                max: self.config.max_batch,
+                max: self.engine.config.max_batch,
             });
         }
         ops.sort_by(|a, b| a.key().cmp(b.key()));
@@ -532,7 +533,7 @@ where
             return Err(Error::CreateOnlyDelete(op.key().clone()));
         }
 
-        let guard = self.raw.pin();
+        let guard = self.engine.raw.pin();
         let mut held = Held::new(self, &guard, ops.len());
         self.lock_all(&mut held, ops.iter().map(Op::key))?;
 
@@ -553,7 +554,7 @@ where
         }
 
         // Commit: one index, every after stored, then the one flip.
-        let index = self.clock.next();
+        let index = self.engine.clock.next();
         let mut writes = 0;
         // By reference: moving the inline vector into the iterator would copy all of it.
         for (i, (op, &(effect, before))) in ops.into_iter().zip(&effects).enumerate() {
@@ -580,7 +581,7 @@ where
         }
         held.txn().commit();
         // Journal while every key is still held: its next writer waits for the release.
-        let ticket = self.journal.as_ref().map(|journal| {
+        let ticket = self.engine.journal.as_ref().map(|journal| {
             let mut changed: Vec<(&K, Option<EntryRef<'_, V>>)> = Vec::with_capacity(writes);
             for (i, held_slot) in held.slots.iter().enumerate() {
                 // Relaxed: we stored `after` ourselves on this thread.
@@ -622,7 +623,8 @@ where
                     Ok(()) => {}
                     Err(Stop::Resizing(table)) => {
                         held.restart(); // never committed: every slot goes back to its before
-                        self.raw
+                        self.engine
+                            .raw
                             .help_resize(table, keys.clone().count(), held.guard);
                         continue 'restart;
                     }
@@ -656,23 +658,23 @@ where
     pub fn get_many(&self, keys: &[K]) -> Result<Vec<Option<Entry<V>>>, Error<K, V>> {
         /// Double collects tried before locking.
         const ATTEMPTS: usize = 16;
-        if keys.len() > self.config.max_batch {
+        if keys.len() > self.engine.config.max_batch {
             return Err(Error::BatchTooLarge {
                 len: keys.len(),
-                max: self.config.max_batch,
+                max: self.engine.config.max_batch,
             });
         }
-        let guard = self.raw.pin();
-        let hashes: Vec<u64> = keys.iter().map(|k| self.raw.hash(k)).collect();
+        let guard = self.engine.raw.pin();
+        let hashes: Vec<u64> = keys.iter().map(|k| self.engine.raw.hash(k)).collect();
         let collect = |table| -> Vec<u64> {
             keys.iter()
                 .zip(&hashes)
-                .map(|(k, &h)| self.raw.find(table, h, k).unwrap_or(EMPTY))
+                .map(|(k, &h)| self.engine.raw.find(table, h, k).unwrap_or(EMPTY))
                 .collect()
         };
         let mut backoff = Backoff::new();
         for _ in 0..ATTEMPTS {
-            let table = self.raw.table(&guard);
+            let table = self.engine.raw.table(&guard);
             let first = collect(table);
             // A batch in flight may commit between the passes without changing the word: wait.
             if first.iter().any(|w| w & cell::LOCKED != 0) {
@@ -682,7 +684,7 @@ where
             // While we are pinned no node address is reused, so an unchanged word means an
             // unchanged value (a lock taken and released unchanged in between left the value
             // as it was); an unchanged current table means a frozen word was still current.
-            if collect(table) == first && std::ptr::eq(self.raw.table(&guard), table) {
+            if collect(table) == first && std::ptr::eq(self.engine.raw.table(&guard), table) {
                 return Ok(first
                     .iter()
                     // SAFETY: each word was loaded from a slot under `guard`.

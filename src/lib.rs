@@ -66,6 +66,7 @@ mod batch;
 mod cell;
 mod clock;
 mod db;
+mod engine;
 mod entry;
 #[cfg(caskv_loom)]
 #[doc(hidden)]

@@ -6,16 +6,15 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::cell::{
-    self, classify, visible, Cas, Cell, Meta, Record, Settling, State, Tomb, Unpublished, UNLOGGED,
-};
+use crate::cell::{visible, Record};
 use crate::clock::GlobalIndex;
+use crate::engine::{check_index, flags_or_kept, value_matches, Config, Engine};
 use crate::entry::{Entry, EntryRef};
 use crate::error::{Conflict, Error, Expected};
-use crate::journal::{Journal, Mutation, Written};
+use crate::journal::{Journal, Written};
 use crate::sync::epoch::Guard;
-use crate::sync::{Backoff, StdArc};
-use crate::table::{Claim, Located, Raw, Table};
+use crate::sync::StdArc;
+use crate::table::Raw;
 
 /// The default bound on operations in one batch.
 pub const DEFAULT_MAX_BATCH: usize = 1000;
@@ -40,30 +39,9 @@ pub const DEFAULT_MAX_BATCH: usize = 1000;
 /// assert!(store.get("lock").is_none());
 /// ```
 pub struct Store<K, V> {
-    pub(crate) raw: Raw<K, V>,
-    pub(crate) clock: StdArc<GlobalIndex>,
-    pub(crate) config: Config,
-    /// Where committed mutations go, in per-key order (see [`crate::journal`]).
-    pub(crate) journal: Option<Box<dyn Journal<K, V>>>,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) max_batch: usize,
-    pub(crate) capacity: usize,
-    pub(crate) update_attempts: u32,
-    pub(crate) update_backoff: (Duration, Duration),
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            max_batch: DEFAULT_MAX_BATCH,
-            capacity: 0,
-            update_attempts: 10,
-            update_backoff: (Duration::from_micros(50), Duration::from_millis(10)),
-        }
-    }
+    /// The table, the index, the settings and the journal, with the write paths that change
+    /// a cell (`engine.rs`).
+    pub(crate) engine: Engine<K, V>,
 }
 
 /// Configures a [`Store`].
@@ -154,10 +132,12 @@ impl<K, V> StoreBuilder<K, V> {
         V: Send + 'static,
     {
         Store {
-            raw: Raw::with_capacity(self.config.capacity),
-            clock: self.clock.unwrap_or_default(),
-            config: self.config,
-            journal: None,
+            engine: Engine {
+                raw: Raw::with_capacity(self.config.capacity),
+                clock: self.clock.unwrap_or_default(),
+                config: self.config,
+                journal: None,
+            },
         }
     }
 
@@ -169,10 +149,9 @@ impl<K, V> StoreBuilder<K, V> {
         K: Hash + Eq + Send + 'static,
         V: Send + 'static,
     {
-        Store {
-            journal: Some(journal),
-            ..self.build()
-        }
+        let mut store = self.build();
+        store.engine.journal = Some(journal);
+        store
     }
 }
 
@@ -193,20 +172,6 @@ impl<K, V> StoreBuilder<K, V> {
 pub struct Pinned<'s, K, V> {
     store: &'s Store<K, V>,
     guard: Guard,
-}
-
-/// Where a single-key write stands after looking at the key's slot.
-enum Step<'g, K, V> {
-    /// Try again from a fresh look (the slot was locked, settling or frozen).
-    Retry,
-    /// The key has a slot: CAS it from `word`.
-    Slot {
-        slot: &'g Cell,
-        word: u64,
-        current: Option<&'g Record<K, V>>,
-    },
-    /// The key has no slot: claim the empty `slot` of `table`.
-    Vacant { table: &'g Table, slot: &'g Cell },
 }
 
 impl<K, V> Store<K, V>
@@ -241,35 +206,21 @@ where
     /// assert!(store.capacity() >= 1000);
     /// ```
     pub fn capacity(&self) -> usize {
-        let guard = self.raw.pin();
-        self.raw.table(&guard).capacity() / 2
+        let guard = self.engine.raw.pin();
+        self.engine.raw.table(&guard).capacity() / 2
     }
 
     /// The global index this store draws from.
     pub fn global_index(&self) -> &StdArc<GlobalIndex> {
-        &self.clock
+        &self.engine.clock
     }
 
     /// Pins the current thread for a series of reads (see [`Pinned`]).
     pub fn pin(&self) -> Pinned<'_, K, V> {
         Pinned {
             store: self,
-            guard: self.raw.pin(),
+            guard: self.engine.raw.pin(),
         }
-    }
-
-    /// The record a reader sees for `key` under `guard`.
-    #[inline]
-    fn read<'g, Q>(&self, key: &Q, guard: &'g Guard) -> Option<&'g Record<K, V>>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        let hash = self.raw.hash(key);
-        let table = self.raw.table(guard);
-        let word = self.raw.find(table, hash, key)?;
-        // SAFETY: `word` was loaded from a slot of a table reached under `guard`.
-        unsafe { visible(word, guard) }
     }
 
     /// The key's current entry (the value cloned), or `None`. Lock-free; never waits for a
@@ -288,8 +239,8 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let guard = self.raw.pin();
-        self.read(key, &guard).map(Entry::of)
+        let guard = self.engine.raw.pin();
+        self.engine.read(key, &guard).map(Entry::of)
     }
 
     /// Calls `f` with the key's current entry, borrowed (nothing is cloned), and returns what
@@ -307,8 +258,8 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let guard = self.raw.pin();
-        self.read(key, &guard).map(|r| f(EntryRef::of(r)))
+        let guard = self.engine.raw.pin();
+        self.engine.read(key, &guard).map(|r| f(EntryRef::of(r)))
     }
 
     /// Whether the key is present.
@@ -317,8 +268,8 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let guard = self.raw.pin();
-        self.read(key, &guard).is_some()
+        let guard = self.engine.raw.pin();
+        self.engine.read(key, &guard).is_some()
     }
 
     /// Sets the key, keeping its flags if it exists (0 for a new key). Returns the new
@@ -420,7 +371,7 @@ where
 
     /// `set`/`set_with_flags` with the journal ticket.
     pub(crate) fn write_set(&self, key: K, value: V, flags: Option<u64>) -> Written {
-        match self.put(key, value, |_, current| {
+        match self.engine.put(key, value, |_, current| {
             Ok::<_, Infallible>(flags_or_kept(flags, current))
         }) {
             Ok(written) => written,
@@ -437,7 +388,7 @@ where
         expected: u64,
         flags: Option<u64>,
     ) -> Result<Written, Error<K, V>> {
-        self.put(key, value, |key, current| {
+        self.engine.put(key, value, |key, current| {
             check_index(key, expected, current)?;
             Ok(flags_or_kept(flags, current))
         })
@@ -457,11 +408,13 @@ where
         if expected == Some(0) {
             return Err(Error::CreateOnlyDelete(key.to_owned()));
         }
-        let removed = self.remove(key, |current| match (expected, current) {
-            (Some(n), Some(r)) => check_index(&r.header.keyed.key, n, current).map(|()| true),
-            (None, Some(_)) => Ok(true),
-            (_, None) => Err(Error::NotFound(key.to_owned())),
-        })?;
+        let removed = self
+            .engine
+            .remove(key, |current| match (expected, current) {
+                (Some(n), Some(r)) => check_index(&r.header.keyed.key, n, current).map(|()| true),
+                (None, Some(_)) => Ok(true),
+                (_, None) => Err(Error::NotFound(key.to_owned())),
+            })?;
         removed.ok_or_else(|| Error::NotFound(key.to_owned()))
     }
 
@@ -492,12 +445,13 @@ where
         };
         match new {
             Some(value) => self
+                .engine
                 .put(key, value, |key, current| {
                     check(key, current)?;
                     Ok(flags_or_kept(None, current))
                 })
                 .map(Some),
-            None => self.remove(&key, |current| {
+            None => self.engine.remove(&key, |current| {
                 check(&key, current)?;
                 Ok(current.is_some())
             }),
@@ -534,9 +488,9 @@ where
     where
         F: FnMut(Option<&V>) -> V,
     {
-        let (first, max) = self.config.update_backoff;
+        let (first, max) = self.engine.config.update_backoff;
         let mut pause = first;
-        for attempt in 1..=self.config.update_attempts {
+        for attempt in 1..=self.engine.config.update_attempts {
             let current = self.get(&key);
             let new = f(current.as_ref().map(|e| &e.value));
             check(&key, &new)?;
@@ -544,7 +498,7 @@ where
             match self.write_set_cas(key.clone(), new, expected, None) {
                 Ok(written) => return Ok(written),
                 Err(e) if e.is_conflict() || e.is_not_found() => {
-                    if attempt < self.config.update_attempts {
+                    if attempt < self.engine.config.update_attempts {
                         let jittered = pause.mul_f64(fastrand::f64());
                         std::thread::sleep(jittered);
                         pause = (pause * 2).min(max);
@@ -555,7 +509,7 @@ where
         }
         Err(Error::RetriesExhausted {
             key,
-            attempts: self.config.update_attempts,
+            attempts: self.engine.config.update_attempts,
         })
     }
 
@@ -567,9 +521,9 @@ where
 
     /// The keys present that satisfy `filter`, sorted (weakly consistent, as [`keys`](Store::keys)).
     pub fn keys_where(&self, mut filter: impl FnMut(&K) -> bool) -> Vec<K> {
-        let guard = self.raw.pin();
+        let guard = self.engine.raw.pin();
         let mut keys = Vec::new();
-        self.raw.for_each(&guard, |k, _, word| {
+        self.engine.raw.for_each(&guard, |k, _, word| {
             // SAFETY: `word` was loaded from a slot under `guard`.
             if filter(k) && unsafe { visible::<K, V>(word, &guard) }.is_some() {
                 keys.push(k.clone());
@@ -596,9 +550,9 @@ where
 
     /// Every present entry, sorted by key (weakly consistent, as [`keys`](Store::keys)).
     pub fn entries(&self) -> Vec<(K, Entry<V>)> {
-        let guard = self.raw.pin();
+        let guard = self.engine.raw.pin();
         let mut out = Vec::new();
-        self.raw.for_each(&guard, |k, _, word| {
+        self.engine.raw.for_each(&guard, |k, _, word| {
             // SAFETY: `word` was loaded from a slot under `guard`.
             if let Some(r) = unsafe { visible::<K, V>(word, &guard) } {
                 out.push((k.clone(), Entry::of(r)));
@@ -610,9 +564,9 @@ where
 
     /// The number of keys present. Counts by a scan (O(capacity)) and is weakly consistent.
     pub fn len(&self) -> usize {
-        let guard = self.raw.pin();
+        let guard = self.engine.raw.pin();
         let mut n = 0;
-        self.raw.for_each(&guard, |_, _, word| {
+        self.engine.raw.for_each(&guard, |_, _, word| {
             // SAFETY: `word` was loaded from a slot under `guard`.
             if unsafe { visible::<K, V>(word, &guard) }.is_some() {
                 n += 1;
@@ -624,260 +578,6 @@ where
     /// Whether no key is present.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Calls `f` with every present entry whose word is settled: a key being written by a batch
-    /// or being journaled is waited for, so every version passed to `f` has reached the journal.
-    /// Weakly consistent like [`entries`](Store::entries); unsorted. (A snapshot's scan.)
-    pub(crate) fn for_each_settled(&self, mut f: impl FnMut(&K, EntryRef<'_, V>)) {
-        let guard = self.raw.pin();
-        self.raw.for_each(&guard, |k, slot, mut word| {
-            let mut backoff = Backoff::new();
-            loop {
-                // SAFETY: `word` was loaded from a slot under `guard`.
-                match unsafe { classify::<K, V>(word, &guard) } {
-                    State::Locked | State::Unlogged => backoff.snooze(),
-                    State::Present(r) | State::Frozen(Some(r)) => return f(k, EntryRef::of(r)),
-                    State::Absent | State::Frozen(None) => return,
-                }
-                word = slot.load();
-            }
-        });
-    }
-
-    /// Installs a recovered version for a key that has none yet, bypassing the journal (it came
-    /// from there). Returns `false` if the key already had a value. For recovery, before the
-    /// store is shared.
-    pub(crate) fn restore(
-        &self,
-        key: K,
-        value: V,
-        flags: u64,
-        modify_index: u64,
-        create_index: u64,
-    ) -> bool {
-        let guard = self.raw.pin();
-        let hash = self.raw.hash(&key);
-        let meta = Meta {
-            modify_index,
-            create_index,
-            flags,
-        };
-        let mut node = Unpublished::<K, V>::new(cell::EMPTY);
-        node.word = Record::word(hash, key, value, meta, 0);
-        loop {
-            // SAFETY: `node` is ours and unpublished.
-            let key = unsafe { &Raw::<K, V>::record(node.word, &guard).header.keyed.key };
-            match self.observe(hash, key, &guard, &mut Backoff::new()) {
-                Step::Retry => continue,
-                Step::Vacant { table, slot } => match self.raw.claim(table, slot, node.word) {
-                    Claim::Claimed => {
-                        node.publish();
-                        return true;
-                    }
-                    Claim::Lost => continue,
-                    Claim::Resizing => self.raw.help_resize(table, 1, &guard),
-                },
-                Step::Slot {
-                    current: Some(_), ..
-                } => return false, // `node` is freed unpublished
-                Step::Slot { slot, word, .. } => {
-                    if slot.replace(word, node.word) == Cas::Won {
-                        node.publish();
-                        // SAFETY: the tomb is replaced by our CAS; retired once, by us.
-                        unsafe { cell::retire::<K, V>(word, &guard) };
-                        return true;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Looks at the key's slot once: where a write must CAS from or claim, or why it must
-    /// retry (after waiting for a lock holder or helping a resize).
-    fn observe<'g, Q>(
-        &self,
-        hash: u64,
-        key: &Q,
-        guard: &'g Guard,
-        backoff: &mut Backoff,
-    ) -> Step<'g, K, V>
-    where
-        K: Borrow<Q>,
-        Q: Eq + ?Sized,
-    {
-        let table = self.raw.table(guard);
-        match self.raw.locate(table, hash, key) {
-            Located::Resizing => {
-                self.raw.help_resize(table, 1, guard);
-                Step::Retry
-            }
-            Located::Vacant { slot } => Step::Vacant { table, slot },
-            // SAFETY: `word` was loaded from a slot under `guard`.
-            Located::Found { slot, word } => match unsafe { classify(word, guard) } {
-                State::Locked | State::Unlogged => {
-                    // A batch holds the key, or a write to it is being journaled: wait.
-                    backoff.snooze();
-                    Step::Retry
-                }
-                State::Frozen(_) => {
-                    self.raw.help_resize(table, 1, guard);
-                    Step::Retry
-                }
-                State::Absent => Step::Slot {
-                    slot,
-                    word,
-                    current: None,
-                },
-                State::Present(r) => Step::Slot {
-                    slot,
-                    word,
-                    current: Some(r),
-                },
-            },
-        }
-    }
-
-    /// The write path of every single-key put: `decide` sees the current version and returns
-    /// the flags to write, or the error to report. The record is allocated only once a decision
-    /// to write was made, and it is reused (restamped) across lost races.
-    fn put<E>(
-        &self,
-        key: K,
-        value: V,
-        mut decide: impl FnMut(&K, Option<&Record<K, V>>) -> Result<u64, E>,
-    ) -> Result<Written, E> {
-        let guard = self.raw.pin();
-        let hash = self.raw.hash(&key);
-        let mut backoff = Backoff::new();
-        let bits = if self.journal.is_some() { UNLOGGED } else { 0 };
-        // The key and value until the first decision to write; then the unpublished record.
-        let mut parts = Some((key, value));
-        let mut node = Unpublished::<K, V>::new(cell::EMPTY);
-        loop {
-            let key = match &parts {
-                Some((key, _)) => key,
-                // SAFETY: `node` is ours and unpublished.
-                None => unsafe { &Raw::<K, V>::record(node.word, &guard).header.keyed.key },
-            };
-            let step = self.observe(hash, key, &guard, &mut backoff);
-            let (vacant, slot, word, current) = match step {
-                Step::Retry => continue,
-                Step::Vacant { table, slot } => (Some(table), slot, cell::EMPTY, None),
-                Step::Slot {
-                    slot,
-                    word,
-                    current,
-                } => (None, slot, word, current),
-            };
-            let flags = decide(key, current)?;
-            let index = self.clock.next();
-            let meta = Meta {
-                modify_index: index,
-                create_index: current.map_or(index, |r| r.header.meta.create_index),
-                flags,
-            };
-            match parts.take() {
-                Some((key, value)) => node.word = Record::word(hash, key, value, meta, bits),
-                // SAFETY: `node` is ours and unpublished: nobody else can see it.
-                None => unsafe { (*cell::node_of::<Record<K, V>>(node.word)).header.meta = meta },
-            }
-            let installed = if let Some(table) = vacant {
-                match self.raw.claim(table, slot, node.word) {
-                    Claim::Claimed => true,
-                    Claim::Lost => false,
-                    Claim::Resizing => {
-                        self.raw.help_resize(table, 1, &guard);
-                        false
-                    }
-                }
-            } else {
-                slot.replace(word, node.word) == Cas::Won
-            };
-            if !installed {
-                continue; // look again, decide again, restamp the same record
-            }
-            let installed = node.publish();
-            // SAFETY: the word we replaced is unreachable from the slot now; retired once, by
-            // the writer whose CAS replaced it.
-            unsafe { cell::retire::<K, V>(word, &guard) };
-            let ticket = self.journal.as_ref().map(|journal| {
-                let _settle = Settling::new(slot, installed);
-                // SAFETY: `installed` is the record we just published; only we may replace it
-                // (it is settling), so it is live while we are pinned.
-                let record = unsafe { Raw::<K, V>::record(installed, &guard) };
-                journal.record(Mutation::Set {
-                    key: &record.header.keyed.key,
-                    entry: EntryRef::of(record),
-                })
-            });
-            return Ok(Written { index, ticket });
-        }
-    }
-
-    /// The write path of every single-key removal: `decide` returns whether to remove (a
-    /// present key) or the error to report. Returns the index of the delete, or `None` when
-    /// the key was absent and `decide` accepted that.
-    fn remove<Q, E>(
-        &self,
-        key: &Q,
-        mut decide: impl FnMut(Option<&Record<K, V>>) -> Result<bool, E>,
-    ) -> Result<Option<Written>, E>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        let guard = self.raw.pin();
-        let hash = self.raw.hash(key);
-        let mut backoff = Backoff::new();
-        let bits = if self.journal.is_some() { UNLOGGED } else { 0 };
-        let mut tomb = Unpublished::<K, V>::new(cell::EMPTY);
-        loop {
-            let (slot, word, current) = match self.observe(hash, key, &guard, &mut backoff) {
-                Step::Retry => continue,
-                Step::Vacant { .. } => {
-                    decide(None)?;
-                    return Ok(None);
-                }
-                Step::Slot {
-                    slot,
-                    word,
-                    current,
-                } => (slot, word, current),
-            };
-            let Some(current) = current else {
-                decide(None)?;
-                return Ok(None);
-            };
-            if !decide(Some(current))? {
-                return Ok(None);
-            }
-            // The owned key, from the record we replace (live for the pin).
-            let key = &current.header.keyed.key;
-            let index = self.clock.next();
-            if tomb.word == cell::EMPTY {
-                tomb.word = Tomb::word(hash, key.clone(), index, bits);
-            } else {
-                // SAFETY: `tomb` is ours and unpublished: nobody else can see it.
-                unsafe {
-                    (*cell::node_of::<Tomb<K>>(tomb.word))
-                        .header
-                        .meta
-                        .modify_index = index
-                };
-            }
-            if slot.replace(word, tomb.word) == Cas::Lost {
-                continue;
-            }
-            let installed = tomb.publish();
-            // SAFETY: the record we replaced is unreachable from the slot now; retired once.
-            unsafe { cell::retire::<K, V>(word, &guard) };
-            let ticket = self.journal.as_ref().map(|journal| {
-                let _settle = Settling::new(slot, installed);
-                journal.record(Mutation::Delete { key, index })
-            });
-            return Ok(Some(Written { index, ticket }));
-        }
     }
 }
 
@@ -907,8 +607,8 @@ where
 impl<K, V> std::fmt::Debug for Store<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("high_water", &self.clock.high_water())
-            .field("max_batch", &self.config.max_batch)
+            .field("high_water", &self.engine.clock.high_water())
+            .field("max_batch", &self.engine.config.max_batch)
             .finish_non_exhaustive()
     }
 }
@@ -925,43 +625,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.store.read(key, &self.guard).map(EntryRef::of)
-    }
-}
-
-/// Flags to write: the given ones, else the current version's, else 0.
-pub(crate) fn flags_or_kept<K, V>(given: Option<u64>, current: Option<&Record<K, V>>) -> u64 {
-    given.unwrap_or_else(|| current.map_or(0, |r| r.header.meta.flags))
-}
-
-/// The index condition of `set_cas`/`delete_cas`/`check_index`: 0 means absent, N means
-/// present at `modify_index` N.
-pub(crate) fn check_index<K: Clone, V: Clone>(
-    key: &K,
-    expected: u64,
-    current: Option<&Record<K, V>>,
-) -> Result<(), Error<K, V>> {
-    match (expected, current) {
-        (0, None) => Ok(()),
-        (n, Some(r)) if n != 0 && r.header.meta.modify_index == n => Ok(()),
-        (_, None) => Err(Error::NotFound(key.clone())),
-        (_, Some(r)) => Err(Error::Conflict(Conflict {
-            key: key.clone(),
-            expected: Expected::Index(expected),
-            current: Some(Entry::of(r)),
-        })),
-    }
-}
-
-/// The value condition of `compare_and_set`: `None` matches absent.
-pub(crate) fn value_matches<K, V: PartialEq>(
-    expected: Option<&V>,
-    current: Option<&Record<K, V>>,
-) -> bool {
-    match (expected, current) {
-        (None, None) => true,
-        (Some(e), Some(r)) => *e == r.value,
-        _ => false,
+        self.store.engine.read(key, &self.guard).map(EntryRef::of)
     }
 }
 

@@ -421,7 +421,9 @@ where
                 what: "value",
                 source,
             })?;
-            store.restore(key, value, v.flags, v.modify_index, v.create_index);
+            store
+                .engine
+                .restore(key, value, v.flags, v.modify_index, v.create_index);
         }
 
         let registry = match options.services_ttl() {
@@ -567,7 +569,9 @@ fn restore_services(
             source,
         })?;
         let reg = Registration::restored(reg.service().clone(), reg.expires_at_ms().max(renewed));
-        services.restore(name, Arc::new(reg), v.flags, v.modify_index, v.create_index);
+        services
+            .engine
+            .restore(name, Arc::new(reg), v.flags, v.modify_index, v.create_index);
     }
     Ok(Registry::with_store(
         services,

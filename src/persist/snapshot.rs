@@ -74,7 +74,7 @@ impl Writer {
         V: Codec + Clone + Send + 'static,
     {
         let mut result = Ok(());
-        store.for_each_settled(|key, entry| {
+        store.engine.for_each_settled(|key, entry| {
             if result.is_err() {
                 return;
             }

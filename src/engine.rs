@@ -1,0 +1,375 @@
+//! The engine under [`Store`](crate::Store): the table of version cells, the global index, the
+//! configuration and the journal, and the single-key write paths that change a cell
+//! (`observe`, `put`, `remove`, `restore`) with their settling. `store.rs` is the public
+//! facade over it (what each operation decides, and the listings); `batch.rs` is the other
+//! writer over the same engine.
+
+use std::borrow::Borrow;
+use std::hash::Hash;
+use std::time::Duration;
+
+use crate::cell::{
+    self, classify, visible, Cas, Cell, Meta, Record, Settling, State, Tomb, Unpublished, UNLOGGED,
+};
+use crate::clock::GlobalIndex;
+use crate::entry::{Entry, EntryRef};
+use crate::error::{Conflict, Error, Expected};
+use crate::journal::{Journal, Mutation, Written};
+use crate::sync::epoch::Guard;
+use crate::sync::{Backoff, StdArc};
+use crate::table::{Claim, Located, Raw, Table};
+use crate::DEFAULT_MAX_BATCH;
+
+/// What a [`Store`](crate::Store) is made of.
+pub(crate) struct Engine<K, V> {
+    pub(crate) raw: Raw<K, V>,
+    pub(crate) clock: StdArc<GlobalIndex>,
+    pub(crate) config: Config,
+    /// Where committed mutations go, in per-key order (see [`crate::journal`]).
+    pub(crate) journal: Option<Box<dyn Journal<K, V>>>,
+}
+
+/// A store's settings ([`StoreBuilder`](crate::StoreBuilder)).
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) max_batch: usize,
+    pub(crate) capacity: usize,
+    pub(crate) update_attempts: u32,
+    pub(crate) update_backoff: (Duration, Duration),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_batch: DEFAULT_MAX_BATCH,
+            capacity: 0,
+            update_attempts: 10,
+            update_backoff: (Duration::from_micros(50), Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Where a single-key write stands after looking at the key's slot.
+enum Step<'g, K, V> {
+    /// Try again from a fresh look (the slot was locked, settling or frozen).
+    Retry,
+    /// The key has a slot: CAS it from `word`.
+    Slot {
+        slot: &'g Cell,
+        word: u64,
+        current: Option<&'g Record<K, V>>,
+    },
+    /// The key has no slot: claim the empty `slot` of `table`.
+    Vacant { table: &'g Table, slot: &'g Cell },
+}
+
+impl<K, V> Engine<K, V>
+where
+    K: Hash + Eq + Ord + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    /// The record a reader sees for `key` under `guard`.
+    #[inline]
+    pub(crate) fn read<'g, Q>(&self, key: &Q, guard: &'g Guard) -> Option<&'g Record<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.raw.hash(key);
+        let table = self.raw.table(guard);
+        let word = self.raw.find(table, hash, key)?;
+        // SAFETY: `word` was loaded from a slot of a table reached under `guard`.
+        unsafe { visible(word, guard) }
+    }
+
+    /// Calls `f` with every present entry whose word is settled: a key being written by a batch
+    /// or being journaled is waited for, so every version passed to `f` has reached the journal.
+    /// Weakly consistent like [`entries`](Store::entries); unsorted. (A snapshot's scan.)
+    pub(crate) fn for_each_settled(&self, mut f: impl FnMut(&K, EntryRef<'_, V>)) {
+        let guard = self.raw.pin();
+        self.raw.for_each(&guard, |k, slot, mut word| {
+            let mut backoff = Backoff::new();
+            loop {
+                // SAFETY: `word` was loaded from a slot under `guard`.
+                match unsafe { classify::<K, V>(word, &guard) } {
+                    State::Locked | State::Unlogged => backoff.snooze(),
+                    State::Present(r) | State::Frozen(Some(r)) => return f(k, EntryRef::of(r)),
+                    State::Absent | State::Frozen(None) => return,
+                }
+                word = slot.load();
+            }
+        });
+    }
+
+    /// Installs a recovered version for a key that has none yet, bypassing the journal (it came
+    /// from there). Returns `false` if the key already had a value. For recovery, before the
+    /// store is shared.
+    pub(crate) fn restore(
+        &self,
+        key: K,
+        value: V,
+        flags: u64,
+        modify_index: u64,
+        create_index: u64,
+    ) -> bool {
+        let guard = self.raw.pin();
+        let hash = self.raw.hash(&key);
+        let meta = Meta {
+            modify_index,
+            create_index,
+            flags,
+        };
+        let mut node = Unpublished::<K, V>::new(cell::EMPTY);
+        node.word = Record::word(hash, key, value, meta, 0);
+        loop {
+            // SAFETY: `node` is ours and unpublished.
+            let key = unsafe { &Raw::<K, V>::record(node.word, &guard).header.keyed.key };
+            match self.observe(hash, key, &guard, &mut Backoff::new()) {
+                Step::Retry => continue,
+                Step::Vacant { table, slot } => match self.raw.claim(table, slot, node.word) {
+                    Claim::Claimed => {
+                        node.publish();
+                        return true;
+                    }
+                    Claim::Lost => continue,
+                    Claim::Resizing => self.raw.help_resize(table, 1, &guard),
+                },
+                Step::Slot {
+                    current: Some(_), ..
+                } => return false, // `node` is freed unpublished
+                Step::Slot { slot, word, .. } => {
+                    if slot.replace(word, node.word) == Cas::Won {
+                        node.publish();
+                        // SAFETY: the tomb is replaced by our CAS; retired once, by us.
+                        unsafe { cell::retire::<K, V>(word, &guard) };
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Looks at the key's slot once: where a write must CAS from or claim, or why it must
+    /// retry (after waiting for a lock holder or helping a resize).
+    #[inline]
+    fn observe<'g, Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+        guard: &'g Guard,
+        backoff: &mut Backoff,
+    ) -> Step<'g, K, V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let table = self.raw.table(guard);
+        match self.raw.locate(table, hash, key) {
+            Located::Resizing => {
+                self.raw.help_resize(table, 1, guard);
+                Step::Retry
+            }
+            Located::Vacant { slot } => Step::Vacant { table, slot },
+            // SAFETY: `word` was loaded from a slot under `guard`.
+            Located::Found { slot, word } => match unsafe { classify(word, guard) } {
+                State::Locked | State::Unlogged => {
+                    // A batch holds the key, or a write to it is being journaled: wait.
+                    backoff.snooze();
+                    Step::Retry
+                }
+                State::Frozen(_) => {
+                    self.raw.help_resize(table, 1, guard);
+                    Step::Retry
+                }
+                State::Absent => Step::Slot {
+                    slot,
+                    word,
+                    current: None,
+                },
+                State::Present(r) => Step::Slot {
+                    slot,
+                    word,
+                    current: Some(r),
+                },
+            },
+        }
+    }
+
+    /// The write path of every single-key put: `decide` sees the current version and returns
+    /// the flags to write, or the error to report. The record is allocated only once a decision
+    /// to write was made, and it is reused (restamped) across lost races.
+    pub(crate) fn put<E>(
+        &self,
+        key: K,
+        value: V,
+        mut decide: impl FnMut(&K, Option<&Record<K, V>>) -> Result<u64, E>,
+    ) -> Result<Written, E> {
+        let guard = self.raw.pin();
+        let hash = self.raw.hash(&key);
+        let mut backoff = Backoff::new();
+        let bits = if self.journal.is_some() { UNLOGGED } else { 0 };
+        // The key and value until the first decision to write; then the unpublished record.
+        let mut parts = Some((key, value));
+        let mut node = Unpublished::<K, V>::new(cell::EMPTY);
+        loop {
+            let key = match &parts {
+                Some((key, _)) => key,
+                // SAFETY: `node` is ours and unpublished.
+                None => unsafe { &Raw::<K, V>::record(node.word, &guard).header.keyed.key },
+            };
+            let step = self.observe(hash, key, &guard, &mut backoff);
+            let (vacant, slot, word, current) = match step {
+                Step::Retry => continue,
+                Step::Vacant { table, slot } => (Some(table), slot, cell::EMPTY, None),
+                Step::Slot {
+                    slot,
+                    word,
+                    current,
+                } => (None, slot, word, current),
+            };
+            let flags = decide(key, current)?;
+            let index = self.clock.next();
+            let meta = Meta {
+                modify_index: index,
+                create_index: current.map_or(index, |r| r.header.meta.create_index),
+                flags,
+            };
+            match parts.take() {
+                Some((key, value)) => node.word = Record::word(hash, key, value, meta, bits),
+                // SAFETY: `node` is ours and unpublished: nobody else can see it.
+                None => unsafe { (*cell::node_of::<Record<K, V>>(node.word)).header.meta = meta },
+            }
+            let installed = if let Some(table) = vacant {
+                match self.raw.claim(table, slot, node.word) {
+                    Claim::Claimed => true,
+                    Claim::Lost => false,
+                    Claim::Resizing => {
+                        self.raw.help_resize(table, 1, &guard);
+                        false
+                    }
+                }
+            } else {
+                slot.replace(word, node.word) == Cas::Won
+            };
+            if !installed {
+                continue; // look again, decide again, restamp the same record
+            }
+            let installed = node.publish();
+            // SAFETY: the word we replaced is unreachable from the slot now; retired once, by
+            // the writer whose CAS replaced it.
+            unsafe { cell::retire::<K, V>(word, &guard) };
+            let ticket = self.journal.as_ref().map(|journal| {
+                let _settle = Settling::new(slot, installed);
+                // SAFETY: `installed` is the record we just published; only we may replace it
+                // (it is settling), so it is live while we are pinned.
+                let record = unsafe { Raw::<K, V>::record(installed, &guard) };
+                journal.record(Mutation::Set {
+                    key: &record.header.keyed.key,
+                    entry: EntryRef::of(record),
+                })
+            });
+            return Ok(Written { index, ticket });
+        }
+    }
+
+    /// The write path of every single-key removal: `decide` returns whether to remove (a
+    /// present key) or the error to report. Returns the index of the delete, or `None` when
+    /// the key was absent and `decide` accepted that.
+    pub(crate) fn remove<Q, E>(
+        &self,
+        key: &Q,
+        mut decide: impl FnMut(Option<&Record<K, V>>) -> Result<bool, E>,
+    ) -> Result<Option<Written>, E>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let guard = self.raw.pin();
+        let hash = self.raw.hash(key);
+        let mut backoff = Backoff::new();
+        let bits = if self.journal.is_some() { UNLOGGED } else { 0 };
+        let mut tomb = Unpublished::<K, V>::new(cell::EMPTY);
+        loop {
+            let (slot, word, current) = match self.observe(hash, key, &guard, &mut backoff) {
+                Step::Retry => continue,
+                Step::Vacant { .. } => {
+                    decide(None)?;
+                    return Ok(None);
+                }
+                Step::Slot {
+                    slot,
+                    word,
+                    current,
+                } => (slot, word, current),
+            };
+            let Some(current) = current else {
+                decide(None)?;
+                return Ok(None);
+            };
+            if !decide(Some(current))? {
+                return Ok(None);
+            }
+            // The owned key, from the record we replace (live for the pin).
+            let key = &current.header.keyed.key;
+            let index = self.clock.next();
+            if tomb.word == cell::EMPTY {
+                tomb.word = Tomb::word(hash, key.clone(), index, bits);
+            } else {
+                // SAFETY: `tomb` is ours and unpublished: nobody else can see it.
+                unsafe {
+                    (*cell::node_of::<Tomb<K>>(tomb.word))
+                        .header
+                        .meta
+                        .modify_index = index
+                };
+            }
+            if slot.replace(word, tomb.word) == Cas::Lost {
+                continue;
+            }
+            let installed = tomb.publish();
+            // SAFETY: the record we replaced is unreachable from the slot now; retired once.
+            unsafe { cell::retire::<K, V>(word, &guard) };
+            let ticket = self.journal.as_ref().map(|journal| {
+                let _settle = Settling::new(slot, installed);
+                journal.record(Mutation::Delete { key, index })
+            });
+            return Ok(Some(Written { index, ticket }));
+        }
+    }
+}
+
+/// Flags to write: the given ones, else the current version's, else 0.
+pub(crate) fn flags_or_kept<K, V>(given: Option<u64>, current: Option<&Record<K, V>>) -> u64 {
+    given.unwrap_or_else(|| current.map_or(0, |r| r.header.meta.flags))
+}
+
+/// The index condition of `set_cas`/`delete_cas`/`check_index`: 0 means absent, N means
+/// present at `modify_index` N.
+pub(crate) fn check_index<K: Clone, V: Clone>(
+    key: &K,
+    expected: u64,
+    current: Option<&Record<K, V>>,
+) -> Result<(), Error<K, V>> {
+    match (expected, current) {
+        (0, None) => Ok(()),
+        (n, Some(r)) if n != 0 && r.header.meta.modify_index == n => Ok(()),
+        (_, None) => Err(Error::NotFound(key.clone())),
+        (_, Some(r)) => Err(Error::Conflict(Conflict {
+            key: key.clone(),
+            expected: Expected::Index(expected),
+            current: Some(Entry::of(r)),
+        })),
+    }
+}
+
+/// The value condition of `compare_and_set`: `None` matches absent.
+pub(crate) fn value_matches<K, V: PartialEq>(
+    expected: Option<&V>,
+    current: Option<&Record<K, V>>,
+) -> bool {
+    match (expected, current) {
+        (None, None) => true,
+        (Some(e), Some(r)) => *e == r.value,
+        _ => false,
+    }
+}
