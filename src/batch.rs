@@ -554,7 +554,7 @@ where
         }
 
         // Commit: one index, every after stored, then the one flip.
-        let index = self.engine.clock.next();
+        let index = self.engine.global_index.next();
         let mut writes = 0;
         // By reference: moving the inline vector into the iterator would copy all of it.
         for (i, (op, &(effect, before))) in ops.into_iter().zip(&effects).enumerate() {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
+use crate::defaults;
 use crate::persist::FsyncPolicy;
 use crate::server::{AppState, ConnLimits, Limits};
 
@@ -47,41 +48,61 @@ enum Fsync {
     Never,
 }
 
+impl From<FsyncPolicy> for Fsync {
+    fn from(policy: FsyncPolicy) -> Self {
+        match policy {
+            FsyncPolicy::Always => Fsync::Always,
+            FsyncPolicy::EverySec => Fsync::Everysec,
+            FsyncPolicy::Never => Fsync::Never,
+        }
+    }
+}
+
+impl From<Fsync> for FsyncPolicy {
+    fn from(flag: Fsync) -> Self {
+        match flag {
+            Fsync::Always => FsyncPolicy::Always,
+            Fsync::Everysec => FsyncPolicy::EverySec,
+            Fsync::Never => FsyncPolicy::Never,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, env = "CASKV_ADDR", default_value = "127.0.0.1:8500")]
+    #[arg(long, env = "CASKV_ADDR", default_value_t = defaults::ADDR)]
     addr: SocketAddr,
     /// Directory for the log and snapshots; without it the store lives in memory only.
     #[arg(long, env = "CASKV_DATA_DIR")]
     data_dir: Option<std::path::PathBuf>,
     /// Durability of acknowledged writes (with --data-dir).
-    #[arg(long, env = "CASKV_FSYNC", value_enum, default_value = "always")]
+    #[arg(long, env = "CASKV_FSYNC", value_enum, default_value_t = Fsync::from(defaults::FSYNC))]
     fsync: Fsync,
     /// Time a service registration lives without a heartbeat.
-    #[arg(long, env = "CASKV_SERVICE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
-    service_ttl: Duration,
+    #[arg(long, env = "CASKV_SERVICE_TTL", default_value_t = defaults::SERVICE_TTL.into())]
+    service_ttl: humantime::Duration,
     /// Longest key or service name, in bytes.
-    #[arg(long, env = "CASKV_MAX_KEY_BYTES", default_value_t = crate::server::DEFAULT_MAX_KEY_BYTES)]
+    #[arg(long, env = "CASKV_MAX_KEY_BYTES", default_value_t = defaults::MAX_KEY_BYTES)]
     max_key_bytes: usize,
     /// Longest value, in bytes.
-    #[arg(long, env = "CASKV_MAX_VALUE_BYTES", default_value_t = crate::server::DEFAULT_MAX_VALUE_BYTES)]
+    #[arg(long, env = "CASKV_MAX_VALUE_BYTES", default_value_t = defaults::MAX_VALUE_BYTES)]
     max_value_bytes: usize,
     /// Largest request body, in bytes.
-    #[arg(long, env = "CASKV_MAX_BODY_BYTES", default_value_t = crate::server::DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, env = "CASKV_MAX_BODY_BYTES", default_value_t = defaults::MAX_BODY_BYTES)]
     max_body_bytes: usize,
     /// Most operations in one batch.
-    #[arg(long, env = "CASKV_MAX_BATCH", default_value_t = crate::DEFAULT_MAX_BATCH)]
+    #[arg(long, env = "CASKV_MAX_BATCH", default_value_t = defaults::MAX_BATCH)]
     max_batch: usize,
     /// Most connections served at once.
-    #[arg(long, env = "CASKV_MAX_CONNECTIONS", default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, env = "CASKV_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     max_connections: usize,
     /// Time a client has to send a request head.
-    #[arg(long, env = "CASKV_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    header_timeout: Duration,
+    #[arg(long, env = "CASKV_HEADER_TIMEOUT", default_value_t = defaults::HEADER_TIMEOUT.into())]
+    header_timeout: humantime::Duration,
     /// Time a client has to send a request body.
-    #[arg(long, env = "CASKV_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    body_timeout: Duration,
+    #[arg(long, env = "CASKV_BODY_TIMEOUT", default_value_t = defaults::BODY_TIMEOUT.into())]
+    body_timeout: humantime::Duration,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -90,7 +111,7 @@ struct Remote {
     #[arg(
         long,
         env = "CASKV_ADDR",
-        default_value = "127.0.0.1:8500",
+        default_value_t = defaults::ADDR.to_string(),
         global = true
     )]
     addr: String,
@@ -224,19 +245,15 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     let conn = ConnLimits {
         max_connections: args.max_connections.max(1),
-        header_timeout: args.header_timeout,
-        body_timeout: args.body_timeout,
+        header_timeout: args.header_timeout.into(),
+        body_timeout: args.body_timeout.into(),
         ..ConnLimits::default()
     };
     let state = match &args.data_dir {
-        None => AppState::new(limits, args.service_ttl),
+        None => AppState::new(limits, args.service_ttl.into()),
         Some(dir) => {
-            let fsync = match args.fsync {
-                Fsync::Always => FsyncPolicy::Always,
-                Fsync::Everysec => FsyncPolicy::EverySec,
-                Fsync::Never => FsyncPolicy::Never,
-            };
-            match AppState::open(dir, fsync, limits, args.service_ttl) {
+            let fsync = FsyncPolicy::from(args.fsync);
+            match AppState::open(dir, fsync, limits, args.service_ttl.into()) {
                 Ok(state) => state,
                 Err(e) => {
                     eprintln!("caskv: cannot open the data directory: {e}");
@@ -524,9 +541,11 @@ mod tests {
         assert_eq!(args.max_body_bytes, limits.max_body_bytes);
         assert_eq!(args.max_batch, limits.max_batch);
         assert_eq!(args.max_connections, conn.max_connections);
-        assert_eq!(args.header_timeout, conn.header_timeout);
-        assert_eq!(args.body_timeout, conn.body_timeout);
-        assert_eq!(args.service_ttl, crate::DEFAULT_SERVICE_TTL);
+        assert_eq!(Duration::from(args.header_timeout), conn.header_timeout);
+        assert_eq!(Duration::from(args.body_timeout), conn.body_timeout);
+        assert_eq!(Duration::from(args.service_ttl), defaults::SERVICE_TTL);
+        assert_eq!(args.addr, defaults::ADDR);
+        assert_eq!(FsyncPolicy::from(args.fsync), defaults::FSYNC);
     }
 
     #[test]

@@ -68,16 +68,16 @@ where
     /// An in-memory database: the store's batch bound and the services setting come from
     /// `options` (the rest of them is about the disk).
     pub fn memory(options: Options) -> Self {
-        let clock = Arc::new(GlobalIndex::new());
+        let global_index = Arc::new(GlobalIndex::new());
         let store = Store::builder()
-            .global_index(clock.clone())
+            .global_index(global_index.clone())
             .max_batch(options.batch_bound())
             .build();
         Db {
             store: Arc::new(store),
             registry: options
                 .services_ttl()
-                .map(|ttl| Arc::new(Registry::new(clock, ttl))),
+                .map(|ttl| Arc::new(Registry::new(global_index, ttl))),
             durable: None,
         }
     }

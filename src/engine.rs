@@ -11,19 +11,19 @@ use std::time::Duration;
 use crate::cell::{
     self, classify, visible, Cas, Cell, Meta, Record, Settling, State, Tomb, Unpublished, UNLOGGED,
 };
-use crate::clock::GlobalIndex;
+use crate::defaults;
 use crate::entry::{Entry, EntryRef};
 use crate::error::{Conflict, Error, Expected};
+use crate::global_index::GlobalIndex;
 use crate::journal::{Journal, Mutation, Written};
 use crate::sync::epoch::Guard;
 use crate::sync::{Backoff, StdArc};
 use crate::table::{Claim, Located, Raw, Table};
-use crate::DEFAULT_MAX_BATCH;
 
 /// What a [`Store`](crate::Store) is made of.
 pub(crate) struct Engine<K, V> {
     pub(crate) raw: Raw<K, V>,
-    pub(crate) clock: StdArc<GlobalIndex>,
+    pub(crate) global_index: StdArc<GlobalIndex>,
     pub(crate) config: Config,
     /// Where committed mutations go, in per-key order (see [`crate::journal`]).
     pub(crate) journal: Option<Box<dyn Journal<K, V>>>,
@@ -41,10 +41,10 @@ pub(crate) struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            max_batch: DEFAULT_MAX_BATCH,
+            max_batch: defaults::MAX_BATCH,
             capacity: 0,
-            update_attempts: 10,
-            update_backoff: (Duration::from_micros(50), Duration::from_millis(10)),
+            update_attempts: defaults::UPDATE_ATTEMPTS,
+            update_backoff: defaults::UPDATE_BACKOFF,
         }
     }
 }
@@ -228,7 +228,7 @@ where
                 } => (None, slot, word, current),
             };
             let flags = decide(key, current)?;
-            let index = self.clock.next();
+            let index = self.global_index.next();
             let meta = Meta {
                 modify_index: index,
                 create_index: current.map_or(index, |r| r.header.meta.create_index),
@@ -311,7 +311,7 @@ where
             }
             // The owned key, from the record we replace (live for the pin).
             let key = &current.header.keyed.key;
-            let index = self.clock.next();
+            let index = self.global_index.next();
             if tomb.word == cell::EMPTY {
                 tomb.word = Tomb::word(hash, key.clone(), index, bits);
             } else {

@@ -64,8 +64,8 @@
 
 mod batch;
 mod cell;
-mod clock;
 mod db;
+pub mod defaults;
 mod engine;
 mod entry;
 #[cfg(caskv_loom)]
@@ -74,6 +74,7 @@ pub mod epoch;
 #[cfg(not(caskv_loom))]
 mod epoch;
 mod error;
+mod global_index;
 mod journal;
 pub mod persist;
 mod recycle;
@@ -93,16 +94,14 @@ pub mod server;
 pub struct ReadmeDoctests;
 
 pub use batch::Op;
-pub use clock::GlobalIndex;
 pub use db::Db;
 pub use entry::{Entry, EntryRef};
 pub use error::{Conflict, Error, Expected, StorageError};
+pub use global_index::GlobalIndex;
 pub use journal::{Journal, Mutation};
 pub use persist::Pending;
-pub use registry::{
-    Registration, Registry, RegistryError, Service, ServiceEntry, DEFAULT_SERVICE_TTL,
-};
-pub use store::{Pinned, Store, StoreBuilder, DEFAULT_MAX_BATCH};
+pub use registry::{Registration, Registry, RegistryError, Service, ServiceEntry};
+pub use store::{Pinned, Store, StoreBuilder};
 
 /// Frees what the calling thread has retired (values replaced or deleted, through any
 /// store), as far as other threads' pins allow, and returns how many retired nodes it still

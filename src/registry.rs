@@ -19,9 +19,6 @@ use crate::journal::Written;
 use crate::sync::{AtomicU64, Ordering, StdArc as Arc};
 use crate::{Entry, Error, GlobalIndex, Store};
 
-/// The default time a registration lives without a heartbeat.
-pub const DEFAULT_SERVICE_TTL: Duration = Duration::from_secs(30);
-
 /// A service as clients register it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]

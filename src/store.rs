@@ -7,17 +7,14 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::cell::{visible, Record};
-use crate::clock::GlobalIndex;
 use crate::engine::{check_index, flags_or_kept, value_matches, Config, Engine};
 use crate::entry::{Entry, EntryRef};
 use crate::error::{Conflict, Error, Expected};
+use crate::global_index::GlobalIndex;
 use crate::journal::{Journal, Written};
 use crate::sync::epoch::Guard;
 use crate::sync::StdArc;
 use crate::table::Raw;
-
-/// The default bound on operations in one batch.
-pub const DEFAULT_MAX_BATCH: usize = 1000;
 
 /// A concurrent versioned key-value store. See the [crate docs](crate) for the consistency model.
 ///
@@ -57,7 +54,7 @@ pub struct Store<K, V> {
 /// ```
 pub struct StoreBuilder<K, V> {
     config: Config,
-    clock: Option<StdArc<GlobalIndex>>,
+    global_index: Option<StdArc<GlobalIndex>>,
     /// The store's types, fixed by [`Store::builder`] (`fn` so the builder is `Send` and
     /// `Sync` whatever they are).
     _types: PhantomData<fn() -> (K, V)>,
@@ -67,7 +64,7 @@ impl<K, V> Default for StoreBuilder<K, V> {
     fn default() -> Self {
         StoreBuilder {
             config: Config::default(),
-            clock: None,
+            global_index: None,
             _types: PhantomData,
         }
     }
@@ -77,13 +74,13 @@ impl<K, V> std::fmt::Debug for StoreBuilder<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreBuilder")
             .field("config", &self.config)
-            .field("clock", &self.clock)
+            .field("global_index", &self.global_index)
             .finish()
     }
 }
 
 impl<K, V> StoreBuilder<K, V> {
-    /// The most operations one batch may hold. Default [`DEFAULT_MAX_BATCH`] (1000).
+    /// The most operations one batch may hold. Default [`defaults::MAX_BATCH`](crate::defaults::MAX_BATCH) (1000).
     pub fn max_batch(mut self, max: usize) -> Self {
         self.config.max_batch = max;
         self
@@ -99,7 +96,7 @@ impl<K, V> StoreBuilder<K, V> {
     /// The global index to draw from, shared with other stores or the service registry.
     /// Default: a fresh counter starting at 1.
     pub fn global_index(mut self, index: StdArc<GlobalIndex>) -> Self {
-        self.clock = Some(index);
+        self.global_index = Some(index);
         self
     }
 
@@ -108,7 +105,7 @@ impl<K, V> StoreBuilder<K, V> {
     /// # Panics
     /// If `high_water >= GlobalIndex::LIMIT` (2^63); see [`GlobalIndex::try_starting_after`].
     pub fn start_after(mut self, high_water: u64) -> Self {
-        self.clock = Some(StdArc::new(GlobalIndex::starting_after(high_water)));
+        self.global_index = Some(StdArc::new(GlobalIndex::starting_after(high_water)));
         self
     }
 
@@ -134,7 +131,7 @@ impl<K, V> StoreBuilder<K, V> {
         Store {
             engine: Engine {
                 raw: Raw::with_capacity(self.config.capacity),
-                clock: self.clock.unwrap_or_default(),
+                global_index: self.global_index.unwrap_or_default(),
                 config: self.config,
                 journal: None,
             },
@@ -212,7 +209,7 @@ where
 
     /// The global index this store draws from.
     pub fn global_index(&self) -> &StdArc<GlobalIndex> {
-        &self.engine.clock
+        &self.engine.global_index
     }
 
     /// Pins the current thread for a series of reads (see [`Pinned`]).
@@ -607,7 +604,7 @@ where
 impl<K, V> std::fmt::Debug for Store<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("high_water", &self.engine.clock.high_water())
+            .field("high_water", &self.engine.global_index.high_water())
             .field("max_batch", &self.engine.config.max_batch)
             .finish_non_exhaustive()
     }

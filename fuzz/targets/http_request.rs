@@ -1108,7 +1108,7 @@ fn keys_ok<'a>(keys: impl ExactSizeIterator<Item = &'a String>) -> bool {
     for k in keys {
         all &= key_ok(k);
     }
-    (1..=caskv::DEFAULT_MAX_BATCH).contains(&n) && all
+    (1..=caskv::defaults::MAX_BATCH).contains(&n) && all
 }
 
 /// The expected status of a batch whose conditions failed: 404 when every failing key is absent

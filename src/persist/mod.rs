@@ -103,10 +103,10 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             fsync: FsyncPolicy::Always,
-            snapshot_after_bytes: 64 << 20,
-            max_batch: crate::DEFAULT_MAX_BATCH,
+            snapshot_after_bytes: crate::defaults::SNAPSHOT_AFTER_BYTES,
+            max_batch: crate::defaults::MAX_BATCH,
             services: false,
-            service_ttl: crate::DEFAULT_SERVICE_TTL,
+            service_ttl: crate::defaults::SERVICE_TTL,
             tick: Duration::from_secs(1),
             create_segment: Arc::new(log::create_file),
         }
@@ -393,7 +393,7 @@ where
             )
             .map_err(PersistError::io(&dir))?,
         );
-        let clock = Arc::new(
+        let global_index = Arc::new(
             GlobalIndex::resuming_after(recovered.high_water).ok_or_else(|| {
                 PersistError::Corrupt {
                     file: dir.clone(),
@@ -406,10 +406,10 @@ where
             })?,
         );
         let reservation = Arc::new(Reservation::new(log.clone(), recovered.high_water));
-        clock.set_reserve(Box::new(reservation.clone()));
+        global_index.set_reserve(Box::new(reservation.clone()));
 
         let store: Store<K, V> = Store::builder()
-            .global_index(clock.clone())
+            .global_index(global_index.clone())
             .max_batch(options.max_batch)
             .build_journaled(Box::new(LogJournal::<K, V>::new(log.clone(), Space::Kv)));
         for (key, v) in recovered.kv {
@@ -429,7 +429,7 @@ where
         let registry = match options.services_ttl() {
             Some(ttl) => Some(Arc::new(restore_services(
                 recovered.services,
-                clock,
+                global_index,
                 &log,
                 ttl,
             )?)),
@@ -548,12 +548,12 @@ impl<K, V> Durable<K, V> {
 /// of a live service may be long past.
 fn restore_services(
     recovered: std::collections::HashMap<Vec<u8>, recover::OwnedVersion>,
-    clock: Arc<GlobalIndex>,
+    global_index: Arc<GlobalIndex>,
     log: &Arc<Log>,
     ttl: Duration,
 ) -> Result<Registry, PersistError> {
     let services: Store<String, Arc<Registration>> = Store::builder()
-        .global_index(clock)
+        .global_index(global_index)
         .build_journaled(Box::new(LogJournal::<String, Arc<Registration>>::new(
             log.clone(),
             Space::Services,

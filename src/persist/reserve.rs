@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::frame;
 use super::log::{Level, Log};
 use super::record;
-use crate::clock::Reserve;
+use crate::global_index::Reserve;
 
 /// Indices reserved per log record: a reservation costs one fsync per this many writes, and a
 /// restart skips at most this many indices.

@@ -1,15 +1,8 @@
 //! The bounds on everything a client controls. Each has a default (SPEC §1, §3) and a flag.
 
 use super::error::ApiError;
+use crate::defaults;
 use crate::persist::{PersistError, MAX_BATCH_BYTES, MAX_ENTRY_BYTES};
-
-/// Default longest key (and service name), in bytes: the one home of this default (the CLI's
-/// `--max-key-bytes` and [`Limits::default`] both read it).
-pub const DEFAULT_MAX_KEY_BYTES: usize = 512;
-/// Default longest value, in bytes (512 KiB).
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 512 * 1024;
-/// Default largest request body, in bytes (1 MiB).
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Size bounds of the HTTP API.
 #[derive(Debug, Clone)]
@@ -27,10 +20,10 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
-            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_batch: crate::DEFAULT_MAX_BATCH,
+            max_key_bytes: defaults::MAX_KEY_BYTES,
+            max_value_bytes: defaults::MAX_VALUE_BYTES,
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            max_batch: defaults::MAX_BATCH,
         }
     }
 }

@@ -31,11 +31,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use error::ApiError;
-pub use limits::{Limits, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES};
+pub use limits::Limits;
 use metrics::{Metrics, Op as Metric, Status};
 
 use crate::persist::{FsyncPolicy, Options, Pending, PersistError};
-use crate::{Db, Error, Registry, Store};
+use crate::{defaults, Db, Error, Registry, Store};
 
 /// Everything a handler can reach. Cloning it (axum does, per request) is one reference count.
 #[derive(Clone)]
@@ -133,16 +133,13 @@ pub struct ConnLimits {
     pub shutdown_grace: Duration,
 }
 
-/// Default most connections served at once (the CLI's `--max-connections` reads it too).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-
 impl Default for ConnLimits {
     fn default() -> Self {
         ConnLimits {
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(10),
+            max_connections: defaults::MAX_CONNECTIONS,
+            header_timeout: defaults::HEADER_TIMEOUT,
+            body_timeout: defaults::BODY_TIMEOUT,
+            shutdown_grace: defaults::SHUTDOWN_GRACE,
         }
     }
 }

@@ -629,7 +629,7 @@ impl MapModel {
     pub fn new(keys: usize) -> Self {
         MapModel {
             keys,
-            max_batch: caskv::DEFAULT_MAX_BATCH,
+            max_batch: caskv::defaults::MAX_BATCH,
         }
     }
 }

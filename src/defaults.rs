@@ -1,0 +1,51 @@
+//! Every default of caskv in one place: the library's ([`Store`](crate::Store),
+//! [`Db`](crate::Db), the [`Registry`](crate::Registry)), the server's and the CLI's, whose
+//! flags show these values. Change one here and every place that uses it follows.
+//!
+//! # Example
+//! ```
+//! use caskv::{defaults, Store};
+//! let store: Store<u64, u64> = Store::builder().max_batch(defaults::MAX_BATCH / 2).build();
+//! assert_eq!(defaults::ADDR.to_string(), "127.0.0.1:8500");
+//! # drop(store);
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::persist::FsyncPolicy;
+
+/// Where `caskv serve` listens, and where the CLI client looks for it: loopback only.
+pub const ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8500);
+
+/// Most operations (keys) in one batch, and keys in one `get_many`.
+pub const MAX_BATCH: usize = 1000;
+
+/// Attempts [`Store::update`](crate::Store::update) makes before it gives up.
+pub const UPDATE_ATTEMPTS: u32 = 10;
+/// The first and the largest pause between `update` attempts (each pause doubles, jittered).
+pub const UPDATE_BACKOFF: (Duration, Duration) =
+    (Duration::from_micros(50), Duration::from_millis(10));
+
+/// How long a service registration lives without a heartbeat.
+pub const SERVICE_TTL: Duration = Duration::from_secs(30);
+
+/// When a write on disk is acknowledged: after its fsync.
+pub const FSYNC: FsyncPolicy = FsyncPolicy::Always;
+/// Log bytes written since the last snapshot that trigger the next one (64 MiB).
+pub const SNAPSHOT_AFTER_BYTES: u64 = 64 << 20;
+
+/// Longest key (and service name) the server accepts, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Longest value (and a service's address, tags and meta together) the server accepts (512 KiB).
+pub const MAX_VALUE_BYTES: usize = 512 * 1024;
+/// Largest request body the server reads (1 MiB).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Most connections the server serves at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Time a client has to send a whole request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a whole request body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time in-flight requests get to finish when the server shuts down.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
