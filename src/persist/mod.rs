@@ -58,6 +58,42 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
+/// Stand-ins for the tests of other modules (the server's), so they need nothing of `log`.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use super::log::{create_file, SegmentFile};
+    use super::Options;
+
+    /// A segment file whose every write and fsync fails once `broken` is set.
+    struct Breakable(Box<dyn SegmentFile>, Arc<AtomicBool>);
+
+    impl SegmentFile for Breakable {
+        fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            if self.1.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("disk on fire"));
+            }
+            self.0.append(bytes)
+        }
+        fn sync(&mut self) -> std::io::Result<()> {
+            if self.1.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("disk on fire"));
+            }
+            self.0.sync()
+        }
+    }
+
+    /// `options` on a disk that fails every write and fsync ("disk on fire") once `broken` is
+    /// set.
+    pub(crate) fn breakable_disk(options: Options, broken: Arc<AtomicBool>) -> Options {
+        options.create_segment(Arc::new(move |path: &std::path::Path| {
+            Ok(Box::new(Breakable(create_file(path)?, broken.clone())) as Box<dyn SegmentFile>)
+        }))
+    }
+}
+
 use std::fs::File;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};

@@ -489,29 +489,11 @@ pub async fn reap_services(registry: Arc<Registry>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::persist::log::SegmentFile;
+    use crate::persist::testing::breakable_disk;
     use axum::body::Body;
     use axum::http::{Request as HttpRequest, StatusCode};
     use std::sync::atomic::{AtomicBool, Ordering};
     use tower::ServiceExt;
-
-    /// A segment file whose every write and fsync fails once `broken` is set.
-    struct Breakable(std::fs::File, Arc<AtomicBool>);
-
-    impl SegmentFile for Breakable {
-        fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-            if self.1.load(Ordering::SeqCst) {
-                return Err(std::io::Error::other("disk on fire"));
-            }
-            std::io::Write::write_all(&mut self.0, bytes)
-        }
-        fn sync(&mut self) -> std::io::Result<()> {
-            if self.1.load(Ordering::SeqCst) {
-                return Err(std::io::Error::other("disk on fire"));
-            }
-            self.0.sync_data()
-        }
-    }
 
     async fn send(app: &Router, method: &str, path: &str, body: &str) -> (StatusCode, String) {
         let req = HttpRequest::builder()
@@ -530,14 +512,7 @@ mod tests {
     async fn a_failed_log_answers_503_and_refuses_later_writes_but_reads_go_on() {
         let dir = tempfile::tempdir().unwrap();
         let broken = Arc::new(AtomicBool::new(false));
-        let flag = broken.clone();
-        let options = Options::default().create_segment(Arc::new(move |path: &std::path::Path| {
-            let file = crate::persist::log::create_file(path)?;
-            drop(file);
-            let file = std::fs::OpenOptions::new().append(true).open(path)?;
-            Ok(Box::new(Breakable(file, flag.clone())) as Box<dyn SegmentFile>)
-        }));
-        let options = options.services(true);
+        let options = breakable_disk(Options::default().services(true), broken.clone());
         let state = AppState::serving(Db::open(dir.path(), options).unwrap(), Limits::default());
         let app = router(state, Duration::from_secs(5));
         let (status, _) = send(&app, "PUT", "/kv/a", r#"{"value":"1"}"#).await;
