@@ -303,7 +303,8 @@ where
 
     /// The batch's status word.
     fn txn(&self) -> &Txn {
-        // SAFETY: made in `new` and retired only in `drop`.
+        // SAFETY: made in `new` (or `restart`) and retired only by `release_all`, which `drop`
+        // and `restart` run after every lock of the block left its slot.
         unsafe { &*self.txn }
     }
 
@@ -558,7 +559,8 @@ where
         let mut writes = 0;
         // By reference: moving the inline vector into the iterator would copy all of it.
         for (i, (op, &(effect, before))) in ops.into_iter().zip(&effects).enumerate() {
-            let hash = held.lock_node(i).keyed().hash;
+            // SAFETY: lock `i` holds slot `i` (published by our lock or claim).
+            let hash = unsafe { held.lock_node(i).keyed() }.hash;
             let (key, value) = op.into_parts();
             let after = match (effect, value) {
                 (Effect::Write(flags), Some(value)) => {

@@ -168,9 +168,15 @@ pub(crate) struct Lock<K> {
 
 impl<K> Lock<K> {
     /// The key and hash of the slot this lock holds.
-    pub(crate) fn keyed(&self) -> &Keyed<K> {
-        // SAFETY: `keyed` points to `before`'s node or to the spare tomb, both live while the
-        // lock can be reached (the `Lock` invariants).
+    ///
+    /// # Safety
+    /// The lock is published (in a slot, or held by its batch): before that its `keyed` is
+    /// null or not yet final.
+    pub(crate) unsafe fn keyed(&self) -> &Keyed<K> {
+        debug_assert!(!self.keyed.is_null(), "the key of an unpublished lock");
+        // SAFETY: the caller's contract: a published lock's `keyed` points to `before`'s node
+        // or to the spare tomb, both live while the lock can be reached (the `Lock`
+        // invariants).
         unsafe { &*self.keyed }
     }
 }
@@ -231,8 +237,9 @@ impl Txn {
     /// # Safety
     /// `txn` was made by [`Txn::with_locks`] with room for more than `i` locks, and is live.
     pub(crate) unsafe fn lock<K>(txn: *mut Txn, i: usize) -> *mut Lock<K> {
-        // SAFETY: the caller's contract; locks follow the header at `size_of::<Txn>()` (16,
-        // a multiple of a lock's alignment), in bounds of the block.
+        // SAFETY: the caller's contract; locks follow the header at `size_of::<Txn>()` (a
+        // multiple of a lock's alignment, 16: both are `align(16)`), in bounds of the block
+        // (`layout` puts them there).
         unsafe {
             debug_assert!(i < (*txn).locks as usize);
             txn.add(1).cast::<Lock<K>>().add(i)
@@ -497,7 +504,8 @@ where
 #[inline]
 pub(crate) unsafe fn keyed_of<'g, K>(word: u64) -> &'g Keyed<K> {
     if word & LOCKED != 0 {
-        // SAFETY: a LOCKED word points to a live `Lock` whose `keyed` is live with it.
+        // SAFETY: a LOCKED word in a slot points to a published `Lock`, live for the caller's
+        // pin, whose `keyed` is live with it.
         return unsafe { (*node_of::<Lock<K>>(word)).keyed() };
     }
     // SAFETY: records and tombs start with a `Keyed<K>` (`repr(C)`), live for the caller's pin.
@@ -537,8 +545,9 @@ impl<K> Tomb<K> {
     }
 }
 
-/// Frees the node of `word` now: a lock, a tomb or a record, as the word's bits say (or
-/// nothing for an empty word). Every node is made by `recycle::boxed` in its `word` function.
+/// Frees the node of `word` now: a tomb or a record, as the word's bits say (or nothing for an
+/// empty word). Every such node is made by `recycle::boxed` in its `word` function. Never a
+/// lock: locks live in their batch's [`Txn`] block and are freed with it.
 ///
 /// # Safety
 /// No thread can reach the node any more, and it is freed once.
@@ -560,8 +569,8 @@ pub(crate) unsafe fn free_node<K, V>(word: u64) {
     }
 }
 
-/// Hands the node of `word` (a record, a tomb or a lock, by its bits) to the epoch collector,
-/// which frees it once every thread pinned before now has unpinned.
+/// Hands the node of `word` (a record or a tomb, by its bits; never a lock, see [`free_node`])
+/// to the epoch collector, which frees it once every thread pinned before now has unpinned.
 ///
 /// # Safety
 /// The node is unreachable for every thread that pins from now on (it was replaced in its

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::journal::Written;
+use crate::persist::record;
 use crate::persist::{
     Codec, Durable, FsyncPolicy, Options, Pending, PersistError, RecoveryReport, SnapshotReport,
     MAX_BATCH_BYTES, MAX_ENTRY_BYTES,
@@ -30,9 +31,10 @@ use crate::{Error, GlobalIndex, Op, Registry, RegistryError, Service, StorageErr
 ///   [`persist`](crate::persist) for the guarantees).
 ///
 /// Reads go through [`store`](Db::store) and [`registry`](Db::registry). Writes go through the
-/// methods here. (Writes made directly through `store()` on disk are logged too, in the same
-/// per-key order, but nobody can wait for them; the background thread flushes them within about
-/// a second.)
+/// methods here. Writes made directly through `store()` (or `registry()`) on disk are logged
+/// too, in the same per-key order, but they bypass this path's checks (a failed log, the
+/// [`MAX_ENTRY_BYTES`] bound: an oversized one fails the log for every later write) and nobody
+/// can wait for them; the background thread flushes them within about a second.
 ///
 /// # Example
 /// ```
@@ -278,27 +280,33 @@ where
     }
 
     /// [`Store::batch`] through the write path, logged as one record. On disk every entry is
-    /// checked against [`MAX_ENTRY_BYTES`] and the whole batch against [`MAX_BATCH_BYTES`]
-    /// before anything is applied.
+    /// checked against [`MAX_ENTRY_BYTES`] and the whole record (its header and each item's
+    /// own bytes included) against [`MAX_BATCH_BYTES`] before anything is applied.
     pub fn batch(&self, ops: Vec<Op<K, V>>) -> Result<Pending<u64>, Error<K, V>>
     where
         V: PartialEq,
     {
         self.check()?;
-        let mut total = 0;
-        for op in &ops {
-            let value = match op {
-                Op::Set { value, .. } | Op::SetCas { value, .. } => Some(value),
-                Op::CompareAndSet { new, .. } => new.as_ref(),
-                _ => None,
-            };
-            total += self.logged_len(op.key(), value)?;
-        }
-        if total > MAX_BATCH_BYTES {
-            return Err(Error::EntryTooLarge {
-                len: total,
-                max: MAX_BATCH_BYTES,
-            });
+        if self.durable.is_some() {
+            let mut total = record::BATCH_HEAD_LEN;
+            for op in &ops {
+                let value = match op {
+                    Op::Set { value, .. } | Op::SetCas { value, .. } => Some(value),
+                    Op::CompareAndSet { new, .. } => new.as_ref(),
+                    _ => None,
+                };
+                self.logged_len(op.key(), value)?;
+                // As the record would hold it (a check that writes nothing counted as a
+                // delete: an upper bound).
+                let (key, value) = (op.key().encoded_len(), value.map(Codec::encoded_len));
+                total = total.saturating_add(record::batch_item_len(key, value));
+            }
+            if total > MAX_BATCH_BYTES {
+                return Err(Error::EntryTooLarge {
+                    len: total,
+                    max: MAX_BATCH_BYTES,
+                });
+            }
         }
         let w = self.store.write_batch(ops)?;
         Ok(self.pending(w.index, Some(w)))
@@ -448,10 +456,17 @@ mod tests {
             db.set("k".into(), "v".into()).unwrap().wait().unwrap();
             db.register(service("web"), None).unwrap().wait().unwrap()
         };
-        match Db::<String, String>::open(dir.path(), Options::default()) {
-            Err(PersistError::ServicesOff { registrations, .. }) => assert_eq!(registrations, 1),
-            other => panic!("opened without services: {other:?}"),
+        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+        let before = files();
+        for _ in 0..2 {
+            match Db::<String, String>::open(dir.path(), Options::default()) {
+                Err(PersistError::ServicesOff { registrations, .. }) => {
+                    assert_eq!(registrations, 1)
+                }
+                other => panic!("opened without services: {other:?}"),
+            }
         }
+        assert_eq!(files(), before, "a refused open wrote to the directory");
         let db: Db<String, String> = Db::open(dir.path(), on()).unwrap();
         assert_eq!(db.registry().unwrap().get("web").unwrap().modify_index, at);
         assert_eq!(db.store().get("k").unwrap().value, "v");
@@ -492,6 +507,25 @@ mod tests {
         let err = db.batch(ops).unwrap_err();
         assert!(matches!(err, Error::EntryTooLarge { max, .. } if max == MAX_BATCH_BYTES));
         assert!(db.store().is_empty(), "nothing was applied");
+        // Many small entries: under the bound by their keys and values alone, over it with
+        // the record's own bytes per item (a log record the frame could not hold otherwise).
+        let db_many: Db<String, std::sync::Arc<Vec<u8>>> = Db::open(
+            dir.path().join("many"),
+            Options::default().max_batch(200_000),
+        )
+        .unwrap();
+        let value = std::sync::Arc::new(vec![7u8; 300]);
+        let ops: Vec<_> = (0..200_000)
+            .map(|i| Op::set(format!("{i:08}"), value.clone()))
+            .collect();
+        let bare: usize = 200_000 * (8 + 300);
+        assert!(bare <= MAX_BATCH_BYTES);
+        let err = db_many.batch(ops).unwrap_err();
+        assert!(
+            matches!(err, Error::EntryTooLarge { len, max } if len > max && max == MAX_BATCH_BYTES)
+        );
+        assert!(db_many.store().is_empty(), "nothing was applied");
+        db_many.set("after".into(), value).unwrap().wait().unwrap();
         // The log is unharmed: the next write is acknowledged.
         db.set("small".into(), vec![1]).unwrap().wait().unwrap();
         // In memory nothing is logged, so there is no log bound to meet.

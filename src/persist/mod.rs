@@ -50,7 +50,7 @@ pub(crate) mod log;
 #[cfg(caskv_loom)]
 #[doc(hidden)]
 pub mod model;
-mod record;
+pub(crate) mod record;
 mod recover;
 mod registration;
 mod reserve;
@@ -227,7 +227,8 @@ impl Options {
 /// The largest key plus value one write may log (16 MiB): a record must fit the log's 64 MiB
 /// frame. A bigger write is refused before it is applied ([`Error::EntryTooLarge`]).
 pub const MAX_ENTRY_BYTES: usize = 16 << 20;
-/// The most a whole batch may log (60 MiB), for the same reason.
+/// The most a whole batch may log (60 MiB), counting the record's own bytes (a header, and
+/// 25 bytes per write or 5 per delete besides its key and value), for the same reason.
 pub const MAX_BATCH_BYTES: usize = 60 << 20;
 
 /// A write applied in memory and logged, whose durability is still to be waited for.
@@ -420,6 +421,13 @@ where
         }
 
         let recovered = recover::recover(&dir)?;
+        // Refused before anything is written to the directory (not even a new segment).
+        if options.services_ttl().is_none() && !recovered.services.is_empty() {
+            return Err(PersistError::ServicesOff {
+                dir,
+                registrations: recovered.services.len(),
+            });
+        }
         let log = Arc::new(
             Log::create(
                 &dir,
@@ -462,6 +470,7 @@ where
                 .restore(key, value, v.flags, v.modify_index, v.create_index);
         }
 
+        // With services off there are none to restore (refused above otherwise).
         let registry = match options.services_ttl() {
             Some(ttl) => Some(Arc::new(restore_services(
                 recovered.services,
@@ -469,13 +478,7 @@ where
                 &log,
                 ttl,
             )?)),
-            None if recovered.services.is_empty() => None,
-            None => {
-                return Err(PersistError::ServicesOff {
-                    dir,
-                    registrations: recovered.services.len(),
-                })
-            }
+            None => None,
         };
 
         let mut report = recovered.report;

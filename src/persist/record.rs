@@ -104,6 +104,18 @@ pub(crate) fn encode_delete(
     wire::put_with(out, key);
 }
 
+/// The bytes of a batch record's header ([`encode_batch_head`]).
+pub(crate) const BATCH_HEAD_LEN: usize = 1 + 1 + 8 + 4;
+
+/// The bytes [`encode_batch_item`] writes for a key of `key_len` encoded bytes and, for a
+/// write, a value of `value_len` (`None`: a delete).
+pub(crate) fn batch_item_len(key_len: usize, value_len: Option<usize>) -> usize {
+    match value_len {
+        Some(value_len) => 1 + 8 + 8 + 4 + key_len + 4 + value_len,
+        None => 1 + 4 + key_len,
+    }
+}
+
 /// Appends a batch record's header; follow with `count` calls of [`encode_batch_item`].
 pub(crate) fn encode_batch_head(out: &mut Vec<u8>, space: Space, index: u64, count: u32) {
     out.push(BATCH);
@@ -260,6 +272,24 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Record<'_>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_lengths_are_what_the_encoders_write() {
+        let mut out = Vec::new();
+        encode_batch_head(&mut out, Space::Kv, 7, 2);
+        assert_eq!(out.len(), BATCH_HEAD_LEN);
+        let value = |out: &mut Vec<u8>| out.extend_from_slice(b"value");
+        let mut item = Vec::new();
+        encode_batch_item(
+            &mut item,
+            |o| o.extend_from_slice(b"key"),
+            Some((&value, 1, 2)),
+        );
+        assert_eq!(item.len(), batch_item_len(3, Some(5)));
+        let mut item = Vec::new();
+        encode_batch_item(&mut item, |o| o.extend_from_slice(b"key"), None);
+        assert_eq!(item.len(), batch_item_len(3, None));
+    }
 
     fn put(bytes: &'static [u8]) -> impl FnOnce(&mut Vec<u8>) {
         move |out: &mut Vec<u8>| out.extend_from_slice(bytes)
