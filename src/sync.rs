@@ -2,12 +2,19 @@
 //!
 //! Under `--cfg caskv_loom` (with the `loom` feature) every atomic, lock, `Arc` and spin-wait
 //! below comes from [loom], so the loom models in `loom-tests/` run the real cell, batch,
-//! table and collector code. Every other module imports from here and never from `std::sync`
-//! or `loom` directly.
+//! table, collector and group-commit code. Every module of those protocols (`cell`, `table`,
+//! `engine`, `batch`, `store`, `recycle`, `epoch/collector`, `persist/log`'s lock, condition
+//! variables and flusher) imports them from here, never from `std::sync` or `loom`.
 //!
-//! The one exception is [`StdArc`]: the shared [`GlobalIndex`](crate::GlobalIndex) is handed
-//! around as `std::sync::Arc` in every build, because that type is part of the public API. Its
-//! reference count is not part of any protocol in this crate.
+//! What names `std::sync` directly is outside every modeled protocol, each for a reason:
+//! - [`StdArc`]: the shared [`GlobalIndex`](crate::GlobalIndex) is handed around as
+//!   `std::sync::Arc` because that type is part of the public API; so are a `Db`'s store and
+//!   registry handles. No reference count is part of a protocol.
+//! - Set-once configuration: `OnceLock`s (the index's reservation hook, the log's failure),
+//!   and the fence strategy chosen once before any participant exists (`epoch/fence.rs`).
+//! - The persistent store's outer layer (`persist/mod.rs`: the background thread, the one
+//!   snapshot at a time; `persist/reserve.rs`: the reservation ceiling behind a mutex), which
+//!   waits on the log through its public calls; the crash and power-loss tests exercise it.
 
 #[cfg(all(caskv_loom, not(feature = "loom")))]
 compile_error!("--cfg caskv_loom needs the `loom` feature");
