@@ -448,6 +448,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "on disk: file-system heavy, as the persistence tests (ci/miri.sh)"
+    )]
     fn a_directory_with_registrations_is_refused_without_services_and_kept_intact() {
         let dir = tempfile::tempdir().unwrap();
         let on = || Options::default().services(true);
@@ -473,6 +477,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "on disk: file-system heavy, as the persistence tests (ci/miri.sh)"
+    )]
     fn a_directory_without_services_logs_and_snapshots_the_kv_space_alone() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = {
@@ -494,6 +502,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "on disk: file-system heavy, as the persistence tests (ci/miri.sh)"
+    )]
     fn an_oversized_entry_or_batch_is_refused_on_disk_before_it_is_applied() {
         let dir = tempfile::tempdir().unwrap();
         let db: Db<String, Vec<u8>> = Db::open(dir.path(), Options::default()).unwrap();
