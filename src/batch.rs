@@ -291,13 +291,18 @@ where
     K: Hash + Eq + Ord + Clone + Send + 'static,
     V: Clone + Send + 'static,
 {
+    // Inlined so that the held slots (a few hundred bytes inline) are built where they stay,
+    // not built here and copied into the caller's frame.
+    #[inline(always)]
     fn new(store: &'s Store<K, V>, guard: &'g Guard, keys: usize) -> Self {
         Held {
             store,
             guard,
             txn: Txn::with_locks(keys),
             keys,
-            slots: SmallVec::with_capacity(keys),
+            // Not `with_capacity`: a small batch's slots stay inline (a vector built and
+            // returned by value would be copied into `Held`, a few hundred bytes).
+            slots: SmallVec::new(),
         }
     }
 
@@ -539,7 +544,7 @@ where
         self.lock_all(&mut held, ops.iter().map(Op::key))?;
 
         // Validate against the befores: every failure is collected.
-        let mut effects: SmallVec<[_; INLINE_KEYS]> = SmallVec::with_capacity(ops.len());
+        let mut effects: SmallVec<[_; INLINE_KEYS]> = SmallVec::new();
         let mut conflicts = Vec::new();
         for (op, held_slot) in ops.iter().zip(&held.slots) {
             // SAFETY: `before` is kept alive by our lock (only we may retire it) and our pin.
@@ -550,7 +555,8 @@ where
             }
         }
         if !conflicts.is_empty() {
-            drop(held); // restores every before
+            // `held` restores every before as it goes out of scope (dropped in place, not
+            // moved into `drop`).
             return Err(Error::BatchConflict(conflicts));
         }
 
@@ -602,7 +608,7 @@ where
                 writes: &changed,
             })
         });
-        drop(held); // releases every slot to its after
+        // `held` releases every slot to its after as it goes out of scope.
         Ok(Written { index, ticket })
     }
 
