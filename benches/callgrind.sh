@@ -19,7 +19,7 @@ ir() { # OP N -> total instructions
 echo "callgrind.sh: N=$n, $(date -u), $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 echo "| op | instructions/op |"
 echo "|---|---|"
-for op in get pinned_get set set_cas stale_cas delete_set batch4 rwlock_get; do
+for op in get pinned_get set set_cas stale_cas delete_set batch4 batch16 rwlock_get; do
   base=$(ir "$op" 0)
   total=$(ir "$op" "$n")
   echo "| $op | $(echo "scale=1; ($total - $base) / $n" | bc) |"

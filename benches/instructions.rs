@@ -7,7 +7,7 @@
 //! `N = 200,000` and divides the difference by N: instructions per operation, setup excluded.
 //! Ops: `get` (`Store::get`), `pinned_get` (`Pinned::get` under one pin), `set`, `set_cas`
 //! (succeeding), `stale_cas` (failing on a stale index), `delete_set` (a delete and a re-create),
-//! `batch4` (a 4-key batch of `set_cas`), and the baseline `rwlock_get` (`RwLock<HashMap>` with the
+//! `batch4` and `batch16` (a 4- and a 16-key batch of `set_cas`), and the baseline `rwlock_get` (`RwLock<HashMap>` with the
 //! same hasher). Without `--op` it prints what it is and exits, so `cargo bench` passes through.
 
 use std::collections::HashMap;
@@ -21,6 +21,20 @@ const KEYS: u64 = 10_000;
 fn key(i: u64) -> u64 {
     // A fixed permutation-like walk over the keys (no RNG state in the loop).
     i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % KEYS
+}
+
+/// `n` batches of `k` `set_cas`, each on the keys' current versions (read first).
+fn batches(store: &Store<u64, u64>, n: u64, k: u64) {
+    (0..n).for_each(|i| {
+        let ops = (0..k)
+            .map(|j| {
+                let key = key(i * k + j);
+                let current = store.get(&key).map_or(0, |e| e.modify_index);
+                Op::set_cas(key, i, current)
+            })
+            .collect();
+        black_box(store.batch(ops).ok());
+    });
 }
 
 fn main() {
@@ -71,16 +85,8 @@ fn main() {
             black_box(store.delete(&k).ok());
             black_box(store.set(k, i));
         }),
-        "batch4" => (0..n).for_each(|i| {
-            let ops = (0..4)
-                .map(|j| {
-                    let k = key(i * 4 + j);
-                    let current = store.get(&k).map_or(0, |e| e.modify_index);
-                    Op::set_cas(k, i, current)
-                })
-                .collect();
-            black_box(store.batch(ops).ok());
-        }),
+        "batch4" => batches(&store, n, 4),
+        "batch16" => batches(&store, n, 16),
         "rwlock_get" => (0..n).for_each(|i| {
             let map = rw.read().unwrap_or_else(|e| e.into_inner());
             black_box(map.get(&key(i)).map(|v| v.1));
