@@ -509,9 +509,9 @@ fn service(cmd: ServiceCommand) -> Outcome {
 mod tests {
     use super::*;
 
-    /// Every default of `serve` is the library's own (one home: `Limits::default`,
-    /// `ConnLimits::default`, `DEFAULT_SERVICE_TTL`); the duration flags spell theirs as text,
-    /// so this is what keeps the two from drifting apart.
+    /// Every default of `serve` is the library's own: `Limits::default`, `ConnLimits::default`
+    /// and `caskv::defaults`, which the flags' defaults are made from; this checks that each
+    /// flag parses back to the value the library uses.
     #[test]
     fn serve_defaults_are_the_librarys() {
         let command = <Cli as clap::CommandFactory>::command();
