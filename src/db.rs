@@ -144,20 +144,26 @@ where
         }
     }
 
-    /// The log bytes of one entry, refused above [`MAX_ENTRY_BYTES`] on disk (0 in memory,
-    /// where nothing is logged).
-    fn logged_len(&self, key: &K, value: Option<&V>) -> Result<usize, Error<K, V>> {
-        if self.durable.is_none() {
-            return Ok(0);
-        }
-        let len = key.encoded_len() + value.map_or(0, Codec::encoded_len);
+    /// The encoded lengths of an entry's key and value, refused when together they pass
+    /// [`MAX_ENTRY_BYTES`].
+    fn entry_lens(key: &K, value: Option<&V>) -> Result<(usize, Option<usize>), Error<K, V>> {
+        let (key, value) = (key.encoded_len(), value.map(Codec::encoded_len));
+        let len = key + value.unwrap_or(0);
         if len > MAX_ENTRY_BYTES {
             return Err(Error::EntryTooLarge {
                 len,
                 max: MAX_ENTRY_BYTES,
             });
         }
-        Ok(len)
+        Ok((key, value))
+    }
+
+    /// On disk, refuses an entry one log record cannot hold; in memory nothing is logged.
+    fn check_entry(&self, key: &K, value: Option<&V>) -> Result<(), Error<K, V>> {
+        if self.durable.is_some() {
+            Self::entry_lens(key, value)?;
+        }
+        Ok(())
     }
 
     /// The acknowledgement of a write that returned `value`, logged as `written` (none: it
@@ -210,7 +216,7 @@ where
         flags: Option<u64>,
     ) -> Result<Pending<u64>, Error<K, V>> {
         self.check()?;
-        self.logged_len(&key, Some(&value))?;
+        self.check_entry(&key, Some(&value))?;
         let w = match expected {
             None => self.store.write_set(key, value, flags),
             Some(expected) => self.store.write_set_cas(key, value, expected, flags)?,
@@ -261,7 +267,7 @@ where
         V: PartialEq,
     {
         self.check()?;
-        self.logged_len(&key, new.as_ref())?;
+        self.check_entry(&key, new.as_ref())?;
         let w = self.store.write_compare_and_set(key, expected, new)?;
         Ok(self.pending(w.map(|w| w.index), w))
     }
@@ -275,7 +281,7 @@ where
         self.check()?;
         let w = self
             .store
-            .write_update(key, f, |k, v| self.logged_len(k, Some(v)).map(drop))?;
+            .write_update(key, f, |k, v| self.check_entry(k, Some(v)))?;
         Ok(self.pending(w.index, Some(w)))
     }
 
@@ -295,10 +301,9 @@ where
                     Op::CompareAndSet { new, .. } => new.as_ref(),
                     _ => None,
                 };
-                self.logged_len(op.key(), value)?;
+                let (key, value) = Self::entry_lens(op.key(), value)?;
                 // As the record would hold it (a check that writes nothing counted as a
                 // delete: an upper bound).
-                let (key, value) = (op.key().encoded_len(), value.map(Codec::encoded_len));
                 total = total.saturating_add(record::batch_item_len(key, value));
             }
             if total > MAX_BATCH_BYTES {
