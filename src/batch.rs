@@ -331,7 +331,7 @@ where
                 Located::Resizing => return Err(Stop::Resizing(table)),
                 Located::Vacant { slot } => {
                     if spare.word == EMPTY {
-                        spare.word = Tomb::word(hash, key.clone(), 0, 0);
+                        spare.word = Tomb::word(cell::hash_tag(hash), key.clone(), 0, 0);
                     }
                     // SAFETY: our unpublished lock; the spare tomb starts with its `Keyed`.
                     unsafe { set_lock(lock, cell::node_of(spare.word), EMPTY) };
@@ -358,6 +358,11 @@ where
                         continue;
                     }
                     State::Frozen(_) => return Err(Stop::Resizing(table)),
+                    State::Present(r) if self.store.engine.live(r).is_none() => {
+                        // Expired: its delete comes first, at its own index; then look again.
+                        self.store.engine.expire(slot, word, r, guard);
+                        continue;
+                    }
                     State::Absent | State::Present(_) => {
                         // SAFETY: our unpublished lock; `word` (a record or a tomb, which start
                         // with their `Keyed`) stays live while the lock replaces it.
@@ -542,8 +547,22 @@ where
         let guard = self.engine.raw.pin();
         let mut held = Held::new(self, &guard, ops.len());
         self.lock_all(&mut held, ops.iter().map(Op::key))?;
+        while held.slots.iter().any(|h| {
+            // SAFETY: `before` is kept alive by our lock (only we may retire it) and our pin.
+            let before = unsafe { visible::<K, V>(h.before, &guard) };
+            before.is_some_and(|r| self.engine.live(r).is_none())
+        }) {
+            // A version expired after its key was locked: let go of every key and lock again
+            // (the lock path deletes an expired version first, at its own index), so that an
+            // expiry is always a delete of its own, never folded into the batch.
+            drop(held);
+            held = Held::new(self, &guard, ops.len());
+            self.lock_all(&mut held, ops.iter().map(Op::key))?;
+        }
 
-        // Validate against the befores: every failure is collected.
+        // Validate against the befores (none expired when just checked): every failure is
+        // collected. A deadline that passes from here to the commit's flip, a few hundred
+        // nanoseconds, counts as after the batch.
         let mut effects: SmallVec<[_; INLINE_KEYS]> = SmallVec::new();
         let mut conflicts = Vec::new();
         for (op, held_slot) in ops.iter().zip(&held.slots) {
@@ -561,12 +580,13 @@ where
         }
 
         // Commit: one index, every after stored, then the one flip.
+        let deadline = self.engine.deadline(None);
         let index = self.engine.global_index.next();
         let mut writes = 0;
         // By reference: moving the inline vector into the iterator would copy all of it.
         for (i, (op, &(effect, before))) in ops.into_iter().zip(&effects).enumerate() {
-            // SAFETY: lock `i` holds slot `i` (published by our lock or claim).
-            let hash = unsafe { held.lock_node(i).keyed() }.hash;
+            // Our lock's word, which only we change: it carries the key's hash tag.
+            let tag = cell::tag_of(held.slots[i].slot.peek());
             let (key, value) = op.into_parts();
             let after = match (effect, value) {
                 (Effect::Write(flags), Some(value)) => {
@@ -574,13 +594,14 @@ where
                         modify_index: index,
                         create_index: before.map_or(index, |m| m.create_index),
                         flags: flags.unwrap_or_else(|| before.map_or(0, |m| m.flags)),
+                        deadline,
                     };
                     writes += 1;
-                    Record::word(hash, key, value, meta, 0)
+                    Record::word(tag, key, value, meta, 0)
                 }
                 (Effect::Remove, _) => {
                     writes += 1;
-                    Tomb::word(hash, key, index, 0)
+                    Tomb::word(tag, key, index, 0)
                 }
                 (Effect::Keep, _) | (Effect::Write(_), None) => held.slots[i].before,
             };
@@ -696,7 +717,7 @@ where
                 return Ok(first
                     .iter()
                     // SAFETY: each word was loaded from a slot under `guard`.
-                    .map(|&w| unsafe { visible::<K, V>(w, &guard) }.map(Entry::of))
+                    .map(|&w| unsafe { self.engine.resolve(w, &guard) }.map(Entry::of))
                     .collect());
             }
         }
@@ -710,7 +731,7 @@ where
             .iter()
             .map(|held_slot| {
                 // SAFETY: `before` is kept alive by our lock and our pin.
-                unsafe { visible::<K, V>(held_slot.before, &guard) }.map(Entry::of)
+                unsafe { self.engine.resolve(held_slot.before, &guard) }.map(Entry::of)
             })
             .collect();
         drop(held); // never committed: every slot goes back to its before

@@ -80,6 +80,12 @@ pub(crate) fn hash_tag(hash: u64) -> u64 {
     hash & !(u64::MAX >> (64 - TAG_SHIFT))
 }
 
+/// The hash tag `word` carries, in slot-word position (as made by [`hash_tag`]).
+#[inline]
+pub(crate) fn tag_of(word: u64) -> u64 {
+    hash_tag(word)
+}
+
 /// Whether `word` carries the hash tag `tag` (as made by [`hash_tag`]).
 #[inline]
 pub(crate) fn has_tag(word: u64, tag: u64) -> bool {
@@ -109,10 +115,11 @@ pub(crate) fn node_of<T>(word: u64) -> *mut T {
     std::ptr::with_exposed_provenance_mut(address(word) as usize)
 }
 
-/// The part every node starts with: what a probe compares.
+/// The part every node starts with: what a probe compares once the slot's hash tag matched.
+/// No hash is stored: a tag matches a key that is not the one sought once in 65,536, and a
+/// resize hashes the key again.
 #[repr(C)]
 pub(crate) struct Keyed<K> {
-    pub(crate) hash: u64,
     pub(crate) key: K,
 }
 
@@ -122,6 +129,9 @@ pub(crate) struct Meta {
     pub(crate) modify_index: u64,
     pub(crate) create_index: u64,
     pub(crate) flags: u64,
+    /// When the version expires, in milliseconds since the UNIX epoch; 0: never (always 0 in
+    /// a tomb). See [`crate::expiry`].
+    pub(crate) deadline: u64,
 }
 
 /// The common prefix of [`Record`] and [`Tomb`].
@@ -486,17 +496,17 @@ pub(crate) unsafe fn visible<K, V>(word: u64, guard: &Guard) -> Option<&Record<K
 /// # Safety
 /// As [`classify`], and `address(word) != 0`.
 #[inline]
-pub(crate) unsafe fn holds_key<K, Q>(word: u64, hash: u64, key: &Q) -> bool
+pub(crate) unsafe fn holds_key<K, Q>(word: u64, key: &Q) -> bool
 where
     K: Borrow<Q>,
     Q: Eq + ?Sized,
 {
     // SAFETY: forwarded from the caller.
     let keyed = unsafe { keyed_of::<K>(word) };
-    keyed.hash == hash && keyed.key.borrow() == key
+    keyed.key.borrow() == key
 }
 
-/// The key and hash of the node of `word` (not empty): a record's or a tomb's own, a lock's
+/// The key of the node of `word` (not empty): a record's or a tomb's own, a lock's
 /// through its `keyed` pointer.
 ///
 /// # Safety
@@ -513,35 +523,38 @@ pub(crate) unsafe fn keyed_of<'g, K>(word: u64) -> &'g Keyed<K> {
 }
 
 impl<K, V> Record<K, V> {
-    /// A new record on the heap, as a slot word with hash tag and `bits`.
+    /// A new record on the heap, as a slot word with hash tag `tag` (from [`hash_tag`]) and
+    /// `bits`.
     #[inline]
-    pub(crate) fn word(hash: u64, key: K, value: V, meta: Meta, bits: u64) -> u64 {
+    pub(crate) fn word(tag: u64, key: K, value: V, meta: Meta, bits: u64) -> u64 {
         let ptr = recycle::boxed(Record {
             header: Header {
-                keyed: Keyed { hash, key },
+                keyed: Keyed { key },
                 meta,
             },
             value,
         });
-        word_of(ptr, hash_tag(hash), bits)
+        word_of(ptr, tag, bits)
     }
 }
 
 impl<K> Tomb<K> {
-    /// A new tomb on the heap, as a slot word tagged `DELETED` plus `bits`.
+    /// A new tomb on the heap, as a slot word with hash tag `tag`, tagged `DELETED` plus
+    /// `bits`.
     #[inline]
-    pub(crate) fn word(hash: u64, key: K, delete_index: u64, bits: u64) -> u64 {
+    pub(crate) fn word(tag: u64, key: K, delete_index: u64, bits: u64) -> u64 {
         let ptr = recycle::boxed(Tomb {
             header: Header {
-                keyed: Keyed { hash, key },
+                keyed: Keyed { key },
                 meta: Meta {
                     modify_index: delete_index,
                     create_index: 0,
                     flags: 0,
+                    deadline: 0,
                 },
             },
         });
-        word_of(ptr, hash_tag(hash), DELETED | bits)
+        word_of(ptr, tag, DELETED | bits)
     }
 }
 

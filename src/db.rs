@@ -15,6 +15,7 @@ use std::borrow::Borrow;
 use std::hash::Hash;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::journal::Written;
 use crate::persist::record;
@@ -177,7 +178,28 @@ where
 
     /// [`Store::set`] through the write path. Resolves to the new `modify_index`.
     pub fn set(&self, key: K, value: V) -> Result<Pending<u64>, Error<K, V>> {
-        self.put(key, value, None, None)
+        self.put(key, value, None, None, None)
+    }
+
+    /// [`Store::set_with_ttl`] through the write path (the log records the deadline).
+    pub fn set_with_ttl(
+        &self,
+        key: K,
+        value: V,
+        ttl: Duration,
+    ) -> Result<Pending<u64>, Error<K, V>> {
+        self.put(key, value, None, None, Some(ttl))
+    }
+
+    /// [`Store::set_cas_with_ttl`] through the write path.
+    pub fn set_cas_with_ttl(
+        &self,
+        key: K,
+        value: V,
+        expected: u64,
+        ttl: Duration,
+    ) -> Result<Pending<u64>, Error<K, V>> {
+        self.put(key, value, Some(expected), None, Some(ttl))
     }
 
     /// [`Store::set_with_flags`] through the write path.
@@ -187,12 +209,12 @@ where
         value: V,
         flags: u64,
     ) -> Result<Pending<u64>, Error<K, V>> {
-        self.put(key, value, None, Some(flags))
+        self.put(key, value, None, Some(flags), None)
     }
 
     /// [`Store::set_cas`] through the write path.
     pub fn set_cas(&self, key: K, value: V, expected: u64) -> Result<Pending<u64>, Error<K, V>> {
-        self.put(key, value, Some(expected), None)
+        self.put(key, value, Some(expected), None, None)
     }
 
     /// [`Store::set_cas_with_flags`] through the write path.
@@ -203,23 +225,25 @@ where
         expected: u64,
         flags: u64,
     ) -> Result<Pending<u64>, Error<K, V>> {
-        self.put(key, value, Some(expected), Some(flags))
+        self.put(key, value, Some(expected), Some(flags), None)
     }
 
-    /// A set (`expected` none) or a CAS, keeping the flags unless `flags` gives new ones: every
-    /// form of `set` above, and the server's `PUT`, which takes both as optional.
+    /// A set (`expected` none) or a CAS, keeping the flags unless `flags` gives new ones, with
+    /// a time to live (`None`: the store's default TTL, if any): every form of `set` above,
+    /// and the server's `PUT`, which takes all three as optional.
     pub fn put(
         &self,
         key: K,
         value: V,
         expected: Option<u64>,
         flags: Option<u64>,
+        ttl: Option<Duration>,
     ) -> Result<Pending<u64>, Error<K, V>> {
         self.check()?;
         self.check_entry(&key, Some(&value))?;
         let w = match expected {
-            None => self.store.write_set(key, value, flags),
-            Some(expected) => self.store.write_set_cas(key, value, expected, flags)?,
+            None => self.store.write_set(key, value, flags, ttl),
+            Some(expected) => self.store.write_set_cas(key, value, expected, flags, ttl)?,
         };
         Ok(self.pending(w.index, Some(w)))
     }
@@ -272,6 +296,13 @@ where
         Ok(self.pending(w.map(|w| w.index), w))
     }
 
+    /// [`Store::purge_expired`] through the write path (each expiry logged as the delete it
+    /// is, not waited for).
+    pub fn purge_expired(&self) -> Result<usize, Error<K, V>> {
+        self.check()?;
+        Ok(self.store.purge_expired())
+    }
+
     /// [`Store::update`] through the write path. On disk each value `f` returns is checked
     /// against [`MAX_ENTRY_BYTES`] before it is written ([`Error::EntryTooLarge`]).
     pub fn update<F>(&self, key: K, f: F) -> Result<Pending<u64>, Error<K, V>>
@@ -295,6 +326,8 @@ where
         self.check()?;
         if self.durable.is_some() {
             let mut total = record::BATCH_HEAD_LEN;
+            // A batch's sets carry the store's default TTL, if it has one.
+            let expiring = self.store.engine.config.default_ttl.is_some();
             for op in &ops {
                 let value = match op {
                     Op::Set { value, .. } | Op::SetCas { value, .. } => Some(value),
@@ -304,7 +337,7 @@ where
                 let (key, value) = Self::entry_lens(op.key(), value)?;
                 // As the record would hold it (a check that writes nothing counted as a
                 // delete: an upper bound).
-                total = total.saturating_add(record::batch_item_len(key, value));
+                total = total.saturating_add(record::batch_item_len(key, value, expiring));
             }
             if total > MAX_BATCH_BYTES {
                 return Err(Error::EntryTooLarge {

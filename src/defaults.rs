@@ -39,6 +39,9 @@ pub const SNAPSHOT_AFTER_BYTES: u64 = 64 << 20;
 pub const MAX_KEY_BYTES: usize = 512;
 /// Longest value (and a service's address, tags and meta together) the server accepts (512 KiB).
 pub const MAX_VALUE_BYTES: usize = 512 * 1024;
+/// Longest time to live a `PUT /kv/{key}` may give (a year: deadlines stay well inside what
+/// RFC 3339 can print).
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Largest request body the server reads (1 MiB).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Most connections the server serves at once; more wait in the listen backlog.

@@ -14,10 +14,11 @@ use crate::cell::{
 use crate::defaults;
 use crate::entry::{Entry, EntryRef};
 use crate::error::{Conflict, Error, Expected};
+use crate::expiry::{self, Clock, SystemClock};
 use crate::global_index::GlobalIndex;
 use crate::journal::{Journal, Mutation, Written};
 use crate::sync::epoch::Guard;
-use crate::sync::{Backoff, StdArc};
+use crate::sync::{AtomicBool, Backoff, Ordering, StdArc};
 use crate::table::{Claim, Located, Raw, Table};
 
 /// What a [`Store`](crate::Store) is made of.
@@ -27,15 +28,22 @@ pub(crate) struct Engine<K, V> {
     pub(crate) config: Config,
     /// Where committed mutations go, in per-key order (see [`crate::journal`]).
     pub(crate) journal: Option<Box<dyn Journal<K, V>>>,
+    /// Whether a version with a deadline was ever written (a store that never sets a TTL
+    /// never scans for expired versions).
+    pub(crate) has_deadlines: AtomicBool,
 }
 
 /// A store's settings ([`StoreBuilder`](crate::StoreBuilder)).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) max_batch: usize,
     pub(crate) capacity: usize,
     pub(crate) update_attempts: u32,
     pub(crate) update_backoff: (Duration, Duration),
+    /// What deadlines are read against (only for versions that have one).
+    pub(crate) clock: StdArc<dyn Clock>,
+    /// The TTL of a write that names none (`None`: such writes never expire).
+    pub(crate) default_ttl: Option<Duration>,
 }
 
 impl Default for Config {
@@ -45,7 +53,21 @@ impl Default for Config {
             capacity: 0,
             update_attempts: defaults::UPDATE_ATTEMPTS,
             update_backoff: defaults::UPDATE_BACKOFF,
+            clock: StdArc::new(SystemClock),
+            default_ttl: None,
         }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("max_batch", &self.max_batch)
+            .field("capacity", &self.capacity)
+            .field("update_attempts", &self.update_attempts)
+            .field("update_backoff", &self.update_backoff)
+            .field("default_ttl", &self.default_ttl)
+            .finish_non_exhaustive()
     }
 }
 
@@ -79,7 +101,110 @@ where
         let table = self.raw.table(guard);
         let word = self.raw.find(table, hash, key)?;
         // SAFETY: `word` was loaded from a slot of a table reached under `guard`.
-        unsafe { visible(word, guard) }
+        self.live(unsafe { visible(word, guard) }?)
+    }
+
+    /// What a reader sees through `word`: [`visible`], unless expired.
+    ///
+    /// # Safety
+    /// `word` was loaded from a slot of a table reached under `guard`.
+    #[inline]
+    pub(crate) unsafe fn resolve<'g>(
+        &self,
+        word: u64,
+        guard: &'g Guard,
+    ) -> Option<&'g Record<K, V>> {
+        // SAFETY: the caller's contract.
+        self.live(unsafe { visible(word, guard) }?)
+    }
+
+    /// `record`, unless its deadline has come (an expired version reads as absent at once).
+    #[inline]
+    pub(crate) fn live<'g>(&self, record: &'g Record<K, V>) -> Option<&'g Record<K, V>> {
+        let deadline = record.header.meta.deadline;
+        if deadline != 0 && self.expired(deadline) {
+            return None;
+        }
+        Some(record)
+    }
+
+    /// Whether `deadline` (not 0) has come.
+    #[cold]
+    fn expired(&self, deadline: u64) -> bool {
+        expiry::has_expired(deadline, self.config.clock.now_ms())
+    }
+
+    /// The deadline of a version written now with `ttl` (else the store's default TTL).
+    #[inline]
+    pub(crate) fn deadline(&self, ttl: Option<Duration>) -> u64 {
+        match ttl.or(self.config.default_ttl) {
+            None => 0,
+            Some(ttl) => {
+                let deadline = expiry::deadline_after(self.config.clock.now_ms(), ttl);
+                self.note_deadline(deadline);
+                deadline
+            }
+        }
+    }
+
+    /// Remembers that versions with deadlines exist (before one is written).
+    #[inline]
+    fn note_deadline(&self, deadline: u64) {
+        // Relaxed: a hint for `purge_expired`; a scan that misses a deadline written
+        // concurrently is a scan that began before it, and the next one sees it.
+        if deadline != 0 && !self.has_deadlines.load(Ordering::Relaxed) {
+            self.has_deadlines.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Replaces the expired version `word` of `slot` (the record `r`) with a delete at a fresh
+    /// index, journaled as one, as if a writer had deleted it when it expired. Returns whether
+    /// this call did (a lost race changed the slot: the caller looks again).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn expire(&self, slot: &Cell, word: u64, r: &Record<K, V>, guard: &Guard) -> bool {
+        let bits = if self.journal.is_some() { UNLOGGED } else { 0 };
+        let key = &r.header.keyed.key;
+        let index = self.global_index.next();
+        let mut tomb = Unpublished::<K, V>::new(cell::EMPTY);
+        tomb.word = Tomb::word(cell::tag_of(word), key.clone(), index, bits);
+        if slot.replace(word, tomb.word) == Cas::Lost {
+            return false; // `tomb` is freed unpublished; the index is a gap, never reused
+        }
+        let installed = tomb.publish();
+        // SAFETY: the record we replaced is unreachable from the slot now; retired once, by us.
+        unsafe { cell::retire::<K, V>(word, guard) };
+        if let Some(journal) = &self.journal {
+            let _settle = Settling::new(slot, installed);
+            // The expiry is ordered before whatever write met it (it waits for this settle);
+            // nobody waits for its own ticket.
+            let _ticket = journal.record(Mutation::Delete { key, index });
+        }
+        true
+    }
+
+    /// Replaces every expired version with its delete (see [`Engine::expire`]); returns how
+    /// many. Weakly consistent, as a listing: a version that expires during the scan may be
+    /// left for the next.
+    pub(crate) fn purge_expired(&self) -> usize {
+        // Relaxed: see `note_deadline`.
+        if !self.has_deadlines.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let guard = self.raw.pin();
+        let mut purged = 0;
+        self.raw.for_each(&guard, |_, slot, word| {
+            if word & (cell::LOCKED | cell::UNLOGGED | cell::FROZEN) != 0 {
+                return; // being written or moved: its writer or the next scan sees to it
+            }
+            // SAFETY: `word` was loaded from a slot under `guard`.
+            if let Some(r) = unsafe { visible::<K, V>(word, &guard) } {
+                if self.live(r).is_none() && self.expire(slot, word, r, &guard) {
+                    purged += 1;
+                }
+            }
+        });
+        purged
     }
 
     /// Calls `f` with every present entry whose word is settled: a key being written by a batch
@@ -93,7 +218,12 @@ where
                 // SAFETY: `word` was loaded from a slot under `guard`.
                 match unsafe { classify::<K, V>(word, &guard) } {
                     State::Locked | State::Unlogged => backoff.snooze(),
-                    State::Present(r) | State::Frozen(Some(r)) => return f(k, EntryRef::of(r)),
+                    State::Present(r) | State::Frozen(Some(r)) => {
+                        if let Some(r) = self.live(r) {
+                            f(k, EntryRef::of(r));
+                        }
+                        return;
+                    }
                     State::Absent | State::Frozen(None) => return,
                 }
                 word = slot.load();
@@ -111,16 +241,19 @@ where
         flags: u64,
         modify_index: u64,
         create_index: u64,
+        deadline: u64,
     ) -> bool {
         let guard = self.raw.pin();
         let hash = self.raw.hash(&key);
+        self.note_deadline(deadline);
         let meta = Meta {
             modify_index,
             create_index,
             flags,
+            deadline,
         };
         let mut node = Unpublished::<K, V>::new(cell::EMPTY);
-        node.word = Record::word(hash, key, value, meta, 0);
+        node.word = Record::word(cell::hash_tag(hash), key, value, meta, 0);
         loop {
             // SAFETY: `node` is ours and unpublished.
             let key = unsafe { &Raw::<K, V>::record(node.word, &guard).header.keyed.key };
@@ -186,11 +319,18 @@ where
                     word,
                     current: None,
                 },
-                State::Present(r) => Step::Slot {
-                    slot,
-                    word,
-                    current: Some(r),
-                },
+                State::Present(r) => {
+                    if self.live(r).is_none() {
+                        // Expired: its delete comes first, at its own index; then look again.
+                        self.expire(slot, word, r, guard);
+                        return Step::Retry;
+                    }
+                    Step::Slot {
+                        slot,
+                        word,
+                        current: Some(r),
+                    }
+                }
             },
         }
     }
@@ -202,6 +342,7 @@ where
         &self,
         key: K,
         value: V,
+        deadline: u64,
         mut decide: impl FnMut(&K, Option<&Record<K, V>>) -> Result<u64, E>,
     ) -> Result<Written, E> {
         let guard = self.raw.pin();
@@ -233,9 +374,12 @@ where
                 modify_index: index,
                 create_index: current.map_or(index, |r| r.header.meta.create_index),
                 flags,
+                deadline,
             };
             match parts.take() {
-                Some((key, value)) => node.word = Record::word(hash, key, value, meta, bits),
+                Some((key, value)) => {
+                    node.word = Record::word(cell::hash_tag(hash), key, value, meta, bits)
+                }
                 // SAFETY: `node` is ours and unpublished: nobody else can see it.
                 None => unsafe { (*cell::node_of::<Record<K, V>>(node.word)).header.meta = meta },
             }
@@ -313,7 +457,7 @@ where
             let key = &current.header.keyed.key;
             let index = self.global_index.next();
             if tomb.word == cell::EMPTY {
-                tomb.word = Tomb::word(hash, key.clone(), index, bits);
+                tomb.word = Tomb::word(cell::hash_tag(hash), key.clone(), index, bits);
             } else {
                 // SAFETY: `tomb` is ours and unpublished: nobody else can see it.
                 unsafe {

@@ -1,6 +1,9 @@
 //! What a read returns.
 
+use std::time::SystemTime;
+
 use crate::cell::Record;
+use crate::expiry::to_system_time;
 
 /// An owned snapshot of one key's version: a clone of the value and its metadata. For values
 /// that are expensive to clone, store `Arc<T>` (a clone is then a reference-count increment),
@@ -26,6 +29,9 @@ pub struct Entry<V> {
     pub modify_index: u64,
     /// The index of the write that created the key; fixed until the key is deleted.
     pub create_index: u64,
+    /// When this version expires (`None`: never); see
+    /// [`Store::set_with_ttl`](crate::Store::set_with_ttl).
+    pub expires_at: Option<SystemTime>,
 }
 
 /// A borrowed view of one key's version, valid while the [`Pinned`](crate::Pinned) handle (or
@@ -42,6 +48,8 @@ pub struct EntryRef<'g, V> {
     pub modify_index: u64,
     /// The index of the write that created the key.
     pub create_index: u64,
+    /// When this version expires (`None`: never).
+    pub expires_at: Option<SystemTime>,
 }
 
 impl<V: Clone> Entry<V> {
@@ -51,6 +59,7 @@ impl<V: Clone> Entry<V> {
             flags: r.header.meta.flags,
             modify_index: r.header.meta.modify_index,
             create_index: r.header.meta.create_index,
+            expires_at: to_system_time(r.header.meta.deadline),
         }
     }
 }
@@ -62,6 +71,7 @@ impl<'g, V> EntryRef<'g, V> {
             flags: r.header.meta.flags,
             modify_index: r.header.meta.modify_index,
             create_index: r.header.meta.create_index,
+            expires_at: to_system_time(r.header.meta.deadline),
         }
     }
 
@@ -75,6 +85,7 @@ impl<'g, V> EntryRef<'g, V> {
             flags: self.flags,
             modify_index: self.modify_index,
             create_index: self.create_index,
+            expires_at: self.expires_at,
         }
     }
 }

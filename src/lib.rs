@@ -74,6 +74,7 @@ pub mod epoch;
 #[cfg(not(caskv_loom))]
 mod epoch;
 mod error;
+mod expiry;
 mod global_index;
 mod journal;
 pub mod persist;
@@ -97,6 +98,7 @@ pub use batch::Op;
 pub use db::Db;
 pub use entry::{Entry, EntryRef};
 pub use error::{Conflict, Error, Expected, StorageError};
+pub use expiry::{Clock, ManualClock, SystemClock};
 pub use global_index::GlobalIndex;
 pub use journal::{Journal, Mutation};
 pub use persist::Pending;

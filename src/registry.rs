@@ -228,8 +228,10 @@ impl Registry {
             admit(&name, &registration)?;
         }
         match cas {
-            None => Ok(self.store.write_set(name, registration, None)),
-            Some(expected) => self.store.write_set_cas(name, registration, expected, None),
+            None => Ok(self.store.write_set(name, registration, None, None)),
+            Some(expected) => self
+                .store
+                .write_set_cas(name, registration, expected, None, None),
         }
     }
 

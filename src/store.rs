@@ -6,14 +6,14 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::cell::{visible, Record};
+use crate::cell::Record;
 use crate::engine::{check_index, flags_or_kept, value_matches, Config, Engine};
 use crate::entry::{Entry, EntryRef};
 use crate::error::{Conflict, Error, Expected};
 use crate::global_index::GlobalIndex;
 use crate::journal::{Journal, Written};
 use crate::sync::epoch::Guard;
-use crate::sync::StdArc;
+use crate::sync::{AtomicBool, StdArc};
 use crate::table::Raw;
 
 /// A concurrent versioned key-value store. See the [crate docs](crate) for the consistency model.
@@ -122,6 +122,21 @@ impl<K, V> StoreBuilder<K, V> {
         self
     }
 
+    /// The time to live of every write that names none (a plain `set`, a batch's sets, …):
+    /// each such version expires `ttl` after it was written. Default: none (such writes never
+    /// expire). A zero `ttl` means none. See [`Store::set_with_ttl`].
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.config.default_ttl = (!ttl.is_zero()).then_some(ttl);
+        self
+    }
+
+    /// The clock deadlines are read against. Default [`SystemClock`](crate::SystemClock);
+    /// tests drive a [`ManualClock`](crate::ManualClock).
+    pub fn clock(mut self, clock: StdArc<dyn crate::Clock>) -> Self {
+        self.config.clock = clock;
+        self
+    }
+
     /// Builds the store.
     pub fn build(self) -> Store<K, V>
     where
@@ -134,6 +149,7 @@ impl<K, V> StoreBuilder<K, V> {
                 global_index: self.global_index.unwrap_or_default(),
                 config: self.config,
                 journal: None,
+                has_deadlines: AtomicBool::new(false),
             },
         }
     }
@@ -281,12 +297,29 @@ where
     /// assert_eq!(store.get("k").unwrap().create_index, a);
     /// ```
     pub fn set(&self, key: K, value: V) -> u64 {
-        self.write_set(key, value, None).index
+        self.write_set(key, value, None, None).index
     }
 
     /// Sets the key and its flags. Returns the new `modify_index`.
     pub fn set_with_flags(&self, key: K, value: V, flags: u64) -> u64 {
-        self.write_set(key, value, Some(flags)).index
+        self.write_set(key, value, Some(flags), None).index
+    }
+
+    /// Sets the key (keeping its flags) with a time to live: from `ttl` after now the key reads
+    /// as absent, and the first write that meets it, or [`purge_expired`](Store::purge_expired),
+    /// deletes it at a fresh index. A zero `ttl` means the version never expires. Every write
+    /// sets its version's TTL afresh: one that names none gets the store's
+    /// [`default_ttl`](StoreBuilder::default_ttl), or none.
+    ///
+    /// ```
+    /// # use caskv::Store;
+    /// use std::time::Duration;
+    /// let store: Store<&str, &str> = Store::new();
+    /// store.set_with_ttl("token", "t-1", Duration::from_secs(60));
+    /// assert!(store.get("token").unwrap().expires_at.is_some());
+    /// ```
+    pub fn set_with_ttl(&self, key: K, value: V, ttl: Duration) -> u64 {
+        self.write_set(key, value, None, Some(ttl)).index
     }
 
     /// Compare-and-set on the index: `expected == 0` creates only if absent; `expected == N`
@@ -297,7 +330,30 @@ where
     /// takes no index; one that first passes, loses a race to another writer and then fails has
     /// consumed an index (a gap in the sequence, never a reuse).
     pub fn set_cas(&self, key: K, value: V, expected: u64) -> Result<u64, Error<K, V>> {
-        Ok(self.write_set_cas(key, value, expected, None)?.index)
+        Ok(self.write_set_cas(key, value, expected, None, None)?.index)
+    }
+
+    /// [`set_cas`](Store::set_cas) with a time to live, as in
+    /// [`set_with_ttl`](Store::set_with_ttl). An expired key is absent: `expected == 0`
+    /// creates it again.
+    ///
+    /// ```
+    /// # use caskv::Store;
+    /// use std::time::Duration;
+    /// let store: Store<&str, &str> = Store::new();
+    /// let lease = store.set_cas_with_ttl("leader", "node-1", 0, Duration::from_secs(10)).unwrap();
+    /// store.set_cas_with_ttl("leader", "node-1", lease, Duration::from_secs(10)).unwrap(); // renew
+    /// ```
+    pub fn set_cas_with_ttl(
+        &self,
+        key: K,
+        value: V,
+        expected: u64,
+        ttl: Duration,
+    ) -> Result<u64, Error<K, V>> {
+        Ok(self
+            .write_set_cas(key, value, expected, None, Some(ttl))?
+            .index)
     }
 
     /// [`set_cas`](Store::set_cas) that also sets the flags.
@@ -308,7 +364,9 @@ where
         expected: u64,
         flags: u64,
     ) -> Result<u64, Error<K, V>> {
-        Ok(self.write_set_cas(key, value, expected, Some(flags))?.index)
+        Ok(self
+            .write_set_cas(key, value, expected, Some(flags), None)?
+            .index)
     }
 
     /// Deletes the key. Returns the index the delete took; [`Error::NotFound`] if absent.
@@ -367,8 +425,15 @@ where
     }
 
     /// `set`/`set_with_flags` with the journal ticket.
-    pub(crate) fn write_set(&self, key: K, value: V, flags: Option<u64>) -> Written {
-        match self.engine.put(key, value, |_, current| {
+    pub(crate) fn write_set(
+        &self,
+        key: K,
+        value: V,
+        flags: Option<u64>,
+        ttl: Option<Duration>,
+    ) -> Written {
+        let deadline = self.engine.deadline(ttl);
+        match self.engine.put(key, value, deadline, |_, current| {
             Ok::<_, Infallible>(flags_or_kept(flags, current))
         }) {
             Ok(written) => written,
@@ -384,8 +449,10 @@ where
         value: V,
         expected: u64,
         flags: Option<u64>,
+        ttl: Option<Duration>,
     ) -> Result<Written, Error<K, V>> {
-        self.engine.put(key, value, |key, current| {
+        let deadline = self.engine.deadline(ttl);
+        self.engine.put(key, value, deadline, |key, current| {
             check_index(key, expected, current)?;
             Ok(flags_or_kept(flags, current))
         })
@@ -443,7 +510,7 @@ where
         match new {
             Some(value) => self
                 .engine
-                .put(key, value, |key, current| {
+                .put(key, value, self.engine.deadline(None), |key, current| {
                     check(key, current)?;
                     Ok(flags_or_kept(None, current))
                 })
@@ -492,7 +559,7 @@ where
             let new = f(current.as_ref().map(|e| &e.value));
             check(&key, &new)?;
             let expected = current.map_or(0, |e| e.modify_index);
-            match self.write_set_cas(key.clone(), new, expected, None) {
+            match self.write_set_cas(key.clone(), new, expected, None, None) {
                 Ok(written) => return Ok(written),
                 Err(e) if e.is_conflict() || e.is_not_found() => {
                     if attempt < self.engine.config.update_attempts {
@@ -522,7 +589,7 @@ where
         let mut keys = Vec::new();
         self.engine.raw.for_each(&guard, |k, _, word| {
             // SAFETY: `word` was loaded from a slot under `guard`.
-            if filter(k) && unsafe { visible::<K, V>(word, &guard) }.is_some() {
+            if filter(k) && unsafe { self.engine.resolve(word, &guard) }.is_some() {
                 keys.push(k.clone());
             }
         });
@@ -551,7 +618,7 @@ where
         let mut out = Vec::new();
         self.engine.raw.for_each(&guard, |k, _, word| {
             // SAFETY: `word` was loaded from a slot under `guard`.
-            if let Some(r) = unsafe { visible::<K, V>(word, &guard) } {
+            if let Some(r) = unsafe { self.engine.resolve(word, &guard) } {
                 out.push((k.clone(), Entry::of(r)));
             }
         });
@@ -565,7 +632,7 @@ where
         let mut n = 0;
         self.engine.raw.for_each(&guard, |_, _, word| {
             // SAFETY: `word` was loaded from a slot under `guard`.
-            if unsafe { visible::<K, V>(word, &guard) }.is_some() {
+            if unsafe { self.engine.resolve(word, &guard) }.is_some() {
                 n += 1;
             }
         });
@@ -575,6 +642,26 @@ where
     /// Whether no key is present.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Deletes every version whose time to live has run out, each at a fresh index (as the
+    /// first write to meet it would); returns how many. Expired keys already read as absent:
+    /// this frees their memory and gives their deletes an index, for a caller that sweeps
+    /// periodically. Weakly consistent, as [`keys`](Store::keys).
+    ///
+    /// ```
+    /// use caskv::{ManualClock, Store};
+    /// use std::{sync::Arc, time::Duration};
+    /// let clock = Arc::new(ManualClock::new(0));
+    /// let store: Store<u32, u32> = Store::builder().clock(clock.clone()).build();
+    /// store.set_with_ttl(1, 1, Duration::from_secs(1));
+    /// store.set(2, 2);
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(store.purge_expired(), 1);
+    /// assert_eq!(store.keys(), [2]);
+    /// ```
+    pub fn purge_expired(&self) -> usize {
+        self.engine.purge_expired()
     }
 }
 

@@ -275,7 +275,7 @@ where
             }
             // SAFETY: the word was loaded from a slot of a table reached under the caller's pin,
             // and it has an address.
-            if has_tag(word, tag) && unsafe { holds_key::<K, Q>(word, hash, key) } {
+            if has_tag(word, tag) && unsafe { holds_key::<K, Q>(word, key) } {
                 return Some(word);
             }
             if left == 0 {
@@ -307,7 +307,7 @@ where
                 return Located::Vacant { slot };
             }
             // SAFETY: as in `find`.
-            if has_tag(word, tag) && unsafe { holds_key::<K, Q>(word, hash, key) } {
+            if has_tag(word, tag) && unsafe { holds_key::<K, Q>(word, key) } {
                 return Located::Found { slot, word };
             }
             i = (i + 1) & table.mask;
@@ -444,7 +444,7 @@ where
                 continue;
             }
             // SAFETY: a live record's word, loaded under our pin.
-            let hash = unsafe { (*cell::node_of::<cell::Keyed<K>>(word)).hash };
+            let hash = self.hash(unsafe { &(*cell::node_of::<cell::Keyed<K>>(word)).key });
             Self::insert_moved(next, hash, word);
             moved += 1;
         }

@@ -151,6 +151,49 @@ fn health_is_ok() {
 }
 
 #[test]
+fn a_ttl_in_the_put_body_expires_the_key_and_metadata_shows_its_deadline() {
+    let s = Server::start();
+    let before = SystemTime::now();
+    let a = s.set("a", json!({"value": "1", "ttl": "1h 30m"}));
+    let meta = s.meta("a");
+    let at = humantime::parse_rfc3339(meta["expires_at"].as_str().expect("expires_at"))
+        .expect("RFC 3339");
+    let from_now = at.duration_since(before).unwrap();
+    assert!(
+        from_now > Duration::from_secs(5390) && from_now <= Duration::from_secs(5401),
+        "{meta}"
+    );
+    assert_eq!(meta["modify_index"], a);
+    assert_eq!(meta["value"], "1");
+    // "0s" means none, as does a plain PUT that names no TTL (it clears one).
+    s.set("zero", json!({"value": "z", "ttl": "0s"}));
+    assert!(s.meta("zero").get("expires_at").is_none());
+    s.set("a", json!({"value": "2"}));
+    assert!(s.meta("a").get("expires_at").is_none());
+    // A CAS carries a TTL too; a short one is gone once it has passed.
+    let b = s.set("b", json!({"value": "x", "cas": 0, "ttl": "150ms"}));
+    assert_eq!(s.meta("b")["create_index"], b);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_error(&s.get("/kv/b"), 404);
+    assert_eq!(s.get("/kv/"), (200, json!(["a", "zero"])));
+    // Expired, so create-only succeeds, at a fresh index above the expiry's own.
+    let b2 = s.set("b", json!({"value": "y", "cas": 0}));
+    assert!(b2 > b + 1, "{b} then {b2}");
+    // Bad TTLs are 400s in the SPEC's shape, and change nothing.
+    for bad in [
+        json!("soon"),
+        json!("-5s"),
+        json!("30"),
+        json!(30),
+        json!("400d"),
+    ] {
+        let reply = s.put("/kv/b", json!({"value": "z", "ttl": bad}));
+        assert_error(&reply, 400);
+    }
+    assert_eq!(s.meta("b")["value"], "y");
+}
+
+#[test]
 fn put_get_list_and_delete() {
     let s = Server::start();
     assert_eq!(s.get("/kv/"), (200, json!([])));

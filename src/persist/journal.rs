@@ -50,10 +50,18 @@ pub(crate) fn encode_entry<K: Codec, V: Codec>(
         space,
         |o| key.encode(o),
         |o| entry.value.encode(o),
-        entry.flags,
-        entry.modify_index,
-        entry.create_index,
+        stamp(entry),
     )
+}
+
+/// The fields of `entry` besides its value, as a record carries them.
+fn stamp<V>(entry: &EntryRef<'_, V>) -> record::Stamp {
+    record::Stamp {
+        flags: entry.flags,
+        modify_index: entry.modify_index,
+        create_index: entry.create_index,
+        deadline: crate::expiry::to_deadline(entry.expires_at),
+    }
 }
 
 /// Encodes one mutation's payload.
@@ -73,11 +81,7 @@ pub(crate) fn encode_mutation<K: Codec, V: Codec>(
                 match entry {
                     Some(e) => {
                         let value = |o: &mut Vec<u8>| e.value.encode(o);
-                        record::encode_batch_item(
-                            out,
-                            |o| key.encode(o),
-                            Some((&value, e.flags, e.create_index)),
-                        );
+                        record::encode_batch_item(out, |o| key.encode(o), Some((&value, stamp(e))));
                     }
                     None => record::encode_batch_item(out, |o| key.encode(o), None),
                 }

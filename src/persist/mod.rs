@@ -109,6 +109,7 @@ pub use recover::RecoveryReport;
 pub use snapshot::SnapshotReport;
 
 use crate::error::StorageError;
+use crate::expiry::{self, Clock, SystemClock};
 use crate::journal::Written;
 use crate::{GlobalIndex, Registration, Registry, Store};
 use journal::LogJournal;
@@ -456,7 +457,13 @@ where
             .global_index(global_index.clone())
             .max_batch(options.max_batch)
             .build_journaled(Box::new(LogJournal::<K, V>::new(log.clone(), Space::Kv)));
+        let now = SystemClock.now_ms();
         for (key, v) in recovered.kv {
+            if expiry::has_expired(v.deadline, now) {
+                // Its deadline passed while the store was down: it is gone, as if deleted
+                // then (a later write to the key creates it afresh).
+                continue;
+            }
             let key = K::decode(&key).map_err(|source| PersistError::Decode {
                 what: "key",
                 source,
@@ -465,9 +472,14 @@ where
                 what: "value",
                 source,
             })?;
-            store
-                .engine
-                .restore(key, value, v.flags, v.modify_index, v.create_index);
+            store.engine.restore(
+                key,
+                value,
+                v.flags,
+                v.modify_index,
+                v.create_index,
+                v.deadline,
+            );
         }
 
         // With services off there are none to restore (refused above otherwise).
@@ -608,9 +620,14 @@ fn restore_services(
             source,
         })?;
         let reg = Registration::restored(reg.service().clone(), reg.expires_at_ms().max(renewed));
-        services
-            .engine
-            .restore(name, Arc::new(reg), v.flags, v.modify_index, v.create_index);
+        services.engine.restore(
+            name,
+            Arc::new(reg),
+            v.flags,
+            v.modify_index,
+            v.create_index,
+            0,
+        );
     }
     Ok(Registry::with_store(
         services,

@@ -7,8 +7,9 @@
 //! | kind | fields (little-endian; `bytes` = u32 length + bytes) |
 //! |---|---|
 //! | 1 set | space u8, modify_index u64, create_index u64, flags u64, key bytes, value bytes |
+//! | 8 expiring set | as 1, then deadline u64 (ms since the UNIX epoch) after flags |
 //! | 2 delete | space u8, index u64, key bytes |
-//! | 3 batch | space u8, index u64, count u32, then per key: 1 + create u64 + flags u64 + key + value (set) or 0 + key (delete) |
+//! | 3 batch | space u8, index u64, count u32, then per key: 1 + create u64 + flags u64 + key + value (set), 2 + create u64 + flags u64 + deadline u64 + key + value (expiring set), or 0 + key (delete) |
 //! | 4 reserve | through u64: no index up to `through` may be handed out again |
 //! | 5 snapshot head | high_water u64 (snapshots only, first record) |
 //! | 6 snapshot end | entries u64 (snapshots only, last record) |
@@ -43,6 +44,7 @@ const RESERVE: u8 = 4;
 const SNAPSHOT_HEAD: u8 = 5;
 const SNAPSHOT_END: u8 = 6;
 const SYNCED: u8 = 7;
+const EXPIRING_SET: u8 = 8;
 
 /// A key's version as recorded (key and value still encoded).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,8 @@ pub(crate) struct RawVersion<'a> {
     pub(crate) flags: u64,
     pub(crate) modify_index: u64,
     pub(crate) create_index: u64,
+    /// When it expires (ms since the UNIX epoch); 0: never.
+    pub(crate) deadline: u64,
 }
 
 /// One decoded record.
@@ -72,21 +76,36 @@ pub(crate) enum Record<'a> {
     Synced { through: u64 },
 }
 
-/// Appends a set record's payload.
+/// A version's fields besides its key and value, as a record carries them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stamp {
+    pub(crate) flags: u64,
+    pub(crate) modify_index: u64,
+    pub(crate) create_index: u64,
+    /// 0: never expires (then the record is the older, shorter kind).
+    pub(crate) deadline: u64,
+}
+
+/// Appends a set record's payload (an expiring set's when the version has a deadline).
 pub(crate) fn encode_set(
     out: &mut Vec<u8>,
     space: Space,
     key: impl FnOnce(&mut Vec<u8>),
     value: impl FnOnce(&mut Vec<u8>),
-    flags: u64,
-    modify_index: u64,
-    create_index: u64,
+    stamp: Stamp,
 ) {
-    out.push(SET);
+    out.push(if stamp.deadline == 0 {
+        SET
+    } else {
+        EXPIRING_SET
+    });
     out.push(space as u8);
-    wire::put_u64(out, modify_index);
-    wire::put_u64(out, create_index);
-    wire::put_u64(out, flags);
+    wire::put_u64(out, stamp.modify_index);
+    wire::put_u64(out, stamp.create_index);
+    wire::put_u64(out, stamp.flags);
+    if stamp.deadline != 0 {
+        wire::put_u64(out, stamp.deadline);
+    }
     wire::put_with(out, key);
     wire::put_with(out, value);
 }
@@ -108,10 +127,10 @@ pub(crate) fn encode_delete(
 pub(crate) const BATCH_HEAD_LEN: usize = 1 + 1 + 8 + 4;
 
 /// The bytes [`encode_batch_item`] writes for a key of `key_len` encoded bytes and, for a
-/// write, a value of `value_len` (`None`: a delete).
-pub(crate) fn batch_item_len(key_len: usize, value_len: Option<usize>) -> usize {
+/// write, a value of `value_len` (`None`: a delete), with a deadline or not.
+pub(crate) fn batch_item_len(key_len: usize, value_len: Option<usize>, expiring: bool) -> usize {
     match value_len {
-        Some(value_len) => 1 + 8 + 8 + 4 + key_len + 4 + value_len,
+        Some(value_len) => 1 + 8 + 8 + 4 + key_len + 4 + value_len + if expiring { 8 } else { 0 },
         None => 1 + 4 + key_len,
     }
 }
@@ -127,18 +146,21 @@ pub(crate) fn encode_batch_head(out: &mut Vec<u8>, space: Space, index: u64, cou
 /// Writes an encoded value into a payload.
 pub(crate) type ValueWriter<'a> = &'a dyn Fn(&mut Vec<u8>);
 
-/// Appends one key of a batch: `version` is `(value, flags, create_index)` or `None` for a
-/// delete.
+/// Appends one key of a batch: `version` is the value and its stamp (the batch's index is in
+/// the header, not repeated), or `None` for a delete.
 pub(crate) fn encode_batch_item(
     out: &mut Vec<u8>,
     key: impl FnOnce(&mut Vec<u8>),
-    version: Option<(ValueWriter<'_>, u64, u64)>,
+    version: Option<(ValueWriter<'_>, Stamp)>,
 ) {
     match version {
-        Some((value, flags, create_index)) => {
-            out.push(1);
-            wire::put_u64(out, create_index);
-            wire::put_u64(out, flags);
+        Some((value, stamp)) => {
+            out.push(if stamp.deadline == 0 { 1 } else { 2 });
+            wire::put_u64(out, stamp.create_index);
+            wire::put_u64(out, stamp.flags);
+            if stamp.deadline != 0 {
+                wire::put_u64(out, stamp.deadline);
+            }
             wire::put_with(out, key);
             wire::put_with(out, value);
         }
@@ -183,16 +205,29 @@ fn check_indices(modify_index: u64, create_index: u64) -> Result<(), DecodeError
     Ok(())
 }
 
+/// An expiring record's deadline: never 0 (that is the plain kind's).
+fn nonzero_deadline(deadline: u64) -> Result<u64, DecodeError> {
+    if deadline == 0 {
+        return Err(DecodeError::new("an expiring version with deadline 0"));
+    }
+    Ok(deadline)
+}
+
 /// Decodes one payload. The frame's checksum already passed, so an error here means a record
 /// this version does not understand or a writer bug, and is reported as corruption.
 pub(crate) fn decode(payload: &[u8]) -> Result<Record<'_>, DecodeError> {
     let mut r = Reader::new(payload);
     let record = match r.u8()? {
-        SET => {
+        kind @ (SET | EXPIRING_SET) => {
             let space = Space::from_u8(r.u8()?)?;
             let modify_index = r.u64()?;
             let create_index = r.u64()?;
             let flags = r.u64()?;
+            let deadline = if kind == EXPIRING_SET {
+                nonzero_deadline(r.u64()?)?
+            } else {
+                0
+            };
             let key = r.bytes()?;
             let value = r.bytes()?;
             check_indices(modify_index, create_index)?;
@@ -206,6 +241,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Record<'_>, DecodeError> {
                         flags,
                         modify_index,
                         create_index,
+                        deadline,
                     }),
                 )],
             }
@@ -229,9 +265,14 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Record<'_>, DecodeError> {
             let mut writes = Vec::with_capacity((count as usize).min(payload.len() / 5));
             for _ in 0..count {
                 let item = match r.u8()? {
-                    1 => {
+                    tag @ (1 | 2) => {
                         let create_index = r.u64()?;
                         let flags = r.u64()?;
+                        let deadline = if tag == 2 {
+                            nonzero_deadline(r.u64()?)?
+                        } else {
+                            0
+                        };
                         let key = r.bytes()?;
                         let value = r.bytes()?;
                         check_indices(index, create_index)?;
@@ -240,6 +281,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Record<'_>, DecodeError> {
                             flags,
                             modify_index: index,
                             create_index,
+                            deadline,
                         };
                         (key, Some(version))
                     }
@@ -279,16 +321,28 @@ mod tests {
         encode_batch_head(&mut out, Space::Kv, 7, 2);
         assert_eq!(out.len(), BATCH_HEAD_LEN);
         let value = |out: &mut Vec<u8>| out.extend_from_slice(b"value");
-        let mut item = Vec::new();
-        encode_batch_item(
-            &mut item,
-            |o| o.extend_from_slice(b"key"),
-            Some((&value, 1, 2)),
-        );
-        assert_eq!(item.len(), batch_item_len(3, Some(5)));
+        for deadline in [0, 1_700_000_000_000] {
+            let mut item = Vec::new();
+            encode_batch_item(
+                &mut item,
+                |o| o.extend_from_slice(b"key"),
+                Some((&value, stamp(1, 0, 2, deadline))),
+            );
+            assert_eq!(item.len(), batch_item_len(3, Some(5), deadline != 0));
+        }
         let mut item = Vec::new();
         encode_batch_item(&mut item, |o| o.extend_from_slice(b"key"), None);
-        assert_eq!(item.len(), batch_item_len(3, None));
+        assert_eq!(item.len(), batch_item_len(3, None, false));
+        assert_eq!(item.len(), batch_item_len(3, None, true));
+    }
+
+    fn stamp(flags: u64, modify_index: u64, create_index: u64, deadline: u64) -> Stamp {
+        Stamp {
+            flags,
+            modify_index,
+            create_index,
+            deadline,
+        }
     }
 
     fn put(bytes: &'static [u8]) -> impl FnOnce(&mut Vec<u8>) {
@@ -298,23 +352,34 @@ mod tests {
     #[test]
     fn every_kind_round_trips() {
         let mut out = Vec::new();
-        encode_set(&mut out, Space::Kv, put(b"k"), put(b"value"), 3, 9, 4);
-        assert_eq!(
-            decode(&out).unwrap(),
-            Record::Writes {
-                space: Space::Kv,
-                index: 9,
-                writes: vec![(
-                    &b"k"[..],
-                    Some(RawVersion {
-                        value: b"value",
-                        flags: 3,
-                        modify_index: 9,
-                        create_index: 4
-                    })
-                )]
-            }
-        );
+        for deadline in [0, 1_700_000_000_000] {
+            out.clear();
+            encode_set(
+                &mut out,
+                Space::Kv,
+                put(b"k"),
+                put(b"value"),
+                stamp(3, 9, 4, deadline),
+            );
+            assert_eq!(out[0], if deadline == 0 { SET } else { EXPIRING_SET });
+            assert_eq!(
+                decode(&out).unwrap(),
+                Record::Writes {
+                    space: Space::Kv,
+                    index: 9,
+                    writes: vec![(
+                        &b"k"[..],
+                        Some(RawVersion {
+                            value: b"value",
+                            flags: 3,
+                            modify_index: 9,
+                            create_index: 4,
+                            deadline,
+                        })
+                    )]
+                }
+            );
+        }
 
         out.clear();
         encode_delete(&mut out, Space::Services, put(b"web"), 12);
@@ -328,17 +393,21 @@ mod tests {
         );
 
         out.clear();
-        encode_batch_head(&mut out, Space::Kv, 20, 2);
+        encode_batch_head(&mut out, Space::Kv, 20, 3);
         let value = |o: &mut Vec<u8>| o.extend_from_slice(b"x");
-        encode_batch_item(&mut out, put(b"a"), Some((&value, 0, 20)));
+        encode_batch_item(&mut out, put(b"a"), Some((&value, stamp(0, 20, 20, 0))));
         encode_batch_item(&mut out, put(b"b"), None);
+        encode_batch_item(&mut out, put(b"c"), Some((&value, stamp(5, 20, 20, 99))));
         let Record::Writes { index, writes, .. } = decode(&out).unwrap() else {
             panic!("a batch decodes as writes");
         };
         assert_eq!(index, 20);
-        assert_eq!(writes.len(), 2);
+        assert_eq!(writes.len(), 3);
         assert_eq!(writes[0].1.as_ref().unwrap().modify_index, 20);
+        assert_eq!(writes[0].1.as_ref().unwrap().deadline, 0);
         assert_eq!(writes[1], (&b"b"[..], None));
+        let c = writes[2].1.as_ref().unwrap();
+        assert_eq!((c.flags, c.deadline, c.value), (5, 99, &b"x"[..]));
 
         for (encode, expected) in [
             (
@@ -358,10 +427,20 @@ mod tests {
     #[test]
     fn malformed_payloads_are_errors_not_panics() {
         let mut out = Vec::new();
-        encode_set(&mut out, Space::Kv, put(b"key"), put(b"value"), 0, 1, 1);
+        encode_set(
+            &mut out,
+            Space::Kv,
+            put(b"key"),
+            put(b"value"),
+            stamp(0, 1, 1, 7),
+        );
         for cut in 0..out.len() {
             assert!(decode(&out[..cut]).is_err(), "cut at {cut}");
         }
+        // An expiring kind with deadline 0 is not what any writer makes.
+        let mut zero = out.clone();
+        zero[1 + 1 + 24..1 + 1 + 32].fill(0);
+        assert!(decode(&zero).is_err());
         let mut trailing = out.clone();
         trailing.push(0);
         assert!(decode(&trailing).is_err());
@@ -376,7 +455,13 @@ mod tests {
     fn impossible_indices_are_refused() {
         for (modify, create) in [(0, 0), (2, 3), (5, 0)] {
             let mut out = Vec::new();
-            encode_set(&mut out, Space::Kv, put(b"k"), put(b"v"), 0, modify, create);
+            encode_set(
+                &mut out,
+                Space::Kv,
+                put(b"k"),
+                put(b"v"),
+                stamp(0, modify, create, 0),
+            );
             assert!(decode(&out).is_err(), "modify {modify}, create {create}");
         }
         let mut out = Vec::new();
@@ -385,7 +470,7 @@ mod tests {
         let mut out = Vec::new();
         encode_batch_head(&mut out, Space::Kv, 4, 1);
         let value = |o: &mut Vec<u8>| o.extend_from_slice(b"x");
-        encode_batch_item(&mut out, put(b"a"), Some((&value, 0, 5)));
+        encode_batch_item(&mut out, put(b"a"), Some((&value, stamp(0, 0, 5, 0))));
         assert!(decode(&out).is_err(), "created after the batch");
     }
 }

@@ -31,6 +31,8 @@ pub(crate) struct OwnedVersion {
     pub(crate) flags: u64,
     pub(crate) modify_index: u64,
     pub(crate) create_index: u64,
+    /// When it expires (ms since the UNIX epoch); 0: never.
+    pub(crate) deadline: u64,
 }
 
 /// What recovery found: the state of each space and the index to resume above.
@@ -152,6 +154,7 @@ impl Recovered {
                                     flags: v.flags,
                                     modify_index: v.modify_index,
                                     create_index: v.create_index,
+                                    deadline: v.deadline,
                                 },
                             );
                         }

@@ -1,6 +1,7 @@
 //! The KV endpoints: `/kv/…` and `/batch/kv/…` (SPEC §3).
 
 use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -12,6 +13,7 @@ use super::error::ApiError;
 use super::extract::{JsonBody, KeyPath, Params};
 use super::metrics::Op as Metric;
 use super::{acknowledged, metered, AppState};
+use crate::defaults::MAX_TTL;
 use crate::{Entry, Op};
 
 /// `PUT /kv/{key}` body.
@@ -20,17 +22,45 @@ pub struct PutBody {
     value: String,
     cas: Option<u64>,
     flags: Option<u64>,
+    /// A humantime duration ("30s", "1h 30m"); "0s" or absent: no TTL.
+    ttl: Option<String>,
+}
+
+/// A `ttl` field: `None` for none (absent or zero), else a duration up to [`MAX_TTL`].
+fn parse_ttl(ttl: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let Some(text) = ttl else { return Ok(None) };
+    let ttl = humantime::parse_duration(text).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "invalid ttl '{text}': {e} (a duration such as \"30s\" or \"1h 30m\")"
+        ))
+    })?;
+    if ttl > MAX_TTL {
+        return Err(ApiError::BadRequest(format!(
+            "ttl '{text}' is longer than the maximum of {}",
+            humantime::format_duration(MAX_TTL)
+        )));
+    }
+    Ok((!ttl.is_zero()).then_some(ttl))
+}
+
+/// A deadline in RFC 3339, UTC, to the millisecond.
+fn rfc3339_millis(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 fn entry_json(key: &str, e: &Entry<String>, metadata: bool) -> Value {
     if metadata {
-        json!({
+        let mut v = json!({
             "key": key,
             "value": *e.value,
             "modify_index": e.modify_index,
             "create_index": e.create_index,
             "flags": e.flags,
-        })
+        });
+        if let Some(at) = e.expires_at {
+            v["expires_at"] = json!(rfc3339_millis(at));
+        }
+        v
     } else {
         json!({"key": key, "value": *e.value})
     }
@@ -79,7 +109,7 @@ pub async fn get(
     .await
 }
 
-/// `PUT /kv/{key}` body `{"value", "cas"?, "flags"?}`.
+/// `PUT /kv/{key}` body `{"value", "cas"?, "flags"?, "ttl"?}`.
 pub async fn put(
     State(state): State<AppState>,
     key: Result<KeyPath, ApiError>,
@@ -89,9 +119,10 @@ pub async fn put(
         let KeyPath(key) = key?;
         let JsonBody(body) = body?;
         state.limits.check_value(&key, &body.value)?;
+        let ttl = parse_ttl(body.ttl.as_deref())?;
         let write = state
             .db()
-            .put(key.clone(), body.value, body.cas, body.flags);
+            .put(key.clone(), body.value, body.cas, body.flags, ttl);
         let index = acknowledged(write, "key").await?;
         Ok(Json(json!({"message": "key set", "key": key, "modify_index": index})).into_response())
     })

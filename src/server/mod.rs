@@ -440,7 +440,7 @@ impl Drop for Running {
 pub fn spawn(listener: TcpListener, state: AppState, conn: ConnLimits) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let reaper = tokio::spawn(reap_services(state.registry.clone()));
+    let reaper = tokio::spawn(reap(state.clone()));
     let app = router(state, conn.body_timeout);
     let task = tokio::spawn(async move {
         serve(listener, app, conn, async {
@@ -474,14 +474,22 @@ pub async fn run(addr: SocketAddr, state: AppState, conn: ConnLimits) -> std::io
     Ok(())
 }
 
-/// Expires services in the background, once a second (reads also expire lazily).
-pub async fn reap_services(registry: Arc<Registry>) {
+/// Expires services and deletes expired keys in the background, once a second (reads see
+/// both as gone at once; this gives each its delete, logged, and frees its memory). The key
+/// scan is skipped while no key was ever written with a TTL.
+pub async fn reap(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let reaped = registry.reap_expired();
+        let reaped = state.registry.reap_expired();
         if reaped > 0 {
             tracing::info!(reaped, "expired services removed");
+        }
+        match state.db().purge_expired() {
+            Ok(0) => {}
+            Ok(purged) => tracing::debug!(purged, "expired keys deleted"),
+            // The log has failed: writes are refused with 503 already; nothing to do here.
+            Err(_) => {}
         }
     }
 }
