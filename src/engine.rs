@@ -91,7 +91,7 @@ where
     V: Clone + Send + 'static,
 {
     /// The record a reader sees for `key` under `guard`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read<'g, Q>(&self, key: &Q, guard: &'g Guard) -> Option<&'g Record<K, V>>
     where
         K: Borrow<Q>,
@@ -119,7 +119,7 @@ where
     }
 
     /// `record`, unless its deadline has come (an expired version reads as absent at once).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn live<'g>(&self, record: &'g Record<K, V>) -> Option<&'g Record<K, V>> {
         let deadline = record.header.meta.deadline;
         if deadline != 0 && self.expired(deadline) {
@@ -130,6 +130,7 @@ where
 
     /// Whether `deadline` (not 0) has come.
     #[cold]
+    #[inline(never)]
     fn expired(&self, deadline: u64) -> bool {
         expiry::has_expired(deadline, self.config.clock.now_ms())
     }

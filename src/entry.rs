@@ -53,6 +53,7 @@ pub struct EntryRef<'g, V> {
 }
 
 impl<V: Clone> Entry<V> {
+    #[inline]
     pub(crate) fn of<K>(r: &Record<K, V>) -> Self {
         Entry {
             value: r.value.clone(),
@@ -65,6 +66,7 @@ impl<V: Clone> Entry<V> {
 }
 
 impl<'g, V> EntryRef<'g, V> {
+    #[inline]
     pub(crate) fn of<K>(r: &'g Record<K, V>) -> Self {
         EntryRef {
             value: &r.value,

@@ -117,6 +117,7 @@ pub(crate) fn has_expired(deadline: u64, now_ms: u64) -> bool {
 }
 
 /// A deadline as a wall-clock time (`None`: it never expires).
+#[inline]
 pub(crate) fn to_system_time(deadline: u64) -> Option<SystemTime> {
     (deadline != 0).then(|| UNIX_EPOCH + Duration::from_millis(deadline))
 }
