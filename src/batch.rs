@@ -34,7 +34,8 @@ use std::hash::Hash;
 use smallvec::SmallVec;
 
 use crate::cell::{
-    self, classify, visible, Cas, Cell, Lock, Meta, Record, State, Tomb, Txn, Unpublished, EMPTY,
+    self, classify, visible, Cas, Cell, Life, Lock, Meta, Record, State, Tomb, Txn, Unpublished,
+    EMPTY,
 };
 use crate::engine::{check_index, value_matches};
 use crate::entry::{Entry, EntryRef};
@@ -547,31 +548,32 @@ where
         let guard = self.engine.raw.pin();
         let mut held = Held::new(self, &guard, ops.len());
         self.lock_all(&mut held, ops.iter().map(Op::key))?;
-        while held.slots.iter().any(|h| {
-            // SAFETY: `before` is kept alive by our lock (only we may retire it) and our pin.
-            let before = unsafe { visible::<K, V>(h.before, &guard) };
-            before.is_some_and(|r| self.engine.live(r).is_none())
-        }) {
-            // A version expired after its key was locked: let go of every key and lock again
-            // (the lock path deletes an expired version first, at its own index), so that an
-            // expiry is always a delete of its own, never folded into the batch.
-            drop(held);
-            held = Held::new(self, &guard, ops.len());
-            self.lock_all(&mut held, ops.iter().map(Op::key))?;
-        }
 
-        // Validate against the befores (none expired when just checked): every failure is
-        // collected. A deadline that passes from here to the commit's flip, a few hundred
-        // nanoseconds, counts as after the batch.
+        // Validate against the befores: every failure is collected. A deadline that passes from
+        // here to the commit's flip, a few hundred nanoseconds, counts as after the batch.
         let mut effects: SmallVec<[_; INLINE_KEYS]> = SmallVec::new();
         let mut conflicts = Vec::new();
-        for (op, held_slot) in ops.iter().zip(&held.slots) {
+        let mut i = 0;
+        while i < ops.len() {
             // SAFETY: `before` is kept alive by our lock (only we may retire it) and our pin.
-            let before = unsafe { visible::<K, V>(held_slot.before, &guard) };
-            match op.check(before) {
+            let before = unsafe { visible::<K, V>(held.slots[i].before, &guard) };
+            if before.is_some_and(|r| self.engine.live(r).is_none()) {
+                // A version expired after its key was locked: let go of every key and lock
+                // again (the lock path deletes an expired version first, at its own index), so
+                // that an expiry is always a delete of its own, never folded into the batch.
+                drop(held);
+                held = Held::new(self, &guard, ops.len());
+                self.lock_all(&mut held, ops.iter().map(Op::key))?;
+                effects.clear();
+                conflicts.clear();
+                i = 0;
+                continue;
+            }
+            match ops[i].check(before) {
                 Ok(effect) => effects.push((effect, before.map(|r| r.header.meta))),
                 Err(c) => conflicts.push(c),
             }
+            i += 1;
         }
         if !conflicts.is_empty() {
             // `held` restores every before as it goes out of scope (dropped in place, not
@@ -594,10 +596,9 @@ where
                         modify_index: index,
                         create_index: before.map_or(index, |m| m.create_index),
                         flags: flags.unwrap_or_else(|| before.map_or(0, |m| m.flags)),
-                        deadline,
                     };
                     writes += 1;
-                    Record::word(tag, key, value, meta, 0)
+                    Record::word(tag, key, value, meta, Life::new(deadline, 0), 0)
                 }
                 (Effect::Remove, _) => {
                     writes += 1;

@@ -54,7 +54,7 @@ use std::borrow::Borrow;
 
 use crate::recycle;
 use crate::sync::epoch::Guard;
-use crate::sync::{epoch, AtomicU64, AtomicU8, Ordering};
+use crate::sync::{epoch, AtomicU64, AtomicU8, HintU64, Ordering};
 
 /// The word of an empty slot.
 pub(crate) const EMPTY: u64 = 0;
@@ -129,9 +129,6 @@ pub(crate) struct Meta {
     pub(crate) modify_index: u64,
     pub(crate) create_index: u64,
     pub(crate) flags: u64,
-    /// When the version expires, in milliseconds since the UNIX epoch; 0: never (always 0 in
-    /// a tomb). See [`crate::expiry`].
-    pub(crate) deadline: u64,
 }
 
 /// The common prefix of [`Record`] and [`Tomb`].
@@ -142,11 +139,83 @@ pub(crate) struct Header<K> {
 }
 
 /// An immutable committed version of a key, the value inline: what a read dereferences, in one
-/// allocation (the slot word points here).
+/// allocation (the slot word points here). Only its [`Life`] word's hint bits change after it
+/// is published.
 #[repr(C, align(16))]
 pub(crate) struct Record<K, V> {
     pub(crate) header: Header<K>,
+    pub(crate) life: Life,
     pub(crate) value: V,
+}
+
+/// A record's deadline and its eviction hints, in one word: `deadline (48 bits, ms since the
+/// UNIX epoch, 0 = never) | frequency (2 bits) | MAIN (1 bit)`.
+///
+/// # Invariants
+/// The deadline is written before the record is published and never changes (so it needs no
+/// ordering beyond the publishing CAS's). The hint bits are heuristics: readers bump the
+/// frequency with a plain store when it is below its maximum (a lost bump is harmless), and the
+/// eviction policy, under its shard's lock, lowers it and sets `MAIN`.
+pub(crate) struct Life(HintU64);
+
+impl Life {
+    /// The deadline's bits.
+    pub(crate) const DEADLINE: u64 = (1 << 48) - 1;
+    /// One access in the frequency field.
+    pub(crate) const FREQ_ONE: u64 = 1 << 48;
+    /// The frequency field (0..=3).
+    pub(crate) const FREQ: u64 = 3 << 48;
+    /// The version is in the policy's main queue (else its small one).
+    pub(crate) const MAIN: u64 = 1 << 50;
+
+    /// A word with `deadline` (clamped to 48 bits) and the hint bits `hints`.
+    #[inline]
+    pub(crate) fn new(deadline: u64, hints: u64) -> Self {
+        Life(HintU64::new(
+            deadline.min(Self::DEADLINE) | (hints & !Self::DEADLINE),
+        ))
+    }
+
+    /// The whole word.
+    #[inline]
+    pub(crate) fn get(&self) -> u64 {
+        // Relaxed: the deadline is ordered by the record's publication; hints need no order.
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// When the version expires (ms since the UNIX epoch); 0: never.
+    #[inline]
+    pub(crate) fn deadline(&self) -> u64 {
+        self.get() & Self::DEADLINE
+    }
+
+    /// The hint bits (frequency and queue).
+    #[inline]
+    pub(crate) fn hints(&self) -> u64 {
+        self.get() & !Self::DEADLINE
+    }
+
+    /// Records an access: bumps the frequency unless it is at its maximum (no write then, so a
+    /// hot key's line is not written on every hit).
+    #[inline]
+    pub(crate) fn touch(&self) {
+        let w = self.get();
+        if w & Self::FREQ != Self::FREQ {
+            // Relaxed, and a plain store: racing bumps may be lost, which a hint tolerates.
+            self.0.store(w + Self::FREQ_ONE, Ordering::Relaxed);
+        }
+    }
+
+    /// Replaces the hint bits (the policy, under its shard's lock); the deadline is kept.
+    #[inline]
+    pub(crate) fn set_hints(&self, hints: u64) {
+        let w = self.get();
+        // Relaxed: as in `touch`.
+        self.0.store(
+            (w & Self::DEADLINE) | (hints & !Self::DEADLINE),
+            Ordering::Relaxed,
+        );
+    }
 }
 
 /// A deleted key: its key (so the slot stays the key's) and the index of the delete in
@@ -526,12 +595,13 @@ impl<K, V> Record<K, V> {
     /// A new record on the heap, as a slot word with hash tag `tag` (from [`hash_tag`]) and
     /// `bits`.
     #[inline]
-    pub(crate) fn word(tag: u64, key: K, value: V, meta: Meta, bits: u64) -> u64 {
+    pub(crate) fn word(tag: u64, key: K, value: V, meta: Meta, life: Life, bits: u64) -> u64 {
         let ptr = recycle::boxed(Record {
             header: Header {
                 keyed: Keyed { key },
                 meta,
             },
+            life,
             value,
         });
         word_of(ptr, tag, bits)
@@ -550,7 +620,6 @@ impl<K> Tomb<K> {
                     modify_index: delete_index,
                     create_index: 0,
                     flags: 0,
-                    deadline: 0,
                 },
             },
         });

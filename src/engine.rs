@@ -9,7 +9,8 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use crate::cell::{
-    self, classify, visible, Cas, Cell, Meta, Record, Settling, State, Tomb, Unpublished, UNLOGGED,
+    self, classify, visible, Cas, Cell, Life, Meta, Record, Settling, State, Tomb, Unpublished,
+    UNLOGGED,
 };
 use crate::defaults;
 use crate::entry::{Entry, EntryRef};
@@ -121,7 +122,7 @@ where
     /// `record`, unless its deadline has come (an expired version reads as absent at once).
     #[inline(always)]
     pub(crate) fn live<'g>(&self, record: &'g Record<K, V>) -> Option<&'g Record<K, V>> {
-        let deadline = record.header.meta.deadline;
+        let deadline = record.life.deadline();
         if deadline != 0 && self.expired(deadline) {
             return None;
         }
@@ -251,10 +252,16 @@ where
             modify_index,
             create_index,
             flags,
-            deadline,
         };
         let mut node = Unpublished::<K, V>::new(cell::EMPTY);
-        node.word = Record::word(cell::hash_tag(hash), key, value, meta, 0);
+        node.word = Record::word(
+            cell::hash_tag(hash),
+            key,
+            value,
+            meta,
+            Life::new(deadline, 0),
+            0,
+        );
         loop {
             // SAFETY: `node` is ours and unpublished.
             let key = unsafe { &Raw::<K, V>::record(node.word, &guard).header.keyed.key };
@@ -375,11 +382,11 @@ where
                 modify_index: index,
                 create_index: current.map_or(index, |r| r.header.meta.create_index),
                 flags,
-                deadline,
             };
             match parts.take() {
                 Some((key, value)) => {
-                    node.word = Record::word(cell::hash_tag(hash), key, value, meta, bits)
+                    let life = Life::new(deadline, 0);
+                    node.word = Record::word(cell::hash_tag(hash), key, value, meta, life, bits)
                 }
                 // SAFETY: `node` is ours and unpublished: nobody else can see it.
                 None => unsafe { (*cell::node_of::<Record<K, V>>(node.word)).header.meta = meta },

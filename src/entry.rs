@@ -29,9 +29,9 @@ pub struct Entry<V> {
     pub modify_index: u64,
     /// The index of the write that created the key; fixed until the key is deleted.
     pub create_index: u64,
-    /// When this version expires (`None`: never); see
-    /// [`Store::set_with_ttl`](crate::Store::set_with_ttl).
-    pub expires_at: Option<SystemTime>,
+    /// When the version expires, in ms since the UNIX epoch (0: never); see
+    /// [`expires_at`](Entry::expires_at).
+    deadline: u64,
 }
 
 /// A borrowed view of one key's version, valid while the [`Pinned`](crate::Pinned) handle (or
@@ -48,8 +48,16 @@ pub struct EntryRef<'g, V> {
     pub modify_index: u64,
     /// The index of the write that created the key.
     pub create_index: u64,
-    /// When this version expires (`None`: never).
-    pub expires_at: Option<SystemTime>,
+    /// As in [`Entry`].
+    deadline: u64,
+}
+
+impl<V> Entry<V> {
+    /// When this version expires (`None`: never); see
+    /// [`Store::set_with_ttl`](crate::Store::set_with_ttl).
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        to_system_time(self.deadline)
+    }
 }
 
 impl<V: Clone> Entry<V> {
@@ -60,7 +68,7 @@ impl<V: Clone> Entry<V> {
             flags: r.header.meta.flags,
             modify_index: r.header.meta.modify_index,
             create_index: r.header.meta.create_index,
-            expires_at: to_system_time(r.header.meta.deadline),
+            deadline: r.life.deadline(),
         }
     }
 }
@@ -73,8 +81,18 @@ impl<'g, V> EntryRef<'g, V> {
             flags: r.header.meta.flags,
             modify_index: r.header.meta.modify_index,
             create_index: r.header.meta.create_index,
-            expires_at: to_system_time(r.header.meta.deadline),
+            deadline: r.life.deadline(),
         }
+    }
+
+    /// When this version expires (`None`: never).
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        to_system_time(self.deadline)
+    }
+
+    /// The deadline as stored (ms since the UNIX epoch, 0: never), for the log.
+    pub(crate) fn deadline(&self) -> u64 {
+        self.deadline
     }
 
     /// An owned copy of this view (the value cloned).
@@ -87,7 +105,7 @@ impl<'g, V> EntryRef<'g, V> {
             flags: self.flags,
             modify_index: self.modify_index,
             create_index: self.create_index,
-            expires_at: self.expires_at,
+            deadline: self.deadline,
         }
     }
 }

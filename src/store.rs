@@ -316,7 +316,7 @@ where
     /// use std::time::Duration;
     /// let store: Store<&str, &str> = Store::new();
     /// store.set_with_ttl("token", "t-1", Duration::from_secs(60));
-    /// assert!(store.get("token").unwrap().expires_at.is_some());
+    /// assert!(store.get("token").unwrap().expires_at().is_some());
     /// ```
     pub fn set_with_ttl(&self, key: K, value: V, ttl: Duration) -> u64 {
         self.write_set(key, value, None, Some(ttl)).index

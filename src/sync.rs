@@ -49,6 +49,12 @@ pub(crate) use std::{
 /// The `Arc` of the public API (values, the shared [`GlobalIndex`](crate::GlobalIndex)); `std`'s in every build.
 pub(crate) use std::sync::Arc as StdArc;
 
+/// A record's life word (`cell::Life`: its deadline, set before the record is published and
+/// never changed, and the eviction policy's hints, written by readers without a read-modify-
+/// write): `std`'s in every build. No protocol depends on it (a lost or stale hint only makes
+/// eviction less exact), so the loom models need not explore it.
+pub(crate) use std::sync::atomic::AtomicU64 as HintU64;
+
 /// Epoch-based reclamation: the one scheme for every node and table of the store, caskv's
 /// own (`src/epoch/`).
 ///

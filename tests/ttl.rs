@@ -33,13 +33,13 @@ impl Journal<String, u32> for Recorded {
         let mut log = self.0.lock().unwrap();
         match m {
             Mutation::Set { key, entry } => {
-                log.push((key.clone(), "set", entry.modify_index, entry.expires_at))
+                log.push((key.clone(), "set", entry.modify_index, entry.expires_at()))
             }
             Mutation::Delete { key, index } => log.push((key.clone(), "delete", index, None)),
             Mutation::Batch { index, writes } => {
                 for (k, e) in writes {
                     let kind = if e.is_some() { "set" } else { "delete" };
-                    log.push(((*k).clone(), kind, index, e.and_then(|e| e.expires_at)));
+                    log.push(((*k).clone(), kind, index, e.and_then(|e| e.expires_at())));
                 }
             }
             _ => unreachable!("no other mutation kinds exist"),
@@ -55,7 +55,7 @@ fn a_version_reads_as_absent_from_its_deadline_on() {
     let entry = store.get("k").unwrap();
     assert_eq!(entry.modify_index, index);
     assert_eq!(
-        entry.expires_at,
+        entry.expires_at(),
         Some(UNIX_EPOCH + Duration::from_millis(START + 30_000))
     );
     clock.advance(Duration::from_millis(29_999));
@@ -93,7 +93,7 @@ fn an_expiry_is_a_delete_at_its_own_index_before_the_write_that_meets_it() {
     // The key was created again: a new create_index.
     let e = store.get("k").unwrap();
     assert_eq!(
-        (e.create_index, e.modify_index, e.expires_at),
+        (e.create_index, e.modify_index, e.expires_at()),
         (again, again, None)
     );
 }
@@ -147,7 +147,7 @@ fn every_write_sets_the_ttl_afresh_and_the_default_applies_to_writes_that_name_n
     store
         .update("updated".to_string(), |v| v.copied().unwrap_or(0) + 1)
         .unwrap();
-    let at = |k: &str| store.get(k).unwrap().expires_at;
+    let at = |k: &str| store.get(k).unwrap().expires_at();
     let minute = Some(UNIX_EPOCH + Duration::from_millis(START + 60_000));
     assert_eq!(at("plain"), minute);
     assert_eq!(at("batched"), minute);
@@ -299,15 +299,15 @@ fn a_deadline_survives_a_restart_and_one_that_passed_meanwhile_is_gone() {
             .unwrap()
             .wait()
             .unwrap();
-        (db.store().get("kept").unwrap().expires_at, short)
+        (db.store().get("kept").unwrap().expires_at(), short)
     };
     assert!(kept_at.is_some());
     // The 1 ms deadline is past by the time the directory is opened again.
     std::thread::sleep(Duration::from_millis(5));
     let db: Db<String, Vec<u8>> = Db::open(dir.path(), Options::default()).unwrap();
-    assert_eq!(db.store().get("kept").unwrap().expires_at, kept_at);
+    assert_eq!(db.store().get("kept").unwrap().expires_at(), kept_at);
     assert!(db.store().get("short").is_none());
-    assert_eq!(db.store().get("plain").unwrap().expires_at, None);
+    assert_eq!(db.store().get("plain").unwrap().expires_at(), None);
     // Creating the key again gets an index above everything before the restart.
     let again = db
         .set_cas("short".into(), b"w".to_vec(), 0)
@@ -319,5 +319,5 @@ fn a_deadline_survives_a_restart_and_one_that_passed_meanwhile_is_gone() {
     db.snapshot().unwrap();
     drop(db);
     let db: Db<String, Vec<u8>> = Db::open(dir.path(), Options::default()).unwrap();
-    assert_eq!(db.store().get("kept").unwrap().expires_at, kept_at);
+    assert_eq!(db.store().get("kept").unwrap().expires_at(), kept_at);
 }

@@ -60,7 +60,7 @@ fn stamp<V>(entry: &EntryRef<'_, V>) -> record::Stamp {
         flags: entry.flags,
         modify_index: entry.modify_index,
         create_index: entry.create_index,
-        deadline: crate::expiry::to_deadline(entry.expires_at),
+        deadline: entry.deadline(),
     }
 }
 

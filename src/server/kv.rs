@@ -57,7 +57,7 @@ fn entry_json(key: &str, e: &Entry<String>, metadata: bool) -> Value {
             "create_index": e.create_index,
             "flags": e.flags,
         });
-        if let Some(at) = e.expires_at {
+        if let Some(at) = e.expires_at() {
             v["expires_at"] = json!(rfc3339_millis(at));
         }
         v
