@@ -33,6 +33,7 @@ use std::hash::Hash;
 
 use smallvec::SmallVec;
 
+use crate::cache;
 use crate::cell::{
     self, classify, visible, Cas, Cell, Life, Lock, Meta, Record, State, Tomb, Txn, Unpublished,
     EMPTY,
@@ -597,8 +598,16 @@ where
                         create_index: before.map_or(index, |m| m.create_index),
                         flags: flags.unwrap_or_else(|| before.map_or(0, |m| m.flags)),
                     };
+                    // An update carries the old version's frequency (one access more).
+                    let hints = if self.engine.policy.is_some() {
+                        // SAFETY: `before` is kept alive by our lock and our pin.
+                        unsafe { visible::<K, V>(held.slots[i].before, &guard) }
+                            .map_or(0, |r| cache::carried(r.life.hints()))
+                    } else {
+                        0
+                    };
                     writes += 1;
-                    Record::word(tag, key, value, meta, Life::new(deadline, 0), 0)
+                    Record::word(tag, key, value, meta, Life::new(deadline, hints), 0)
                 }
                 (Effect::Remove, _) => {
                     writes += 1;
@@ -630,7 +639,42 @@ where
                 writes: &changed,
             })
         });
-        // `held` releases every slot to its after as it goes out of scope.
+        if let Some(policy) = &self.engine.policy {
+            let changes: SmallVec<[(u64, u64); INLINE_KEYS]> = (0..held.slots.len())
+                // Relaxed: we stored `after` ourselves on this thread.
+                .map(|i| {
+                    (
+                        held.slots[i].before,
+                        held.lock_node(i).after.load(Ordering::Relaxed),
+                    )
+                })
+                .collect();
+            // Released first: evictions must not meet this batch's own locks.
+            drop(held);
+            for (before, after) in changes {
+                if before == after {
+                    continue;
+                }
+                // SAFETY: both were in our slots under `guard`; whatever replaced them since
+                // retired them through the collector, which waits for our pin.
+                let (old, new) = unsafe {
+                    (
+                        visible::<K, V>(before, &guard),
+                        visible::<K, V>(after, &guard),
+                    )
+                };
+                match (old, new) {
+                    (Some(old), Some(new)) => policy.reweigh(&self.engine, after, old, new, &guard),
+                    (Some(old), None) => policy.forget(before, old),
+                    (None, Some(new)) => {
+                        let hash = self.engine.raw.hash(&new.header.keyed.key);
+                        policy.admit(&self.engine, hash, new, &guard);
+                    }
+                    (None, None) => {}
+                }
+            }
+        }
+        // Otherwise `held` releases every slot to its after as it goes out of scope.
         Ok(Written { index, ticket })
     }
 

@@ -149,13 +149,13 @@ pub(crate) struct Record<K, V> {
 }
 
 /// A record's deadline and its eviction hints, in one word: `deadline (48 bits, ms since the
-/// UNIX epoch, 0 = never) | frequency (2 bits) | MAIN (1 bit)`.
+/// UNIX epoch, 0 = never) | frequency (2 bits)`, the rest 0.
 ///
 /// # Invariants
 /// The deadline is written before the record is published and never changes (so it needs no
 /// ordering beyond the publishing CAS's). The hint bits are heuristics: readers bump the
 /// frequency with a plain store when it is below its maximum (a lost bump is harmless), and the
-/// eviction policy, under its shard's lock, lowers it and sets `MAIN`.
+/// eviction policy, under its shard's lock, lowers it.
 pub(crate) struct Life(HintU64);
 
 impl Life {
@@ -165,8 +165,6 @@ impl Life {
     pub(crate) const FREQ_ONE: u64 = 1 << 48;
     /// The frequency field (0..=3).
     pub(crate) const FREQ: u64 = 3 << 48;
-    /// The version is in the policy's main queue (else its small one).
-    pub(crate) const MAIN: u64 = 1 << 50;
 
     /// A word with `deadline` (clamped to 48 bits) and the hint bits `hints`.
     #[inline]
@@ -189,7 +187,7 @@ impl Life {
         self.get() & Self::DEADLINE
     }
 
-    /// The hint bits (frequency and queue).
+    /// The hint bits (the frequency).
     #[inline]
     pub(crate) fn hints(&self) -> u64 {
         self.get() & !Self::DEADLINE

@@ -8,6 +8,7 @@ use std::borrow::Borrow;
 use std::hash::Hash;
 use std::time::Duration;
 
+use crate::cache::{self, Policy};
 use crate::cell::{
     self, classify, visible, Cas, Cell, Life, Meta, Record, Settling, State, Tomb, Unpublished,
     UNLOGGED,
@@ -32,6 +33,8 @@ pub(crate) struct Engine<K, V> {
     /// Whether a version with a deadline was ever written (a store that never sets a TTL
     /// never scans for expired versions).
     pub(crate) has_deadlines: AtomicBool,
+    /// The bound and its eviction policy (`None`: unbounded).
+    pub(crate) policy: Option<Policy<K, V>>,
 }
 
 /// A store's settings ([`StoreBuilder`](crate::StoreBuilder)).
@@ -102,7 +105,11 @@ where
         let table = self.raw.table(guard);
         let word = self.raw.find(table, hash, key)?;
         // SAFETY: `word` was loaded from a slot of a table reached under `guard`.
-        self.live(unsafe { visible(word, guard) }?)
+        let record = self.live(unsafe { visible(word, guard) }?)?;
+        if self.policy.is_some() {
+            record.life.touch();
+        }
+        Some(record)
     }
 
     /// What a reader sees through `word`: [`visible`], unless expired.
@@ -165,6 +172,18 @@ where
     #[cold]
     #[inline(never)]
     pub(crate) fn expire(&self, slot: &Cell, word: u64, r: &Record<K, V>, guard: &Guard) -> bool {
+        self.delete_version(slot, word, r, guard)
+    }
+
+    /// Evicts the version `word` of `slot` (the record `r`): a delete at a fresh index,
+    /// journaled as one. Returns whether this call did (else a writer changed the slot first).
+    pub(crate) fn evict(&self, slot: &Cell, word: u64, r: &Record<K, V>, guard: &Guard) -> bool {
+        self.delete_version(slot, word, r, guard)
+    }
+
+    /// CASes `slot` from the record `word` (`r`) to a new tomb at a fresh index; journals the
+    /// delete and tells the policy. Returns whether the CAS won.
+    fn delete_version(&self, slot: &Cell, word: u64, r: &Record<K, V>, guard: &Guard) -> bool {
         let bits = if self.journal.is_some() { UNLOGGED } else { 0 };
         let key = &r.header.keyed.key;
         let index = self.global_index.next();
@@ -178,11 +197,23 @@ where
         unsafe { cell::retire::<K, V>(word, guard) };
         if let Some(journal) = &self.journal {
             let _settle = Settling::new(slot, installed);
-            // The expiry is ordered before whatever write met it (it waits for this settle);
-            // nobody waits for its own ticket.
+            // Ordered before whatever write meets the key next (it waits for this settle);
+            // nobody waits for this delete's own ticket.
             let _ticket = journal.record(Mutation::Delete { key, index });
         }
+        if let Some(policy) = &self.policy {
+            policy.forget(word, r);
+        }
         true
+    }
+
+    /// Tells the policy (if any) that the record of word `installed` made `hash`'s key present.
+    pub(crate) fn admit(&self, hash: u64, installed: u64, guard: &Guard) {
+        if let Some(policy) = &self.policy {
+            // SAFETY: `installed` is a record its caller published, live for `guard`.
+            let record = unsafe { Raw::<K, V>::record(installed, guard) };
+            policy.admit(self, hash, record, guard);
+        }
     }
 
     /// Replaces every expired version with its delete (see [`Engine::expire`]); returns how
@@ -269,7 +300,8 @@ where
                 Step::Retry => continue,
                 Step::Vacant { table, slot } => match self.raw.claim(table, slot, node.word) {
                     Claim::Claimed => {
-                        node.publish();
+                        let installed = node.publish();
+                        self.admit(hash, installed, &guard);
                         return true;
                     }
                     Claim::Lost => continue,
@@ -280,9 +312,10 @@ where
                 } => return false, // `node` is freed unpublished
                 Step::Slot { slot, word, .. } => {
                     if slot.replace(word, node.word) == Cas::Won {
-                        node.publish();
+                        let installed = node.publish();
                         // SAFETY: the tomb is replaced by our CAS; retired once, by us.
                         unsafe { cell::retire::<K, V>(word, &guard) };
+                        self.admit(hash, installed, &guard);
                         return true;
                     }
                 }
@@ -377,6 +410,11 @@ where
                 } => (None, slot, word, current),
             };
             let flags = decide(key, current)?;
+            // An update carries the old version's frequency (one access more) to the new one.
+            let hints = match (&self.policy, current) {
+                (Some(_), Some(r)) => cache::carried(r.life.hints()),
+                _ => 0,
+            };
             let index = self.global_index.next();
             let meta = Meta {
                 modify_index: index,
@@ -385,11 +423,15 @@ where
             };
             match parts.take() {
                 Some((key, value)) => {
-                    let life = Life::new(deadline, 0);
+                    let life = Life::new(deadline, hints);
                     node.word = Record::word(cell::hash_tag(hash), key, value, meta, life, bits)
                 }
                 // SAFETY: `node` is ours and unpublished: nobody else can see it.
-                None => unsafe { (*cell::node_of::<Record<K, V>>(node.word)).header.meta = meta },
+                None => unsafe {
+                    let record = &mut *cell::node_of::<Record<K, V>>(node.word);
+                    record.header.meta = meta;
+                    record.life.set_hints(hints);
+                },
             }
             let installed = if let Some(table) = vacant {
                 match self.raw.claim(table, slot, node.word) {
@@ -420,6 +462,14 @@ where
                     entry: EntryRef::of(record),
                 })
             });
+            if let Some(policy) = &self.policy {
+                // SAFETY: `installed` is the record we published, live while we are pinned.
+                let new = unsafe { Raw::<K, V>::record(installed, &guard) };
+                match current {
+                    None => policy.admit(self, hash, new, &guard),
+                    Some(old) => policy.reweigh(self, hash, old, new, &guard),
+                }
+            }
             return Ok(Written { index, ticket });
         }
     }
@@ -485,6 +535,9 @@ where
                 let _settle = Settling::new(slot, installed);
                 journal.record(Mutation::Delete { key, index })
             });
+            if let Some(policy) = &self.policy {
+                policy.forget(hash, current);
+            }
             return Ok(Some(Written { index, ticket }));
         }
     }

@@ -63,6 +63,7 @@
 #![warn(missing_docs)]
 
 mod batch;
+mod cache;
 mod cell;
 mod db;
 pub mod defaults;

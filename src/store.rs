@@ -6,6 +6,7 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use crate::cache::{Bound, Policy, Weigher};
 use crate::cell::Record;
 use crate::engine::{check_index, flags_or_kept, value_matches, Config, Engine};
 use crate::entry::{Entry, EntryRef};
@@ -55,6 +56,9 @@ pub struct Store<K, V> {
 pub struct StoreBuilder<K, V> {
     config: Config,
     global_index: Option<StdArc<GlobalIndex>>,
+    /// The bound, if any: entries, or weight (with `weigher`).
+    bound: Option<u64>,
+    weigher: Option<Weigher<K, V>>,
     /// The store's types, fixed by [`Store::builder`] (`fn` so the builder is `Send` and
     /// `Sync` whatever they are).
     _types: PhantomData<fn() -> (K, V)>,
@@ -65,6 +69,8 @@ impl<K, V> Default for StoreBuilder<K, V> {
         StoreBuilder {
             config: Config::default(),
             global_index: None,
+            bound: None,
+            weigher: None,
             _types: PhantomData,
         }
     }
@@ -75,6 +81,8 @@ impl<K, V> std::fmt::Debug for StoreBuilder<K, V> {
         f.debug_struct("StoreBuilder")
             .field("config", &self.config)
             .field("global_index", &self.global_index)
+            .field("bound", &self.bound)
+            .field("weighted", &self.weigher.is_some())
             .finish()
     }
 }
@@ -130,6 +138,53 @@ impl<K, V> StoreBuilder<K, V> {
         self
     }
 
+    /// Makes the store a cache of at most `n` entries: a write that would make more evicts
+    /// others, chosen by an S3-FIFO policy (keys read since they came in stay; keys written
+    /// once and never read go first, so a scan of one-time keys does not flush the ones read
+    /// often). An eviction is a delete at a fresh index, journaled like any other.
+    ///
+    /// The bound is strict: at no moment does the store hold more than `n` entries plus one
+    /// per thread that is writing a new key at that moment (its entry becomes visible just
+    /// before it makes room). Reads stay lock-free and write no shared memory beyond a
+    /// per-entry hint set at most twice. Replaces a [`max_weight`](StoreBuilder::max_weight).
+    ///
+    /// ```
+    /// use caskv::Store;
+    /// let cache: Store<u64, String> = Store::builder().max_entries(1_000).build();
+    /// for i in 0..10_000 {
+    ///     cache.set(i, i.to_string());
+    /// }
+    /// assert!(cache.len() <= 1_000);
+    /// ```
+    pub fn max_entries(mut self, n: u64) -> Self {
+        self.bound = Some(n);
+        self.weigher = None;
+        self
+    }
+
+    /// Makes the store a cache whose entries weigh at most `total` together, each weighing
+    /// what `weigher` says (it must give the same answer for the same key and value; it runs
+    /// once when an entry comes in or changes and once when it goes). As
+    /// [`max_entries`](StoreBuilder::max_entries) otherwise (an entry heavier than its shard's
+    /// part of the bound is evicted as soon as it is written). Replaces a `max_entries`.
+    ///
+    /// ```
+    /// use caskv::Store;
+    /// let cache: Store<String, Vec<u8>> = Store::builder()
+    ///     .max_weight(1 << 20, |k: &String, v: &Vec<u8>| (k.len() + v.len()) as u32)
+    ///     .build();
+    /// cache.set("a".into(), vec![0; 1000]);
+    /// ```
+    pub fn max_weight(
+        mut self,
+        total: u64,
+        weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static,
+    ) -> Self {
+        self.bound = Some(total);
+        self.weigher = Some(Box::new(weigher));
+        self
+    }
+
     /// The clock deadlines are read against. Default [`SystemClock`](crate::SystemClock);
     /// tests drive a [`ManualClock`](crate::ManualClock).
     pub fn clock(mut self, clock: StdArc<dyn crate::Clock>) -> Self {
@@ -150,6 +205,13 @@ impl<K, V> StoreBuilder<K, V> {
                 config: self.config,
                 journal: None,
                 has_deadlines: AtomicBool::new(false),
+                policy: self.bound.map(|total| {
+                    let bound = match self.weigher {
+                        None => Bound::Entries(total),
+                        Some(weigher) => Bound::Weight(total, weigher),
+                    };
+                    Policy::new(bound, policy_shards())
+                }),
             },
         }
     }
@@ -166,6 +228,11 @@ impl<K, V> StoreBuilder<K, V> {
         store.engine.journal = Some(journal);
         store
     }
+}
+
+/// The eviction policy's shards: four per core, as many as writers may hit at once.
+fn policy_shards() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get() * 4)
 }
 
 /// A pinned read handle: many reads under one pin, each touching no shared memory and making
@@ -642,6 +709,21 @@ where
     /// Whether no key is present.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The weight of the entries a bounded store holds (their number under
+    /// [`max_entries`](StoreBuilder::max_entries)), as its policy counts them: exact when no
+    /// write is in flight. `None` for an unbounded store.
+    ///
+    /// ```
+    /// # use caskv::Store;
+    /// let cache: Store<u32, u32> = Store::builder().max_entries(2).build();
+    /// for i in 0..5 { cache.set(i, i); }
+    /// assert_eq!(cache.weight(), Some(2));
+    /// assert_eq!(Store::<u32, u32>::new().weight(), None);
+    /// ```
+    pub fn weight(&self) -> Option<u64> {
+        self.engine.policy.as_ref().map(|p| p.total())
     }
 
     /// Deletes every version whose time to live has run out, each at a fresh index (as the

@@ -286,6 +286,30 @@ where
         }
     }
 
+    /// The slot and word of the key whose hash is `hash`, found without the key (the eviction
+    /// policy queues hashes): a probe that hashes each candidate's key again. `None` when no
+    /// claimed slot's key has that hash. (Two keys with one 64-bit hash: the first found.)
+    pub(crate) fn find_hashed<'g>(&self, table: &'g Table, hash: u64) -> Option<(&'g Cell, u64)>
+    where
+        K: Hash,
+    {
+        let tag = hash_tag(hash);
+        let mut i = hash as usize & table.mask;
+        for _ in 0..=table.mask {
+            let slot = table.slot(i);
+            let word = slot.load();
+            if address(word) == 0 {
+                return None;
+            }
+            // SAFETY: as in `find`.
+            if has_tag(word, tag) && self.hash(&unsafe { cell::keyed_of::<K>(word) }.key) == hash {
+                return Some((slot, word));
+            }
+            i = (i + 1) & table.mask;
+        }
+        None
+    }
+
     /// Where `key` stands in `table`, for a writer.
     pub(crate) fn locate<'g, Q>(&self, table: &'g Table, hash: u64, key: &Q) -> Located<'g>
     where

@@ -1,0 +1,308 @@
+//! The cache side of a store: a strict bound on entries (or on their weight) kept by an
+//! S3-FIFO eviction policy (Yang et al., SOSP'23), run beside the table, never inside a read.
+//!
+//! # Design
+//! - **Shards.** The policy is split into shards by the hash's top bits (the slot word's hash
+//!   tag, so a slot word alone names its shard). Each has its part of the bound (the parts sum
+//!   to it exactly), its live weight (an atomic, signed: a delete may be counted before the
+//!   insert it undoes), and, behind a mutex, its queues: `small`, `main` and the `ghost`.
+//! - **Queues hold hashes**, not keys or pointers (8 bytes a token; records are replaced on
+//!   every write, and a key may be big): the evictor finds a token's entry by probing the table
+//!   for a key with that hash (`Raw::find_hashed`). A token whose key is gone is stale and
+//!   dropped when it comes out; a live entry may have more than one token (a key deleted and
+//!   made again), which only gives it an extra chance.
+//! - **Frequency** lives in the record's `Life` word (2 bits): a read bumps it with a plain
+//!   store only while it is below 3, so a hot key's line is not written on every hit; an update
+//!   carries it (plus one) into the new version.
+//! - **Admission** (after a new key's version is visible): push its hash on `main` if the ghost
+//!   remembers it, else on `small`; add its weight; while the shard is over its bound, evict.
+//! - **Eviction** (under the shard's lock; never waits for a key): from `small` while it holds
+//!   at least a tenth of the tokens (or `main` is empty): a token whose entry was read since it
+//!   came in moves to `main` (its frequency spent by one), else the entry is evicted and its hash
+//!   remembered by the ghost. From `main`: an entry with frequency left loses one and goes
+//!   round again, else it is evicted. An entry being written (locked, settling, moved by a
+//!   resize) keeps its token at the queue's tail and is passed over. An evicted entry is a
+//!   delete at a fresh index (journaled), as an expiry is.
+//!
+//! # The bound
+//! A shard's weight counts every version made visible by a completed admission, less every
+//! one deleted since; admission runs right after the write that made the key, and evicts until
+//! the shard is within its part. So the store holds more than the bound only by what writers
+//! have made visible and not yet admitted: at most one entry per thread writing at that moment
+//! (plus, when every other candidate of an over-full shard is being written, what could not be
+//! passed over; the next admission takes it up again).
+
+mod ghost;
+
+use std::collections::VecDeque;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+
+use crate::cell::{classify, Life, Record, State};
+use crate::engine::Engine;
+use crate::sync::epoch::Guard;
+use ghost::Ghost;
+
+/// What an entry weighs against a weight bound.
+pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
+
+/// A store's bound: on entries, or on their total weight.
+pub(crate) enum Bound<K, V> {
+    /// At most this many entries.
+    Entries(u64),
+    /// At most this total weight, each entry weighing what the weigher says.
+    Weight(u64, Weigher<K, V>),
+}
+
+impl<K, V> std::fmt::Debug for Bound<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bound::Entries(n) => f.debug_tuple("Entries").field(n).finish(),
+            Bound::Weight(w, _) => f.debug_tuple("Weight").field(w).finish(),
+        }
+    }
+}
+
+/// A token moves from `small` to `main` once its entry was read at least this often since it
+/// was admitted (1: quick_cache's choice; the paper's is 2 — measured in `benches/cache.rs`).
+const PROMOTE: u64 = 1;
+
+/// Entries (weight units) per shard below which fewer shards are used: a tiny shard's part of
+/// the bound is too coarse for the policy to tell keys apart.
+const MIN_SHARD_BOUND: u64 = 512;
+
+/// One shard of the policy.
+struct Shard {
+    /// Its part of the bound.
+    bound: u64,
+    /// The weight of the entries admitted and not deleted since (see the module docs).
+    weight: AtomicI64,
+    queues: Mutex<Queues>,
+}
+
+/// A shard's queues, under its lock.
+struct Queues {
+    small: VecDeque<u64>,
+    main: VecDeque<u64>,
+    ghost: Ghost,
+}
+
+/// The eviction policy of a bounded store: its shards and how entries weigh.
+pub(crate) struct Policy<K, V> {
+    shards: Box<[Shard]>,
+    /// `shards.len() - 1` (a power of two minus one).
+    mask: usize,
+    weigher: Option<Weigher<K, V>>,
+}
+
+impl<K, V> std::fmt::Debug for Policy<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("shards", &self.shards.len())
+            .field("weighted", &self.weigher.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The new hint bits of a version written over one with `hints`: one more access.
+#[inline]
+pub(crate) fn carried(hints: u64) -> u64 {
+    let freq = hints & Life::FREQ;
+    if freq == Life::FREQ {
+        hints
+    } else {
+        hints + Life::FREQ_ONE
+    }
+}
+
+impl<K, V> Policy<K, V> {
+    /// A policy keeping `bound`, in up to `shards` shards (a power of two, fewer for a small
+    /// bound).
+    pub(crate) fn new(bound: Bound<K, V>, shards: usize) -> Self {
+        let (total, weigher) = match bound {
+            Bound::Entries(n) => (n, None),
+            Bound::Weight(w, f) => (w, Some(f)),
+        };
+        let mut n = shards.max(1).next_power_of_two();
+        while n > 1 && total / (n as u64) < MIN_SHARD_BOUND {
+            n /= 2;
+        }
+        let shards = (0..n as u64)
+            .map(|i| {
+                let bound = total / n as u64 + u64::from(i < total % n as u64);
+                Shard {
+                    bound,
+                    weight: AtomicI64::new(0),
+                    queues: Mutex::new(Queues {
+                        small: VecDeque::new(),
+                        main: VecDeque::new(),
+                        // The ghost remembers about as many keys as the main queue holds.
+                        ghost: Ghost::new(usize::try_from(bound).unwrap_or(usize::MAX)),
+                    }),
+                }
+            })
+            .collect();
+        Policy {
+            shards,
+            mask: n - 1,
+            weigher,
+        }
+    }
+}
+
+impl<K, V> Policy<K, V>
+where
+    K: Hash + Eq + Ord + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    /// The total weight counted now (never below 0).
+    pub(crate) fn total(&self) -> u64 {
+        let sum: i64 = self
+            .shards
+            .iter()
+            // Relaxed: an estimate while writes are in flight, exact once they are done.
+            .map(|s| s.weight.load(Ordering::Relaxed))
+            .sum();
+        u64::try_from(sum).unwrap_or(0)
+    }
+
+    /// The shard of a hash (or of a slot word: its hash tag holds the same top bits).
+    #[inline]
+    fn shard(&self, hash: u64) -> &Shard {
+        &self.shards[(hash >> 48) as usize & self.mask]
+    }
+
+    /// What `record` weighs.
+    #[inline]
+    fn weigh(&self, record: &Record<K, V>) -> i64 {
+        match &self.weigher {
+            None => 1,
+            Some(f) => i64::from(f(&record.header.keyed.key, &record.value)),
+        }
+    }
+
+    /// A version of a key that had none was made visible at `hash`: queue it, count it, and
+    /// evict from its shard until the shard is within its bound.
+    pub(crate) fn admit(
+        &self,
+        engine: &Engine<K, V>,
+        hash: u64,
+        record: &Record<K, V>,
+        guard: &Guard,
+    ) {
+        let shard = self.shard(hash);
+        let weight = self.weigh(record);
+        let mut q = lock(&shard.queues);
+        if q.ghost.contains(hash) {
+            q.main.push_back(hash);
+        } else {
+            q.small.push_back(hash);
+        }
+        // Relaxed: a count; the queue lock orders the evictions that read it.
+        shard.weight.fetch_add(weight, Ordering::Relaxed);
+        self.evict(shard, &mut q, engine, guard);
+    }
+
+    /// A version was replaced by a new one of the same key: count the change of weight, and
+    /// evict if the shard went over.
+    pub(crate) fn reweigh(
+        &self,
+        engine: &Engine<K, V>,
+        hash: u64,
+        old: &Record<K, V>,
+        new: &Record<K, V>,
+        guard: &Guard,
+    ) {
+        if self.weigher.is_none() {
+            return;
+        }
+        let delta = self.weigh(new) - self.weigh(old);
+        if delta == 0 {
+            return;
+        }
+        let shard = self.shard(hash);
+        // Relaxed: as in `admit`.
+        let now = shard.weight.fetch_add(delta, Ordering::Relaxed) + delta;
+        if now > shard.bound as i64 {
+            let mut q = lock(&shard.queues);
+            self.evict(shard, &mut q, engine, guard);
+        }
+    }
+
+    /// The version `record` of the key with hash (or slot word) `hash` was deleted.
+    pub(crate) fn forget(&self, hash: u64, record: &Record<K, V>) {
+        // Relaxed: as in `admit`.
+        self.shard(hash)
+            .weight
+            .fetch_sub(self.weigh(record), Ordering::Relaxed);
+    }
+
+    /// Evicts from `shard` (whose queues `q` we hold) until it is within its bound, or until
+    /// every token was looked at twice without finding an entry that can go.
+    fn evict(&self, shard: &Shard, q: &mut Queues, engine: &Engine<K, V>, guard: &Guard) {
+        let mut budget = 2 * (q.small.len() + q.main.len()) + 2;
+        // Relaxed: as in `admit`.
+        while shard.weight.load(Ordering::Relaxed) > shard.bound as i64 && budget > 0 {
+            budget -= 1;
+            let from_small =
+                q.small.len() * 10 >= q.small.len() + q.main.len() || q.main.is_empty();
+            let token = if from_small {
+                q.small.pop_front()
+            } else {
+                q.main.pop_front()
+            };
+            let Some(hash) = token else { break };
+            let table = engine.raw.table(guard);
+            let Some((slot, word)) = engine.raw.find_hashed(table, hash) else {
+                continue; // stale: the key is gone
+            };
+            // SAFETY: `word` was loaded from a slot of a table reached under `guard`.
+            let record = match unsafe { classify::<K, V>(word, guard) } {
+                State::Present(r) => r,
+                State::Absent => continue, // stale: deleted
+                State::Locked | State::Unlogged | State::Frozen(_) => {
+                    // Being written or moved: pass it over, keep its place in the round.
+                    if from_small {
+                        q.small.push_back(hash);
+                    } else {
+                        q.main.push_back(hash);
+                    }
+                    continue;
+                }
+            };
+            if engine.live(record).is_none() {
+                // Expired: its delete is due anyway (`expire` forgets its weight).
+                engine.expire(slot, word, record, guard);
+                continue;
+            }
+            let hints = record.life.hints();
+            let freq = (hints & Life::FREQ) / Life::FREQ_ONE;
+            if from_small && freq >= PROMOTE {
+                record.life.set_hints(hints - Life::FREQ_ONE);
+                q.main.push_back(hash);
+                continue;
+            }
+            if !from_small && freq > 0 {
+                record.life.set_hints(hints - Life::FREQ_ONE);
+                q.main.push_back(hash);
+                continue;
+            }
+            if engine.evict(slot, word, record, guard) {
+                if from_small {
+                    q.ghost.insert(hash);
+                }
+            } else if from_small {
+                q.small.push_back(hash); // a writer got there first: look again later
+            } else {
+                q.main.push_back(hash);
+            }
+        }
+    }
+}
+
+/// Locks a shard's queues, whatever a panic elsewhere left (the queues hold only hashes: a
+/// half-done step leaves at worst a stale or a missing token).
+fn lock(queues: &Mutex<Queues>) -> std::sync::MutexGuard<'_, Queues> {
+    queues.lock().unwrap_or_else(|e| e.into_inner())
+}

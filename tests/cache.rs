@@ -1,0 +1,283 @@
+//! The cache side: a strict bound on entries (or weight) kept by eviction, evictions as deletes
+//! at fresh indices, and a policy that keeps keys read often through a scan of one-time keys.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+use caskv::{Journal, ManualClock, Mutation, Op, Store};
+
+#[test]
+fn the_bound_holds_exactly_once_writes_are_done() {
+    let cache: Store<u64, u64> = Store::builder().max_entries(1_000).build();
+    for i in 0..10_000 {
+        cache.set(i, i);
+        assert!(cache.len() <= 1_000, "{} entries after {i}", cache.len());
+    }
+    assert_eq!(cache.len(), 1_000);
+    assert_eq!(cache.weight(), Some(1_000));
+    // Updates change nothing; deletes make room.
+    let present = cache.keys();
+    for &k in &present[..100] {
+        cache.set(k, 0);
+    }
+    assert_eq!(cache.weight(), Some(1_000));
+    for &k in &present[..100] {
+        cache.delete(&k).unwrap();
+    }
+    assert_eq!((cache.len(), cache.weight()), (900, Some(900)));
+    // Batches count their new keys, and evict for them too.
+    let ops = (20_000..20_200).map(|k| Op::set(k, k)).collect();
+    cache.batch(ops).unwrap();
+    assert_eq!((cache.len(), cache.weight()), (1_000, Some(1_000)));
+}
+
+#[test]
+fn a_zero_bound_keeps_nothing_and_a_tiny_one_keeps_the_last_keys() {
+    let none: Store<u64, u64> = Store::builder().max_entries(0).build();
+    none.set(1, 1);
+    assert!(none.get(&1).is_none());
+    let one: Store<u64, u64> = Store::builder().max_entries(1).build();
+    one.set(1, 1);
+    one.set(2, 2);
+    assert_eq!(one.keys(), [2]);
+}
+
+/// Counts live keys from the journal: +1 for a created key, -1 for a delete. Each mutation is
+/// recorded after it became visible, so the count never exceeds what the store holds.
+struct Census {
+    live: AtomicI64,
+    peak: AtomicI64,
+}
+
+impl Journal<u64, u64> for Census {
+    fn record(&self, m: Mutation<'_, u64, u64>) -> u64 {
+        let delta = match m {
+            Mutation::Set { entry, .. } if entry.create_index == entry.modify_index => 1,
+            Mutation::Delete { .. } => -1,
+            _ => 0,
+        };
+        let now = self.live.fetch_add(delta, Ordering::SeqCst) + delta;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        0
+    }
+}
+
+#[test]
+fn concurrent_writers_overshoot_by_at_most_one_entry_each() {
+    const BOUND: u64 = 2_000;
+    const THREADS: u64 = 4;
+    let census = Arc::new(Census {
+        live: AtomicI64::new(0),
+        peak: AtomicI64::new(0),
+    });
+    let cache: Arc<Store<u64, u64>> = Arc::new(
+        Store::builder()
+            .max_entries(BOUND)
+            .build_journaled(Box::new(census.clone())),
+    );
+    let rounds = if cfg!(miri) { 2 } else { 20 };
+    let per_round = if cfg!(miri) { 50 } else { 2_000 };
+    let barrier = Barrier::new(THREADS as usize);
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (cache, barrier) = (&cache, &barrier);
+            s.spawn(move || {
+                for r in 0..rounds {
+                    for i in 0..per_round {
+                        let key = (r * per_round + i) * THREADS + t;
+                        match i % 10 {
+                            // Some updates of keys that may still be there, some deletes.
+                            0 if key > 100 => drop(cache.set(key - 100, i)),
+                            1 if key > 50 => drop(cache.delete(&(key - 50))),
+                            _ => drop(cache.set(key, i)),
+                        }
+                    }
+                    // Quiescent: every admission is done, so the bound holds exactly.
+                    if barrier.wait().is_leader() {
+                        let len = cache.len() as u64;
+                        assert!(len <= BOUND, "{len} entries at rest");
+                        assert_eq!(cache.weight(), Some(len));
+                    }
+                    barrier.wait();
+                }
+            });
+        }
+    });
+    let peak = census.peak.load(Ordering::SeqCst) as u64;
+    assert!(
+        peak <= BOUND + THREADS,
+        "{peak} entries seen live at once (bound {BOUND}, {THREADS} writers)"
+    );
+    assert_eq!(
+        census.live.load(Ordering::SeqCst) as u64,
+        cache.len() as u64
+    );
+}
+
+/// Records every delete's index and every set's index, per key.
+#[derive(Default)]
+struct Indices(Mutex<Vec<(u64, &'static str, u64)>>);
+
+impl Journal<u64, u64> for Indices {
+    fn record(&self, m: Mutation<'_, u64, u64>) -> u64 {
+        let mut log = self.0.lock().unwrap();
+        match m {
+            Mutation::Set { key, entry } => log.push((*key, "set", entry.modify_index)),
+            Mutation::Delete { key, index } => log.push((*key, "delete", index)),
+            Mutation::Batch { index, writes } => {
+                for (k, e) in writes {
+                    log.push((**k, if e.is_some() { "set" } else { "delete" }, index));
+                }
+            }
+            _ => unreachable!("no other mutation kinds exist"),
+        }
+        0
+    }
+}
+
+#[test]
+fn an_eviction_is_a_delete_at_a_fresh_index() {
+    let journal = Arc::new(Indices::default());
+    let cache: Store<u64, u64> = Store::builder()
+        .max_entries(10)
+        .build_journaled(Box::new(journal.clone()));
+    let mut written = Vec::new();
+    for i in 0..50 {
+        written.push(cache.set(i, i));
+    }
+    let log = journal.0.lock().unwrap();
+    let deletes: Vec<_> = log.iter().filter(|e| e.1 == "delete").collect();
+    assert_eq!(deletes.len(), 40, "one delete per evicted key");
+    let mut indices: Vec<u64> = log.iter().map(|e| e.2).collect();
+    let n = indices.len();
+    indices.sort_unstable();
+    indices.dedup();
+    assert_eq!(indices.len(), n, "every mutation has its own index");
+    for (key, _, index) in deletes {
+        assert!(
+            *index > written[*key as usize],
+            "deleted after it was written"
+        );
+        assert!(cache.get(key).is_none());
+    }
+}
+
+#[test]
+fn keys_read_often_survive_a_scan_of_keys_written_once() {
+    const BOUND: u64 = 1_000;
+    let cache: Store<u64, u64> = Store::builder().max_entries(BOUND).build();
+    let hot: Vec<u64> = (0..200).collect();
+    for &k in &hot {
+        cache.set(k, k);
+    }
+    for _ in 0..3 {
+        for &k in &hot {
+            assert!(cache.get(&k).is_some());
+        }
+    }
+    // A scan ten times the bound, keys written once and never read, with the hot keys still
+    // read between its parts.
+    for (i, k) in (1_000_000..1_010_000u64).enumerate() {
+        cache.set(k, k);
+        if i % 50 == 0 {
+            for &h in &hot {
+                cache.get(&h);
+            }
+        }
+    }
+    let kept = hot.iter().filter(|k| cache.get(k).is_some()).count();
+    assert!(kept >= 190, "only {kept} of 200 hot keys survived the scan");
+    assert!(cache.len() as u64 <= BOUND);
+}
+
+#[test]
+fn a_weight_bound_counts_what_the_weigher_says() {
+    let cache: Store<String, Vec<u8>> = Store::builder()
+        .max_weight(10_000, |k: &String, v: &Vec<u8>| (k.len() + v.len()) as u32)
+        .build();
+    let weigh = |c: &Store<String, Vec<u8>>| {
+        c.entries()
+            .iter()
+            .map(|(k, e)| (k.len() + e.value.len()) as u64)
+            .sum::<u64>()
+    };
+    for i in 0..1_000 {
+        cache.set(format!("k{i:04}"), vec![0; (i % 7) * 50]);
+        assert!(weigh(&cache) <= 10_000);
+    }
+    assert_eq!(cache.weight(), Some(weigh(&cache)));
+    // Growing a value counts the difference (and may evict others).
+    let k = cache.keys()[0].clone();
+    cache.set(k.clone(), vec![0; 5_000]);
+    assert!(weigh(&cache) <= 10_000);
+    assert_eq!(cache.weight(), Some(weigh(&cache)));
+    // An entry heavier than the whole bound does not stay.
+    cache.set("huge".into(), vec![0; 20_000]);
+    assert!(cache.get("huge").is_none());
+    assert!(weigh(&cache) <= 10_000);
+}
+
+#[test]
+fn expired_entries_leave_the_count_and_are_evicted_first() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let cache: Store<u64, u64> = Store::builder()
+        .max_entries(100)
+        .clock(clock.clone())
+        .build();
+    for i in 0..100 {
+        cache.set_with_ttl(i, i, Duration::from_secs(1));
+    }
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(cache.purge_expired(), 100);
+    assert_eq!(cache.weight(), Some(0));
+    for i in 100..200 {
+        cache.set_with_ttl(i, i, Duration::from_secs(1));
+    }
+    clock.advance(Duration::from_secs(1));
+    // Over the bound with expired entries only: they make the room (each one a delete), the
+    // fresh ones stay.
+    for i in 200..250 {
+        cache.set(i, i);
+    }
+    assert_eq!(
+        cache.weight(),
+        Some(100),
+        "50 expired entries evicted, 50 still counted"
+    );
+    assert_eq!(cache.purge_expired(), 50);
+    assert_eq!(cache.weight(), Some(50));
+    assert_eq!(cache.keys(), (200..250).collect::<Vec<_>>());
+}
+
+#[test]
+fn racing_readers_writers_and_deleters_keep_the_count_exact() {
+    let cache: Arc<Store<u64, u64>> = Arc::new(Store::builder().max_entries(500).build());
+    let n = if cfg!(miri) { 100 } else { 20_000 };
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let cache = &cache;
+            s.spawn(move || {
+                // Per key, what this thread read never goes back in index.
+                let mut seen: HashMap<u64, u64> = HashMap::new();
+                for i in 0..n {
+                    let k = (i * 7 + t * 13) % 2_000;
+                    match i % 6 {
+                        0 => drop(cache.delete(&k)),
+                        1 => drop(cache.batch(vec![Op::set(k, i), Op::set(k + 2_000, i)])),
+                        2 | 3 => {
+                            if let Some(e) = cache.get(&k) {
+                                let before = seen.insert(k, e.modify_index).unwrap_or(0);
+                                assert!(e.modify_index >= before, "key {k} went back");
+                            }
+                        }
+                        _ => drop(cache.set(k, i)),
+                    }
+                }
+            });
+        }
+    });
+    assert!(cache.len() <= 500);
+    assert_eq!(cache.weight(), Some(cache.len() as u64));
+}
