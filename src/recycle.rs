@@ -4,7 +4,8 @@
 //!
 //! Blocks come in size classes of 16 bytes (every node is 16-aligned, see `cell.rs`), up to
 //! [`MAX_BLOCK`]; a node type larger than that (a large inline value) uses the allocator
-//! directly. Each class keeps at most [`KEEP`] blocks per thread; beyond that, and when the
+//! directly. Each class keeps at most [`KEEP_BYTES`] of blocks per thread (at least
+//! [`KEEP_MIN`] blocks); beyond that, and when the
 //! thread exits, blocks go back to the allocator. A block is always allocated and deallocated
 //! with its class's layout, whatever node type it held, so any node of the class can reuse it.
 //!
@@ -23,9 +24,16 @@ use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 
 /// The largest block kept; larger nodes use the allocator directly.
 pub(crate) const MAX_BLOCK: usize = 256;
-/// Blocks one thread keeps per size class.
+/// Bytes of blocks one thread keeps per size class: 8,192 tombs of a `u64` key (32 bytes), so
+/// that the tombs a bounded store's rebuild frees at once (one per eviction since the last
+/// rebuild) are kept for the evictions that follow, not handed to `free` and `malloc`ed again
+/// one by one (a third of an evicting insert's instructions, `BENCHMARKS.md`).
 #[cfg_attr(caskv_loom, allow(dead_code))]
-const KEEP: usize = 1024;
+const KEEP_BYTES: usize = 256 << 10;
+
+/// Blocks one thread keeps per size class at least (the largest classes).
+#[cfg_attr(caskv_loom, allow(dead_code))]
+const KEEP_MIN: usize = 1024;
 /// Size classes: 16, 32, …, `MAX_BLOCK` bytes.
 #[cfg_attr(caskv_loom, allow(dead_code))]
 const CLASSES: usize = MAX_BLOCK / 16;
@@ -64,7 +72,7 @@ impl Blocks {
     #[inline]
     fn keep(&mut self, class: usize, block: *mut u8) -> bool {
         let blocks = &mut self.0[class];
-        if blocks.len() < KEEP {
+        if blocks.len() < (KEEP_BYTES / (16 * (class + 1))).max(KEEP_MIN) {
             blocks.push(block);
             true
         } else {

@@ -200,11 +200,7 @@ impl<K, V> StoreBuilder<K, V> {
     {
         Store {
             engine: Engine {
-                raw: Raw::with_capacity(
-                    self.config
-                        .capacity
-                        .max(churn_room(self.bound, &self.weigher)),
-                ),
+                raw: Raw::with_capacity(self.config.capacity),
                 global_index: self.global_index.unwrap_or_default(),
                 config: self.config,
                 journal: None,
@@ -231,19 +227,6 @@ impl<K, V> StoreBuilder<K, V> {
         let mut store = self.build();
         store.engine.journal = Some(journal);
         store
-    }
-}
-
-/// The keys a bounded store's first table makes room for: twice its entries, so that the slot
-/// array is about four times the bound and a table churned by evictions (each leaves a tomb
-/// until the next rebuild) is rebuilt once per bound's worth of new keys, not several times.
-/// At most 2^22 keys of room (32 MiB of slots) up front; past that the table grows as usual.
-fn churn_room<K, V>(bound: Option<u64>, weigher: &Option<Weigher<K, V>>) -> usize {
-    match (bound, weigher) {
-        (Some(n), None) => usize::try_from(n.saturating_mul(2))
-            .unwrap_or(usize::MAX)
-            .min(1 << 22),
-        _ => 0,
     }
 }
 
