@@ -94,6 +94,13 @@ struct ServeArgs {
     /// Most operations in one batch.
     #[arg(long, env = "CASKV_MAX_BATCH", default_value_t = defaults::MAX_BATCH)]
     max_batch: usize,
+    /// Most keys the KV store holds; beyond it, writes evict others (a cache). Default: none.
+    #[arg(long, env = "CASKV_MAX_ENTRIES")]
+    max_entries: Option<u64>,
+    /// Most bytes of keys and values the KV store holds; beyond it, writes evict others.
+    /// Default: none.
+    #[arg(long, env = "CASKV_MAX_MEMORY")]
+    max_memory: Option<u64>,
     /// Most connections served at once.
     #[arg(long, env = "CASKV_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     max_connections: usize,
@@ -242,6 +249,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         max_value_bytes: args.max_value_bytes,
         max_body_bytes: args.max_body_bytes,
         max_batch: args.max_batch,
+        max_entries: args.max_entries,
+        max_memory: args.max_memory,
     };
     let conn = ConnLimits {
         max_connections: args.max_connections.max(1),

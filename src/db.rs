@@ -72,7 +72,8 @@ where
     /// `options` (the rest of them is about the disk).
     pub fn memory(options: Options) -> Self {
         let global_index = Arc::new(GlobalIndex::new());
-        let store = Store::builder()
+        let store = options
+            .bound(Store::builder())
             .global_index(global_index.clone())
             .max_batch(options.batch_bound())
             .build();

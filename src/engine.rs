@@ -8,7 +8,7 @@ use std::borrow::Borrow;
 use std::hash::Hash;
 use std::time::Duration;
 
-use crate::cache::{self, Policy};
+use crate::cache::{self, Count, Policy};
 use crate::cell::{
     self, classify, visible, Cas, Cell, Life, Meta, Record, Settling, State, Tomb, Unpublished,
     UNLOGGED,
@@ -103,13 +103,20 @@ where
     {
         let hash = self.raw.hash(key);
         let table = self.raw.table(guard);
-        let word = self.raw.find(table, hash, key)?;
-        // SAFETY: `word` was loaded from a slot of a table reached under `guard`.
-        let record = self.live(unsafe { visible(word, guard) }?)?;
-        if self.policy.is_some() {
-            record.life.touch();
+        let found = self.raw.find(table, hash, key).and_then(|word| {
+            // SAFETY: `word` was loaded from a slot of a table reached under `guard`.
+            self.live(unsafe { visible(word, guard) }?)
+        });
+        if let Some(policy) = &self.policy {
+            match found {
+                Some(record) => {
+                    record.life.touch();
+                    policy.counters.add(Count::Hit);
+                }
+                None => policy.counters.add(Count::Miss),
+            }
         }
-        Some(record)
+        found
     }
 
     /// What a reader sees through `word`: [`visible`], unless expired.
@@ -172,13 +179,21 @@ where
     #[cold]
     #[inline(never)]
     pub(crate) fn expire(&self, slot: &Cell, word: u64, r: &Record<K, V>, guard: &Guard) -> bool {
-        self.delete_version(slot, word, r, guard)
+        let done = self.delete_version(slot, word, r, guard);
+        if let (true, Some(policy)) = (done, &self.policy) {
+            policy.counters.add(Count::Expiration);
+        }
+        done
     }
 
     /// Evicts the version `word` of `slot` (the record `r`): a delete at a fresh index,
     /// journaled as one. Returns whether this call did (else a writer changed the slot first).
     pub(crate) fn evict(&self, slot: &Cell, word: u64, r: &Record<K, V>, guard: &Guard) -> bool {
-        self.delete_version(slot, word, r, guard)
+        let done = self.delete_version(slot, word, r, guard);
+        if let (true, Some(policy)) = (done, &self.policy) {
+            policy.counters.add(Count::Eviction);
+        }
+        done
     }
 
     /// CASes `slot` from the record `word` (`r`) to a new tomb at a fresh index; journals the

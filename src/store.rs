@@ -726,6 +726,13 @@ where
         self.engine.policy.as_ref().map(|p| p.total())
     }
 
+    /// What a bounded store has counted: hits, misses, inserts, evictions and expirations
+    /// (see [`CacheStats`](crate::CacheStats)). `None` for an unbounded store, which counts
+    /// nothing (its reads write no shared memory at all).
+    pub fn cache_stats(&self) -> Option<crate::CacheStats> {
+        self.engine.policy.as_ref().map(|p| p.counters.read())
+    }
+
     /// Deletes every version whose time to live has run out, each at a fresh index (as the
     /// first write to meet it would); returns how many. Expired keys already read as absent:
     /// this frees their memory and gives their deletes an index, for a caller that sweeps

@@ -33,6 +33,7 @@
 //! passed over; the next admission takes it up again).
 
 mod ghost;
+mod stats;
 
 use std::collections::VecDeque;
 use std::hash::Hash;
@@ -43,6 +44,8 @@ use crate::cell::{classify, Life, Record, State};
 use crate::engine::Engine;
 use crate::sync::epoch::Guard;
 use ghost::Ghost;
+pub use stats::CacheStats;
+pub(crate) use stats::{Count, Counters};
 
 /// What an entry weighs against a weight bound.
 pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync>;
@@ -101,6 +104,8 @@ pub(crate) struct Policy<K, V> {
     /// `shards.len() - 1` (a power of two minus one).
     mask: usize,
     weigher: Option<Weigher<K, V>>,
+    /// Hits, misses, admissions, evictions, expirations.
+    pub(crate) counters: Counters,
 }
 
 impl<K, V> std::fmt::Debug for Policy<K, V> {
@@ -154,6 +159,7 @@ impl<K, V> Policy<K, V> {
             shards,
             mask: n - 1,
             weigher,
+            counters: Counters::new(),
         }
     }
 }
@@ -200,6 +206,7 @@ where
     ) {
         let shard = self.shard(hash);
         let weight = self.weigh(record);
+        self.counters.add(Count::Insert);
         let mut q = lock(&shard.queues);
         if q.ghost.contains(hash) {
             q.main.push_back(hash);

@@ -111,7 +111,7 @@ pub use snapshot::SnapshotReport;
 use crate::error::StorageError;
 use crate::expiry::{self, Clock, SystemClock};
 use crate::journal::Written;
-use crate::{GlobalIndex, Registration, Registry, Store};
+use crate::{GlobalIndex, Registration, Registry, Store, StoreBuilder};
 use journal::LogJournal;
 use log::{CreateSegment, Level, Log};
 use record::Space;
@@ -128,6 +128,8 @@ use reserve::Reservation;
 #[derive(Clone)]
 pub struct Options {
     fsync: FsyncPolicy,
+    /// The KV store's bound, if any.
+    bound: Option<CacheBound>,
     snapshot_after_bytes: u64,
     max_batch: usize,
     services: bool,
@@ -136,10 +138,18 @@ pub struct Options {
     create_segment: CreateSegment,
 }
 
+/// A KV store's bound ([`Options::max_entries`], [`Options::max_memory`]).
+#[derive(Debug, Clone, Copy)]
+enum CacheBound {
+    Entries(u64),
+    Bytes(u64),
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
             fsync: FsyncPolicy::Always,
+            bound: None,
             snapshot_after_bytes: crate::defaults::SNAPSHOT_AFTER_BYTES,
             max_batch: crate::defaults::MAX_BATCH,
             services: false,
@@ -210,6 +220,40 @@ impl Options {
     pub fn service_ttl(mut self, ttl: Duration) -> Self {
         self.service_ttl = ttl;
         self
+    }
+
+    /// Makes the KV store a cache of at most `n` keys ([`StoreBuilder::max_entries`]):
+    /// evictions are deletes, logged like any other. Default: unbounded. Replaces a
+    /// `max_memory`.
+    ///
+    /// [`StoreBuilder::max_entries`]: crate::StoreBuilder::max_entries
+    pub fn max_entries(mut self, n: u64) -> Self {
+        self.bound = Some(CacheBound::Entries(n));
+        self
+    }
+
+    /// Makes the KV store a cache whose keys and values take at most `bytes` together, as
+    /// the log encodes them ([`StoreBuilder::max_weight`]). Default: unbounded. Replaces a
+    /// `max_entries`.
+    ///
+    /// [`StoreBuilder::max_weight`]: crate::StoreBuilder::max_weight
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.bound = Some(CacheBound::Bytes(bytes));
+        self
+    }
+
+    /// Applies the KV store's bound to `builder`.
+    pub(crate) fn bound<K: Codec, V: Codec>(
+        &self,
+        builder: StoreBuilder<K, V>,
+    ) -> StoreBuilder<K, V> {
+        match self.bound {
+            None => builder,
+            Some(CacheBound::Entries(n)) => builder.max_entries(n),
+            Some(CacheBound::Bytes(bytes)) => builder.max_weight(bytes, |k: &K, v: &V| {
+                u32::try_from(k.encoded_len().saturating_add(v.encoded_len())).unwrap_or(u32::MAX)
+            }),
+        }
     }
 
     #[cfg(test)]
@@ -453,7 +497,8 @@ where
         let reservation = Arc::new(Reservation::new(log.clone(), recovered.high_water));
         global_index.set_reserve(Box::new(reservation.clone()));
 
-        let store: Store<K, V> = Store::builder()
+        let store: Store<K, V> = options
+            .bound(Store::builder())
             .global_index(global_index.clone())
             .max_batch(options.max_batch)
             .build_journaled(Box::new(LogJournal::<K, V>::new(log.clone(), Space::Kv)));

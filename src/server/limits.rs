@@ -15,6 +15,12 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most operations (keys) in one batch. Default 1000.
     pub max_batch: usize,
+    /// Most keys the KV store holds: beyond it, writes evict others (the store becomes a cache,
+    /// `StoreBuilder::max_entries`). Default none.
+    pub max_entries: Option<u64>,
+    /// Most bytes of keys and values (as the log encodes them) the KV store holds: beyond it,
+    /// writes evict others. Default none. With `max_entries` too, this one applies.
+    pub max_memory: Option<u64>,
 }
 
 impl Default for Limits {
@@ -24,6 +30,8 @@ impl Default for Limits {
             max_value_bytes: defaults::MAX_VALUE_BYTES,
             max_body_bytes: defaults::MAX_BODY_BYTES,
             max_batch: defaults::MAX_BATCH,
+            max_entries: None,
+            max_memory: None,
         }
     }
 }

@@ -101,10 +101,15 @@ impl AppState {
 
 /// The server's database: the bounds' batch size, and services on.
 fn db_options(limits: &Limits, service_ttl: Duration) -> Options {
-    Options::default()
+    let options = Options::default()
         .max_batch(limits.max_batch)
         .services(true)
-        .service_ttl(service_ttl)
+        .service_ttl(service_ttl);
+    match (limits.max_memory, limits.max_entries) {
+        (Some(bytes), _) => options.max_memory(bytes),
+        (None, Some(n)) => options.max_entries(n),
+        (None, None) => options,
+    }
 }
 
 /// Waits for a write made through the write path to be acknowledged (durable under the fsync
@@ -215,11 +220,27 @@ async fn health() -> Response {
 }
 
 async fn prometheus(State(state): State<AppState>) -> Response {
+    let stats = state.store.cache_stats().unwrap_or_default();
+    let weight = state.store.weight();
     let gauges = [
         (
             "kv_entries",
             "Keys present in the KV store.",
             state.store.len() as u64,
+        ),
+        (
+            "caskv_cache_entries",
+            "Keys the bounded KV store holds (0 without --max-entries or --max-memory).",
+            if weight.is_some() {
+                state.store.len() as u64
+            } else {
+                0
+            },
+        ),
+        (
+            "caskv_cache_weight",
+            "What the bounded KV store's keys weigh: their number, or their bytes with --max-memory.",
+            weight.unwrap_or(0),
         ),
         (
             "services_registered",
@@ -232,11 +253,35 @@ async fn prometheus(State(state): State<AppState>) -> Response {
             state.store.global_index().high_water(),
         ),
     ];
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&gauges),
-    )
-        .into_response()
+    let mut text = state.metrics.render(&gauges);
+    cache_counters(&mut text, &stats);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The bounded KV store's counters (all 0 when it is unbounded), in Prometheus text.
+fn cache_counters(out: &mut String, stats: &crate::CacheStats) {
+    use std::fmt::Write as _;
+    let name = "caskv_cache_evictions_total";
+    let _ = writeln!(out, "# HELP {name} Keys deleted by the cache, by cause.");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    let _ = writeln!(out, "{name}{{cause=\"capacity\"}} {}", stats.evictions);
+    let _ = writeln!(out, "{name}{{cause=\"expired\"}} {}", stats.expirations);
+    for (name, help, value) in [
+        (
+            "caskv_cache_hits_total",
+            "KV reads that found the key (bounded store only).",
+            stats.hits,
+        ),
+        (
+            "caskv_cache_misses_total",
+            "KV reads that did not (bounded store only).",
+            stats.misses,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {value}");
+    }
 }
 
 async fn no_route(method: Method, uri: axum::http::Uri) -> Response {
