@@ -320,3 +320,59 @@ where
 fn lock(queues: &Mutex<Queues>) -> std::sync::MutexGuard<'_, Queues> {
     queues.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Small enough for Miri (`ci/miri.sh`): eviction's probe by hash, its CAS and retire,
+    //! promotion, and expiry through the policy, racing readers, deleters and batches.
+    use crate::{ManualClock, Op, Store};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn racing_writers_readers_and_deleters_keep_the_bound_and_the_count() {
+        let cache: Store<u32, String> = Store::builder().max_entries(8).build();
+        let rounds = if cfg!(miri) { 40 } else { 4_000 };
+        std::thread::scope(|s| {
+            for t in 0..3u32 {
+                let cache = &cache;
+                s.spawn(move || {
+                    for i in 0..rounds {
+                        let k = (i * 5 + t) % 24;
+                        match i % 5 {
+                            0 => drop(cache.delete(&k)),
+                            1 => drop(cache.batch(vec![
+                                Op::set(k, i.to_string()),
+                                Op::set(k + 24, String::new()),
+                            ])),
+                            2 => drop(cache.get(&k)),
+                            _ => drop(cache.set(k, i.to_string())),
+                        }
+                    }
+                });
+            }
+        });
+        assert!(cache.len() <= 8);
+        assert_eq!(cache.weight(), Some(cache.len() as u64));
+        let stats = cache.cache_stats().unwrap();
+        assert!(stats.evictions > 0 && stats.inserts >= stats.evictions);
+    }
+
+    #[test]
+    fn expired_entries_are_deleted_by_the_policy_and_counted() {
+        let clock = Arc::new(ManualClock::new(1_000));
+        let cache: Store<u32, String> =
+            Store::builder().max_entries(4).clock(clock.clone()).build();
+        for k in 0..4 {
+            cache.set_with_ttl(k, k.to_string(), Duration::from_millis(10));
+        }
+        clock.advance(Duration::from_millis(10));
+        for k in 4..8 {
+            cache.set(k, k.to_string());
+        }
+        let stats = cache.cache_stats().unwrap();
+        assert_eq!((stats.expirations, stats.evictions), (4, 0));
+        assert_eq!(cache.keys(), [4, 5, 6, 7]);
+        assert_eq!(cache.weight(), Some(4));
+    }
+}
