@@ -841,6 +841,26 @@ mod tests {
     }
 
     #[test]
+    fn writes_and_batches_delete_expired_versions_first() {
+        let clock = std::sync::Arc::new(crate::ManualClock::new(1_000));
+        let store: Store<u32, String> = Store::builder().clock(clock.clone()).build();
+        let a = store.set_with_ttl(1, "a".to_string(), Duration::from_millis(5));
+        store.set_with_ttl(2, "b".to_string(), Duration::from_millis(5));
+        store.set_with_ttl(3, "c".to_string(), Duration::from_millis(5));
+        clock.advance(Duration::from_millis(5));
+        assert!(store.get(&1).is_none());
+        // A write meets the expired version: its delete first, then a new key.
+        let again = store.set_cas(1, "a2".to_string(), 0).unwrap();
+        assert!(again > a + 1);
+        // A batch locks an expired version: deleted first, then the batch sees it absent.
+        store
+            .batch(vec![Op::check_index(2, 0), Op::set(4, "d".to_string())])
+            .unwrap();
+        assert_eq!(store.purge_expired(), 1);
+        assert_eq!(store.keys(), [1, 4]);
+    }
+
+    #[test]
     fn threads_race_on_one_key() {
         let store: Store<u32, u64> = Store::new();
         store.set(0, 0);

@@ -97,7 +97,10 @@ mod tests {
             g.insert(h(x));
         }
         let old = (0..n).filter(|&x| g.contains(h(x))).count() as u64;
-        assert!(old < n * 6 / 100, "{old} of {n} forgotten hashes still seen");
+        assert!(
+            old < n * 6 / 100,
+            "{old} of {n} forgotten hashes still seen"
+        );
         let never = (50 * n..60 * n).filter(|&x| g.contains(h(x))).count() as u64;
         assert!(never < n * 4 / 10, "{never} false hits in {}", 10 * n);
     }
