@@ -715,7 +715,9 @@ where
     ///
     /// It reads every key's slot twice under one pin and returns when nothing changed in
     /// between (no write, no batch holding a key, the table not replaced): then every value
-    /// was current at once, between the two passes. It writes nothing and takes no index. Under
+    /// was current at once, between the two passes. It writes nothing and takes no index
+    /// (except that the fallback below, like any writer, first deletes a version it finds
+    /// expired, at that delete's own index). Under
     /// writes that keep changing the keys it falls back, after a few tries, to locking the keys
     /// in key order like a batch and releasing them unchanged. Fails only with
     /// [`Error::BatchTooLarge`] (or [`Error::DuplicateKey`] for keys whose `Ord` and `Eq`

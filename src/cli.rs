@@ -98,7 +98,8 @@ struct ServeArgs {
     #[arg(long, env = "CASKV_MAX_ENTRIES")]
     max_entries: Option<u64>,
     /// Most bytes of keys and values the KV store holds; beyond it, writes evict others.
-    /// Default: none.
+    /// Split among up to four parts per core: a value larger than one part is evicted as soon
+    /// as it is written. Default: none.
     #[arg(long, env = "CASKV_MAX_MEMORY")]
     max_memory: Option<u64>,
     /// Most connections served at once.

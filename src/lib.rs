@@ -34,7 +34,8 @@
 //!   **linearizable**. Reads are lock-free and never wait for a writer. [`Store::get`] makes no
 //!   atomic read-modify-write (its epoch pin is a plain store to the thread's own word, see
 //!   `ARCHITECTURE.md`) and clones the value out; through a held [`Store::pin`] handle a read
-//!   writes nothing and clones nothing.
+//!   writes nothing and clones nothing. (A bounded store, a cache, also counts each read and
+//!   bumps the entry's frequency hint: [`StoreBuilder::max_entries`].)
 //! - Values are stored inline, next to their key and indices, one allocation per version. Store
 //!   an `Arc<T>` to share a large value with readers instead of cloning it.
 //! - Per key, `modify_index` strictly increases; `create_index` is fixed from creation until

@@ -143,10 +143,19 @@ impl<K, V> StoreBuilder<K, V> {
     /// once and never read go first, so a scan of one-time keys does not flush the ones read
     /// often). An eviction is a delete at a fresh index, journaled like any other.
     ///
-    /// The bound is strict: at no moment does the store hold more than `n` entries plus one
-    /// per thread that is writing a new key at that moment (its entry becomes visible just
-    /// before it makes room). Reads stay lock-free and write no shared memory beyond a
-    /// per-entry hint set at most twice. Replaces a [`max_weight`](StoreBuilder::max_weight).
+    /// The bound is strict: at no moment does the store hold more than `n` entries plus what
+    /// the threads writing at that moment have made visible and not yet made room for (one
+    /// key for a single-key write, the new keys of a batch for a batch: an entry becomes
+    /// visible just before its writer makes room). An eviction passes over keys being
+    /// written at that moment (a batch's locked keys, a resize's frozen slots); if every
+    /// candidate is, the excess stays until the next write of a new key to that part of the
+    /// store (the policy is split in shards, each with its part of the bound).
+    ///
+    /// Reads stay lock-free. A hit writes the entry's frequency hint (2 bits in its record,
+    /// with a plain store, and only while it is below its maximum) and every read adds one to
+    /// a counter on a cache line of its own thread ([`Store::cache_stats`]): one atomic
+    /// read-modify-write per read, which an unbounded store does not make. Replaces a
+    /// [`max_weight`](StoreBuilder::max_weight).
     ///
     /// ```
     /// use caskv::Store;
@@ -236,7 +245,8 @@ fn policy_shards() -> usize {
 }
 
 /// A pinned read handle: many reads under one pin, each touching no shared memory and making
-/// no atomic read-modify-write.
+/// no atomic read-modify-write (on a bounded store, a read also counts itself and bumps the
+/// entry's frequency hint: see [`StoreBuilder::max_entries`]).
 ///
 /// Hold it briefly: while it lives, memory retired by writers cannot be reclaimed.
 ///
@@ -305,7 +315,8 @@ where
 
     /// The key's current entry (the value cloned), or `None`. Lock-free; never waits for a
     /// writer; no atomic read-modify-write (the epoch pin is a plain store to this thread's
-    /// own word).
+    /// own word; a bounded store adds one per read to its statistics, see
+    /// [`StoreBuilder::max_entries`]).
     ///
     /// ```
     /// # use caskv::Store;

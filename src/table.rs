@@ -185,6 +185,19 @@ impl Table {
     }
 }
 
+/// Aborts the process if dropped while unwinding (a panic where unwinding would leave shared
+/// state that other threads wait on forever).
+struct AbortOnUnwind(&'static str);
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("caskv: {}; aborting rather than hang every writer", self.0);
+            std::process::abort();
+        }
+    }
+}
+
 /// The table of a store: the current generation, the hasher, and (under loom) the stand-in
 /// collector. Owns every node reachable from the current table.
 pub(crate) struct Raw<K, V> {
@@ -286,9 +299,10 @@ where
         }
     }
 
-    /// The slot and word of the key whose hash is `hash`, found without the key (the eviction
-    /// policy queues hashes): a probe that hashes each candidate's key again. `None` when no
-    /// claimed slot's key has that hash. (Two keys with one 64-bit hash: the first found.)
+    /// The slot and word of a present (or being written) key whose hash is `hash`, found
+    /// without the key (the eviction policy queues hashes): a probe that hashes each
+    /// candidate's key again. `None` when no such key has a slot. (Two present keys with one
+    /// 64-bit hash: the first found, which keeps the bound whichever of them goes.)
     pub(crate) fn find_hashed<'g>(&self, table: &'g Table, hash: u64) -> Option<(&'g Cell, u64)>
     where
         K: Hash,
@@ -301,9 +315,14 @@ where
             if address(word) == 0 {
                 return None;
             }
-            // SAFETY: as in `find`.
-            if has_tag(word, tag) && self.hash(&unsafe { cell::keyed_of::<K>(word) }.key) == hash {
-                return Some((slot, word));
+            // A tomb is passed over: a `Hash` may give distinct keys one hash, and the key
+            // sought may sit further on, behind a deleted one with the same hash.
+            if word & DELETED == 0 && has_tag(word, tag) {
+                // SAFETY: as in `find`.
+                let keyed = unsafe { cell::keyed_of::<K>(word) };
+                if self.hash(&keyed.key) == hash {
+                    return Some((slot, word));
+                }
             }
             i = (i + 1) & table.mask;
         }
@@ -442,6 +461,10 @@ where
 
     /// Freezes and copies the slots `range` of `table` into `next`.
     fn copy_chunk(&self, table: &Table, next: &Table, range: std::ops::Range<usize>) {
+        // The rehash below runs the keys' `Hash` (user code) with slots of this chunk frozen
+        // and the chunk not yet counted: unwinding out of here would leave every writer
+        // helping a resize that can never finish. A panicking `Hash` aborts instead, loudly.
+        let _abort = AbortOnUnwind("a key's Hash panicked while the table was being resized");
         let mut moved = 0;
         for slot in &table.slots[range] {
             let mut backoff = Backoff::new();

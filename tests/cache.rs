@@ -281,3 +281,59 @@ fn racing_readers_writers_and_deleters_keep_the_count_exact() {
     assert!(cache.len() <= 500);
     assert_eq!(cache.weight(), Some(cache.len() as u64));
 }
+
+#[test]
+fn entries_read_often_still_make_room_when_every_one_of_them_is_hot() {
+    let cache: Store<u64, u64> = Store::builder().max_entries(100).build();
+    for k in 0..100 {
+        cache.set(k, k);
+        cache.get(&k);
+    }
+    cache.set(100, 100);
+    // Every entry at the highest frequency: one admission must still get back within the bound.
+    for _ in 0..3 {
+        for k in 0..=100 {
+            cache.get(&k);
+        }
+    }
+    cache.set(101, 101);
+    assert_eq!((cache.len(), cache.weight()), (100, Some(100)));
+}
+
+/// A key whose `Hash` covers only part of it: distinct keys share full hashes, as the `Hash`
+/// contract allows.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Partial(u64, u64);
+
+impl std::hash::Hash for Partial {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+#[test]
+fn keys_that_share_a_hash_are_evicted_like_any_other() {
+    let cache: Store<Partial, u64> = Store::builder().max_entries(2).build();
+    cache.set(Partial(0, 1), 1);
+    cache.delete(&Partial(0, 1)).unwrap();
+    for b in 2..10 {
+        cache.set(Partial(0, b), b);
+        assert!(cache.len() <= 2, "{} entries", cache.len());
+    }
+    assert_eq!(cache.weight(), Some(2));
+}
+
+#[test]
+fn keys_that_come_and_go_below_the_bound_leave_no_backlog_behind() {
+    let cache: Store<u64, u64> = Store::builder().max_entries(1_000).build();
+    let n = if cfg!(miri) { 1_000 } else { 200_000 };
+    for k in 0..n {
+        cache.set(k, k);
+        cache.delete(&k).unwrap();
+    }
+    // Then a full cache behaves as usual: the bound and the count hold.
+    for k in 0..2_000u64 {
+        cache.set(n + k, k);
+    }
+    assert_eq!((cache.len(), cache.weight()), (1_000, Some(1_000)));
+}

@@ -31,7 +31,11 @@ impl Ghost {
     /// A ghost that remembers about `capacity` hashes (at least one).
     pub(crate) fn new(capacity: usize) -> Self {
         let turn = capacity.div_ceil(2).max(1);
-        let bits = (turn * BITS_PER_HASH).next_power_of_two().max(64);
+        let bits = turn
+            .saturating_mul(BITS_PER_HASH)
+            .checked_next_power_of_two()
+            .unwrap_or(1 << 40)
+            .max(64);
         let words = bits / 64;
         Ghost {
             filters: [vec![0; words], vec![0; words]],

@@ -28,9 +28,11 @@
 //! A shard's weight counts every version made visible by a completed admission, less every
 //! one deleted since; admission runs right after the write that made the key, and evicts until
 //! the shard is within its part. So the store holds more than the bound only by what writers
-//! have made visible and not yet admitted: at most one entry per thread writing at that moment
-//! (plus, when every other candidate of an over-full shard is being written, what could not be
-//! passed over; the next admission takes it up again).
+//! have made visible and not yet admitted: one entry per single-key writer, a batch's new keys
+//! per batch (plus, when every candidate of an over-full shard is being written or moved by a
+//! resize, what could not be passed over; the next admission to that shard takes it up
+//! again). An eviction looks at up to five times the queued tokens: enough for every entry to
+//! spend its whole frequency and come round once more.
 
 mod ghost;
 mod stats;
@@ -82,12 +84,30 @@ const SMALL_PERCENT: usize = 2;
 /// the bound is too coarse for the policy to tell keys apart.
 const MIN_SHARD_BOUND: u64 = 4096;
 
+/// Hashes a shard's ghost remembers: about as many keys as its main queue holds (its part of an
+/// entry bound; for a weight bound, whose entries' number is unknown, one per 64 units of
+/// weight, as for entries of 64 bytes, and at least 1,024), at most 2^22 (a few MiB of
+/// filters).
+fn ghost_size(bound: u64, weighted: bool) -> usize {
+    let keys = if weighted {
+        (bound / 64).max(1_024)
+    } else {
+        bound
+    };
+    usize::try_from(keys.min(1 << 22)).unwrap_or(1 << 22)
+}
+
+/// Tokens a shard may queue beyond twice its live entries before `admit` drops the stale ones.
+const STALE_SLACK: usize = 64;
+
 /// One shard of the policy.
 struct Shard {
     /// Its part of the bound.
     bound: u64,
     /// The weight of the entries admitted and not deleted since (see the module docs).
     weight: AtomicI64,
+    /// How many entries that is (the weight, under an entry bound).
+    entries: AtomicI64,
     queues: Mutex<Queues>,
 }
 
@@ -136,6 +156,7 @@ impl<K, V> Policy<K, V> {
             Bound::Entries(n) => (n, None),
             Bound::Weight(w, f) => (w, Some(f)),
         };
+        let weighted = weigher.is_some();
         let mut n = shards.max(1).next_power_of_two();
         while n > 1 && total / (n as u64) < MIN_SHARD_BOUND {
             n /= 2;
@@ -146,11 +167,11 @@ impl<K, V> Policy<K, V> {
                 Shard {
                     bound,
                     weight: AtomicI64::new(0),
+                    entries: AtomicI64::new(0),
                     queues: Mutex::new(Queues {
                         small: VecDeque::new(),
                         main: VecDeque::new(),
-                        // The ghost remembers about as many keys as the main queue holds.
-                        ghost: Ghost::new(usize::try_from(bound).unwrap_or(usize::MAX)),
+                        ghost: Ghost::new(ghost_size(bound, weighted)),
                     }),
                 }
             })
@@ -213,8 +234,13 @@ where
         } else {
             q.small.push_back(hash);
         }
-        // Relaxed: a count; the queue lock orders the evictions that read it.
+        // Relaxed: counts; the queue lock orders the evictions that read them.
         shard.weight.fetch_add(weight, Ordering::Relaxed);
+        let entries = shard.entries.fetch_add(1, Ordering::Relaxed) + 1;
+        let live = usize::try_from(entries).unwrap_or(0);
+        if q.small.len() + q.main.len() > 2 * live + STALE_SLACK {
+            drop_stale(&mut q, engine, guard);
+        }
         self.evict(shard, &mut q, engine, guard);
     }
 
@@ -246,16 +272,20 @@ where
 
     /// The version `record` of the key with hash (or slot word) `hash` was deleted.
     pub(crate) fn forget(&self, hash: u64, record: &Record<K, V>) {
+        let shard = self.shard(hash);
         // Relaxed: as in `admit`.
-        self.shard(hash)
+        shard
             .weight
             .fetch_sub(self.weigh(record), Ordering::Relaxed);
+        shard.entries.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Evicts from `shard` (whose queues `q` we hold) until it is within its bound, or until
     /// every token was looked at twice without finding an entry that can go.
     fn evict(&self, shard: &Shard, q: &mut Queues, engine: &Engine<K, V>, guard: &Guard) {
-        let mut budget = 2 * (q.small.len() + q.main.len()) + 2;
+        // Enough looks for every token to spend a full frequency (3) and still come out once
+        // more, plus the stale ones: the bound holds whatever the readers did in between.
+        let mut budget = 5 * (q.small.len() + q.main.len()) + 2;
         // Relaxed: as in `admit`.
         while shard.weight.load(Ordering::Relaxed) > shard.bound as i64 && budget > 0 {
             budget -= 1;
@@ -315,6 +345,23 @@ where
     }
 }
 
+/// Drops the tokens of keys that are gone, and every token but the first of a key queued more
+/// than once (a key deleted and made again while under the bound), keeping the order: run when
+/// a shard's queues hold more than twice its live entries, so the queues stay within a few
+/// times the entries however many keys come and go below the bound.
+fn drop_stale<K, V>(q: &mut Queues, engine: &Engine<K, V>, guard: &Guard)
+where
+    K: Hash + Eq + Ord + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    let table = engine.raw.table(guard);
+    let mut seen = std::collections::HashSet::with_capacity(q.small.len() + q.main.len());
+    let mut keep =
+        |hash: &u64| engine.raw.find_hashed(table, *hash).is_some() && seen.insert(*hash);
+    q.main.retain(&mut keep);
+    q.small.retain(&mut keep);
+}
+
 /// Locks a shard's queues, whatever a panic elsewhere left (the queues hold only hashes: a
 /// half-done step leaves at worst a stale or a missing token).
 fn lock(queues: &Mutex<Queues>) -> std::sync::MutexGuard<'_, Queues> {
@@ -356,6 +403,29 @@ mod tests {
         assert_eq!(cache.weight(), Some(cache.len() as u64));
         let stats = cache.cache_stats().unwrap();
         assert!(stats.evictions > 0 && stats.inserts >= stats.evictions);
+    }
+
+    #[test]
+    fn stale_tokens_do_not_pile_up_below_the_bound() {
+        let cache: Store<u32, u32> = Store::builder().max_entries(100).build();
+        let n = if cfg!(miri) { 300 } else { 20_000 };
+        for k in 0..n {
+            cache.set(k, k);
+            cache.delete(&k).unwrap();
+        }
+        let policy = cache.engine.policy.as_ref().unwrap();
+        let queued: usize = policy
+            .shards
+            .iter()
+            .map(|s| {
+                let q = super::lock(&s.queues);
+                q.small.len() + q.main.len()
+            })
+            .sum();
+        assert!(
+            queued <= 2 * 100 + super::STALE_SLACK + 1,
+            "{queued} tokens queued"
+        );
     }
 
     #[test]

@@ -43,9 +43,12 @@ fn parse_ttl(ttl: Option<&str>) -> Result<Option<Duration>, ApiError> {
     Ok((!ttl.is_zero()).then_some(ttl))
 }
 
-/// A deadline in RFC 3339, UTC, to the millisecond.
+/// A deadline in RFC 3339, UTC, to the millisecond. RFC 3339 ends with the year 9999; a later
+/// deadline (possible through the library, which allows up to the year 10889) is shown as its
+/// last millisecond.
 fn rfc3339_millis(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    let last = std::time::UNIX_EPOCH + Duration::from_millis(253_402_300_799_999);
+    humantime::format_rfc3339_millis(t.min(last)).to_string()
 }
 
 fn entry_json(key: &str, e: &Entry<String>, metadata: bool) -> Value {
@@ -359,4 +362,18 @@ pub async fn batch_delete_cas(
         Ok(keys_response("keys deleted", body.keys, index))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339_millis;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn deadlines_past_the_year_9999_print_as_its_last_millisecond() {
+        let far = UNIX_EPOCH + Duration::from_millis(crate::expiry::MAX_DEADLINE);
+        assert_eq!(rfc3339_millis(far), "9999-12-31T23:59:59.999Z");
+        let near = UNIX_EPOCH + Duration::from_millis(1_500);
+        assert_eq!(rfc3339_millis(near), "1970-01-01T00:00:01.500Z");
+    }
 }
