@@ -60,6 +60,25 @@ impl<V> Entry<V> {
     }
 }
 
+impl<V> Entry<V> {
+    /// A version as written: `value` with its flags, indices and deadline.
+    pub(crate) fn new(
+        value: V,
+        flags: u64,
+        modify_index: u64,
+        create_index: u64,
+        deadline: u64,
+    ) -> Self {
+        Entry {
+            value,
+            flags,
+            modify_index,
+            create_index,
+            deadline,
+        }
+    }
+}
+
 impl<V: Clone> Entry<V> {
     #[inline]
     pub(crate) fn of<K>(r: &Record<K, V>) -> Self {

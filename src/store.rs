@@ -6,7 +6,7 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::cache::{Bound, Policy, Weigher};
+use crate::cache::{Bound, Flights, Landing, Policy, Role, Weigher};
 use crate::cell::Record;
 use crate::engine::{check_index, flags_or_kept, value_matches, Config, Engine};
 use crate::entry::{Entry, EntryRef};
@@ -40,6 +40,8 @@ pub struct Store<K, V> {
     /// The table, the index, the settings and the journal, with the write paths that change
     /// a cell (`engine.rs`).
     pub(crate) engine: Engine<K, V>,
+    /// Loads in flight ([`Store::get_or_insert_with`]).
+    flights: Flights<K, V>,
 }
 
 /// Configures a [`Store`].
@@ -176,6 +178,8 @@ impl<K, V> StoreBuilder<K, V> {
     /// once when an entry comes in or changes and once when it goes). As
     /// [`max_entries`](StoreBuilder::max_entries) otherwise (an entry heavier than its shard's
     /// part of the bound is evicted as soon as it is written). Replaces a `max_entries`.
+    /// The weigher runs while a part of the policy is locked: it must not write to this
+    /// store (that could wait on the same lock).
     ///
     /// ```
     /// use caskv::Store;
@@ -222,6 +226,7 @@ impl<K, V> StoreBuilder<K, V> {
                     Policy::new(bound, policy_shards())
                 }),
             },
+            flights: Flights::new(),
         }
     }
 
@@ -720,6 +725,107 @@ where
     /// Whether no key is present.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The key's entry, loading it with `load` when the key is absent: concurrent callers for
+    /// the same absent key run one `load` (the first caller's) and all get what it made
+    /// (single-flight, as moka's `get_with`). The value is written create-only, with the
+    /// store's default TTL; if another writer made the key meanwhile, that entry is returned
+    /// instead. `load` runs with no lock held (it may use the store). A `load` that panics
+    /// unwinds out of its own caller; the callers waiting on it start over, and one of them
+    /// loads with its own `load`.
+    ///
+    /// ```
+    /// use caskv::Store;
+    /// let cache: Store<u64, String> = Store::builder().max_entries(1_000).build();
+    /// let first = cache.get_or_insert_with(7, || "seven".to_string());
+    /// assert_eq!(first.value, "seven");
+    /// let again = cache.get_or_insert_with(7, || unreachable!("present: not loaded again"));
+    /// assert_eq!(again.modify_index, first.modify_index);
+    /// ```
+    pub fn get_or_insert_with(&self, key: K, load: impl FnOnce() -> V) -> Entry<V> {
+        match self.try_get_or_insert_with(key, || Ok::<V, Infallible>(load())) {
+            Ok(entry) => entry,
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`get_or_insert_with`](Store::get_or_insert_with) with a `load` that may fail: its
+    /// error goes to its own caller, nothing is written, and the callers waiting on it start
+    /// over (one of them loads next, with its own `load`).
+    ///
+    /// ```
+    /// use caskv::Store;
+    /// let cache: Store<String, u64> = Store::new();
+    /// let failed = cache.try_get_or_insert_with("n".into(), || "x".parse::<u64>());
+    /// assert!(failed.is_err() && cache.get("n").is_none());
+    /// let loaded = cache.try_get_or_insert_with("n".into(), || "42".parse::<u64>());
+    /// assert_eq!(loaded.unwrap().value, 42);
+    /// ```
+    pub fn try_get_or_insert_with<E>(
+        &self,
+        key: K,
+        load: impl FnOnce() -> Result<V, E>,
+    ) -> Result<Entry<V>, E> {
+        let mut load = Some(load);
+        loop {
+            if let Some(entry) = self.get(&key) {
+                return Ok(entry);
+            }
+            let flight = match self.flights.join(&key, || self.peek(&key)) {
+                Err(present) => return Ok(present),
+                Ok(Role::Follow(flight)) => match flight.wait() {
+                    Some(entry) => return Ok(entry),
+                    None => continue, // the leader failed: start over
+                },
+                Ok(Role::Lead(flight)) => flight,
+            };
+            let landing = Landing {
+                flights: &self.flights,
+                key: &key,
+                flight,
+                landed: false,
+            };
+            // A caller leads at most once: it returns below whatever happens.
+            let Some(load) = load.take() else {
+                unreachable!("a caller that led has returned")
+            };
+            let value = load()?; // `landing` lands the flight as failed on the way out
+            let entry = self.insert_loaded(key.clone(), value);
+            landing.land(Some(entry.clone()));
+            return Ok(entry);
+        }
+    }
+
+    /// Writes a loaded value create-only; returns its entry, or the entry another writer made
+    /// first.
+    fn insert_loaded(&self, key: K, value: V) -> Entry<V> {
+        let deadline = self.engine.deadline(None);
+        let copy = value.clone();
+        let written = self.engine.put(key, value, deadline, |key, current| {
+            check_index(key, 0, current)?;
+            Ok(0)
+        });
+        match written {
+            Ok(w) => Entry::new(copy, 0, w.index, w.index, deadline),
+            Err(Error::Conflict(Conflict {
+                current: Some(current),
+                ..
+            })) => current,
+            Err(_) => unreachable!("a create-only write fails only on a present key"),
+        }
+    }
+
+    /// The key's entry without counting a hit or a miss (a bounded store's second look).
+    fn peek(&self, key: &K) -> Option<Entry<V>> {
+        let guard = self.engine.raw.pin();
+        let table = self.engine.raw.table(&guard);
+        let word = self
+            .engine
+            .raw
+            .find(table, self.engine.raw.hash(key), key)?;
+        // SAFETY: `word` was loaded from a slot of a table reached under `guard`.
+        unsafe { self.engine.resolve(word, &guard) }.map(Entry::of)
     }
 
     /// The weight of the entries a bounded store holds (their number under

@@ -337,3 +337,64 @@ fn keys_that_come_and_go_below_the_bound_leave_no_backlog_behind() {
     }
     assert_eq!((cache.len(), cache.weight()), (1_000, Some(1_000)));
 }
+
+#[test]
+fn concurrent_callers_for_one_missing_key_run_one_loader() {
+    let cache: Store<u64, String> = Store::builder().max_entries(100).build();
+    let loads = std::sync::atomic::AtomicU64::new(0);
+    let barrier = Barrier::new(8);
+    let entries: Vec<caskv::Entry<String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let (cache, loads, barrier) = (&cache, &loads, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    cache.get_or_insert_with(7, || {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(50));
+                        format!("loaded by {t}")
+                    })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "one loader ran");
+    assert!(entries.windows(2).all(|w| w[0] == w[1]), "{entries:?}");
+    assert_eq!(cache.get(&7).unwrap(), entries[0]);
+}
+
+#[test]
+fn a_failed_or_panicking_loader_lets_a_waiting_caller_load_instead() {
+    let cache: Store<u64, u64> = Store::new();
+    // A loader error reaches its own caller only, and nothing is written.
+    let err = cache.try_get_or_insert_with(1, || Err::<u64, &str>("backend down"));
+    assert_eq!(err.unwrap_err(), "backend down");
+    assert!(cache.get(&1).is_none());
+    // A panicking leader: its followers start over, and one of them loads.
+    let barrier = Barrier::new(2);
+    let got = std::thread::scope(|s| {
+        let leader = s.spawn(|| {
+            cache.get_or_insert_with(2, || {
+                barrier.wait(); // the follower is about to wait on this flight
+                std::thread::sleep(Duration::from_millis(50));
+                panic!("loader failed");
+            })
+        });
+        let follower = s.spawn(|| {
+            barrier.wait();
+            cache.get_or_insert_with(2, || 22)
+        });
+        assert!(
+            leader.join().is_err(),
+            "the leader's panic unwinds out of its own call"
+        );
+        follower.join().unwrap()
+    });
+    assert_eq!(got.value, 22);
+    assert_eq!(cache.get(&2).unwrap().value, 22);
+    // A key written by a plain writer while absent for the loader: the loader's caller gets
+    // the entry that is there.
+    cache.set(3, 30);
+    assert_eq!(cache.get_or_insert_with(3, || 31).value, 30);
+}

@@ -34,6 +34,7 @@
 //! again). An eviction looks at up to five times the queued tokens: enough for every entry to
 //! spend its whole frequency and come round once more.
 
+mod flight;
 mod ghost;
 mod stats;
 
@@ -45,6 +46,7 @@ use std::sync::Mutex;
 use crate::cell::{classify, Life, Record, State};
 use crate::engine::Engine;
 use crate::sync::epoch::Guard;
+pub(crate) use flight::{Flights, Landing, Role};
 use ghost::Ghost;
 pub use stats::CacheStats;
 pub(crate) use stats::{Count, Counters};
