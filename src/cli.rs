@@ -146,6 +146,9 @@ enum KvCommand {
         /// Opaque flags to store with the value.
         #[arg(long)]
         flags: Option<u64>,
+        /// Time to live ("30s", "1h 30m"; at most a year): the key is gone once it passes.
+        #[arg(long)]
+        ttl: Option<humantime::Duration>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -409,6 +412,7 @@ fn kv(cmd: KvCommand) -> Outcome {
             value,
             cas,
             flags,
+            ttl,
             remote,
         } => {
             let mut body = json!({ "value": value });
@@ -417,6 +421,9 @@ fn kv(cmd: KvCommand) -> Outcome {
             }
             if let Some(f) = flags {
                 body["flags"] = json!(f);
+            }
+            if let Some(t) = ttl {
+                body["ttl"] = json!(t.to_string());
             }
             let v = call(
                 &remote,

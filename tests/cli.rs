@@ -263,6 +263,27 @@ fn parse_time(s: &str) -> SystemTime {
 }
 
 #[test]
+fn kv_put_with_a_ttl_shows_its_deadline() {
+    let srv = Server::start();
+    let before = SystemTime::now();
+    srv.run(&["kv", "put", "session/1", "u-42", "--ttl", "1h"])
+        .index();
+    let meta = srv.run(&["kv", "get", "session/1", "--metadata"]).json();
+    let at = parse_time(meta["expires_at"].as_str().expect("expires_at"));
+    let left = at.duration_since(before).unwrap();
+    assert!(
+        left > Duration::from_secs(3590) && left <= Duration::from_secs(3601),
+        "{meta}"
+    );
+    // A bad TTL is refused by clap before anything is sent.
+    let bad = srv.run(&["kv", "put", "session/2", "x", "--ttl", "soon"]);
+    assert_eq!(bad.code, Some(2), "stderr {:?}", bad.stderr);
+    assert!(bad.stderr.contains("soon"), "stderr {:?}", bad.stderr);
+    srv.run(&["kv", "get", "session/2"])
+        .fails(3, &["session/2"]);
+}
+
+#[test]
 fn kv_put_get_metadata_list_and_delete() {
     let srv = Server::start();
 
