@@ -101,12 +101,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.raw.hash(key);
-        let table = self.raw.table(guard);
-        let found = self.raw.find(table, hash, key).and_then(|word| {
-            // SAFETY: `word` was loaded from a slot of a table reached under `guard`.
-            self.live(unsafe { visible(word, guard) }?)
-        });
+        let found = self.find_live(key, guard);
         if let Some(policy) = &self.policy {
             match found {
                 Some(record) => {
@@ -117,6 +112,19 @@ where
             }
         }
         found
+    }
+
+    /// The record a reader sees for `key`, without counting the read or bumping its hint.
+    #[inline(always)]
+    pub(crate) fn find_live<'g, Q>(&self, key: &Q, guard: &'g Guard) -> Option<&'g Record<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let table = self.raw.table(guard);
+        let word = self.raw.find(table, self.raw.hash(key), key)?;
+        // SAFETY: `word` was loaded from a slot of a table reached under `guard`.
+        unsafe { self.resolve(word, guard) }
     }
 
     /// What a reader sees through `word`: [`visible`], unless expired.
@@ -179,26 +187,25 @@ where
     #[cold]
     #[inline(never)]
     pub(crate) fn expire(&self, slot: &Cell, word: u64, r: &Record<K, V>, guard: &Guard) -> bool {
-        let done = self.delete_version(slot, word, r, guard);
-        if let (true, Some(policy)) = (done, &self.policy) {
-            policy.counters.add(Count::Expiration);
-        }
-        done
+        self.delete_version(slot, word, r, guard, Count::Expiration)
     }
 
     /// Evicts the version `word` of `slot` (the record `r`): a delete at a fresh index,
     /// journaled as one. Returns whether this call did (else a writer changed the slot first).
     pub(crate) fn evict(&self, slot: &Cell, word: u64, r: &Record<K, V>, guard: &Guard) -> bool {
-        let done = self.delete_version(slot, word, r, guard);
-        if let (true, Some(policy)) = (done, &self.policy) {
-            policy.counters.add(Count::Eviction);
-        }
-        done
+        self.delete_version(slot, word, r, guard, Count::Eviction)
     }
 
     /// CASes `slot` from the record `word` (`r`) to a new tomb at a fresh index; journals the
-    /// delete and tells the policy. Returns whether the CAS won.
-    fn delete_version(&self, slot: &Cell, word: u64, r: &Record<K, V>, guard: &Guard) -> bool {
+    /// delete and tells the policy, which counts it as `cause`. Returns whether the CAS won.
+    fn delete_version(
+        &self,
+        slot: &Cell,
+        word: u64,
+        r: &Record<K, V>,
+        guard: &Guard,
+        cause: Count,
+    ) -> bool {
         let bits = if self.journal.is_some() { UNLOGGED } else { 0 };
         let key = &r.header.keyed.key;
         let index = self.global_index.next();
@@ -218,6 +225,7 @@ where
         }
         if let Some(policy) = &self.policy {
             policy.forget(word, r);
+            policy.counters.add(cause);
         }
         true
     }

@@ -819,13 +819,7 @@ where
     /// The key's entry without counting a hit or a miss (a bounded store's second look).
     fn peek(&self, key: &K) -> Option<Entry<V>> {
         let guard = self.engine.raw.pin();
-        let table = self.engine.raw.table(&guard);
-        let word = self
-            .engine
-            .raw
-            .find(table, self.engine.raw.hash(key), key)?;
-        // SAFETY: `word` was loaded from a slot of a table reached under `guard`.
-        unsafe { self.engine.resolve(word, &guard) }.map(Entry::of)
+        self.engine.find_live(key, &guard).map(Entry::of)
     }
 
     /// The weight of the entries a bounded store holds (their number under

@@ -19,8 +19,8 @@
 //! - **Eviction** (under the shard's lock; never waits for a key): from `small` while it holds
 //!   at least [`SMALL_PERCENT`] of the tokens (or `main` is empty): a token whose entry was
 //!   read since it came in moves to `main` (its frequency spent by one), else the entry is
-//!   evicted and its hash remembered by the ghost. From `main`: an entry with frequency left loses one and goes
-//!   round again, else it is evicted. An entry being written (locked, settling, moved by a
+//!   evicted and its hash remembered by the ghost. From `main`: an entry with frequency left
+//!   loses one and goes round again, else it is evicted. An entry being written (locked, settling, moved by a
 //!   resize) keeps its token at the queue's tail and is passed over. An evicted entry is a
 //!   delete at a fresh index (journaled), as an expiry is.
 //!
@@ -108,7 +108,8 @@ struct Shard {
     bound: u64,
     /// The weight of the entries admitted and not deleted since (see the module docs).
     weight: AtomicI64,
-    /// How many entries that is (the weight, under an entry bound).
+    /// How many entries that is, under a weight bound (under an entry bound it is `weight`,
+    /// and this stays 0).
     entries: AtomicI64,
     queues: Mutex<Queues>,
 }
@@ -118,6 +119,17 @@ struct Queues {
     small: VecDeque<u64>,
     main: VecDeque<u64>,
     ghost: Ghost,
+}
+
+impl Queues {
+    /// Puts `hash` back at the tail of the queue it came from.
+    fn requeue(&mut self, from_small: bool, hash: u64) {
+        if from_small {
+            self.small.push_back(hash);
+        } else {
+            self.main.push_back(hash);
+        }
+    }
 }
 
 /// The eviction policy of a bounded store: its shards and how entries weigh.
@@ -237,8 +249,10 @@ where
             q.small.push_back(hash);
         }
         // Relaxed: counts; the queue lock orders the evictions that read them.
-        shard.weight.fetch_add(weight, Ordering::Relaxed);
-        let entries = shard.entries.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut entries = shard.weight.fetch_add(weight, Ordering::Relaxed) + weight;
+        if self.weigher.is_some() {
+            entries = shard.entries.fetch_add(1, Ordering::Relaxed) + 1;
+        }
         let live = usize::try_from(entries).unwrap_or(0);
         if q.small.len() + q.main.len() > 2 * live + STALE_SLACK {
             drop_stale(&mut q, engine, guard);
@@ -246,8 +260,8 @@ where
         self.evict(shard, &mut q, engine, guard);
     }
 
-    /// A version was replaced by a new one of the same key: count the change of weight, and
-    /// evict if the shard went over.
+    /// A version was replaced by a new one of the same key (`hash`: its hash or a slot word):
+    /// count the change of weight, and evict if the shard went over.
     pub(crate) fn reweigh(
         &self,
         engine: &Engine<K, V>,
@@ -279,11 +293,13 @@ where
         shard
             .weight
             .fetch_sub(self.weigh(record), Ordering::Relaxed);
-        shard.entries.fetch_sub(1, Ordering::Relaxed);
+        if self.weigher.is_some() {
+            shard.entries.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Evicts from `shard` (whose queues `q` we hold) until it is within its bound, or until
-    /// every token was looked at twice without finding an entry that can go.
+    /// it has looked at five times the queued tokens without getting there.
     fn evict(&self, shard: &Shard, q: &mut Queues, engine: &Engine<K, V>, guard: &Guard) {
         // Enough looks for every token to spend a full frequency (3) and still come out once
         // more, plus the stale ones: the bound holds whatever the readers did in between.
@@ -309,11 +325,7 @@ where
                 State::Absent => continue, // stale: deleted
                 State::Locked | State::Unlogged | State::Frozen(_) => {
                     // Being written or moved: pass it over, keep its place in the round.
-                    if from_small {
-                        q.small.push_back(hash);
-                    } else {
-                        q.main.push_back(hash);
-                    }
+                    q.requeue(from_small, hash);
                     continue;
                 }
             };
@@ -322,26 +334,19 @@ where
                 engine.expire(slot, word, record, guard);
                 continue;
             }
+            // Read since it came in (`small`: at least PROMOTE times): spend one read, go (on)
+            // to `main`.
             let hints = record.life.hints();
             let freq = (hints & Life::FREQ) / Life::FREQ_ONE;
-            if from_small && freq >= PROMOTE {
+            if freq >= if from_small { PROMOTE } else { 1 } {
                 record.life.set_hints(hints - Life::FREQ_ONE);
                 q.main.push_back(hash);
                 continue;
             }
-            if !from_small && freq > 0 {
-                record.life.set_hints(hints - Life::FREQ_ONE);
-                q.main.push_back(hash);
-                continue;
-            }
-            if engine.evict(slot, word, record, guard) {
-                if from_small {
-                    q.ghost.insert(hash);
-                }
+            if !engine.evict(slot, word, record, guard) {
+                q.requeue(from_small, hash); // a writer got there first: look again later
             } else if from_small {
-                q.small.push_back(hash); // a writer got there first: look again later
-            } else {
-                q.main.push_back(hash);
+                q.ghost.insert(hash);
             }
         }
     }
