@@ -33,7 +33,7 @@ use std::hash::Hash;
 
 use smallvec::SmallVec;
 
-use crate::cache;
+use crate::cache::{self, Removed};
 use crate::cell::{
     self, classify, visible, Cas, Cell, Life, Lock, Meta, Record, State, Tomb, Txn, Unpublished,
     EMPTY,
@@ -286,6 +286,9 @@ where
     /// The batch's keys: the room for locks of every block it makes.
     keys: usize,
     slots: SmallVec<[HeldSlot<'g>; INLINE_KEYS]>,
+    /// Expiries made by the lock step, told to the listener when this is dropped: after
+    /// `drop` released every slot (a field drops after its struct's `drop`).
+    removed: Removed<'s, K, V>,
 }
 
 impl<'s, 'g, K, V> Held<'s, 'g, K, V>
@@ -305,6 +308,7 @@ where
             // Not `with_capacity`: a small batch's slots stay inline (a vector built and
             // returned by value would be copied into `Held`, a few hundred bytes).
             slots: SmallVec::new(),
+            removed: store.engine.removed(),
         }
     }
 
@@ -362,7 +366,9 @@ where
                     State::Frozen(_) => return Err(Stop::Resizing(table)),
                     State::Present(r) if self.store.engine.live(r).is_none() => {
                         // Expired: its delete comes first, at its own index; then look again.
-                        self.store.engine.expire(slot, word, r, guard);
+                        self.store
+                            .engine
+                            .expire(slot, word, r, guard, &mut self.removed);
                         continue;
                     }
                     State::Absent | State::Present(_) => {

@@ -8,7 +8,7 @@ use std::borrow::Borrow;
 use std::hash::Hash;
 use std::time::Duration;
 
-use crate::cache::{self, Count, Policy};
+use crate::cache::{self, Count, Listener, Policy, RemovalCause, Removed};
 use crate::cell::{
     self, classify, visible, Cas, Cell, Life, Meta, Record, Settling, State, Tomb, Unpublished,
     UNLOGGED,
@@ -35,6 +35,8 @@ pub(crate) struct Engine<K, V> {
     pub(crate) has_deadlines: AtomicBool,
     /// The bound and its eviction policy (`None`: unbounded).
     pub(crate) policy: Option<Policy<K, V>>,
+    /// Told of every eviction and expiry (see [`crate::cache::Removed`]).
+    pub(crate) listener: Option<Listener<K, V>>,
 }
 
 /// A store's settings ([`StoreBuilder`](crate::StoreBuilder)).
@@ -181,30 +183,54 @@ where
         }
     }
 
+    /// Nowhere yet to keep removals for the listener (see [`Removed`]).
+    #[inline]
+    pub(crate) fn removed(&self) -> Removed<'_, K, V> {
+        Removed::new(self.listener.as_ref())
+    }
+
     /// Replaces the expired version `word` of `slot` (the record `r`) with a delete at a fresh
     /// index, journaled as one, as if a writer had deleted it when it expired. Returns whether
-    /// this call did (a lost race changed the slot: the caller looks again).
+    /// this call did (a lost race changed the slot: the caller looks again). The removal is
+    /// kept in `removed` for the listener.
     #[cold]
     #[inline(never)]
-    pub(crate) fn expire(&self, slot: &Cell, word: u64, r: &Record<K, V>, guard: &Guard) -> bool {
-        self.delete_version(slot, word, r, guard, Count::Expiration)
+    pub(crate) fn expire(
+        &self,
+        slot: &Cell,
+        word: u64,
+        r: &Record<K, V>,
+        guard: &Guard,
+        removed: &mut Removed<'_, K, V>,
+    ) -> bool {
+        self.delete_version(slot, word, r, guard, RemovalCause::Expired, removed)
     }
 
     /// Evicts the version `word` of `slot` (the record `r`): a delete at a fresh index,
     /// journaled as one. Returns whether this call did (else a writer changed the slot first).
-    pub(crate) fn evict(&self, slot: &Cell, word: u64, r: &Record<K, V>, guard: &Guard) -> bool {
-        self.delete_version(slot, word, r, guard, Count::Eviction)
+    /// The removal is kept in `removed` for the listener.
+    pub(crate) fn evict(
+        &self,
+        slot: &Cell,
+        word: u64,
+        r: &Record<K, V>,
+        guard: &Guard,
+        removed: &mut Removed<'_, K, V>,
+    ) -> bool {
+        self.delete_version(slot, word, r, guard, RemovalCause::Capacity, removed)
     }
 
     /// CASes `slot` from the record `word` (`r`) to a new tomb at a fresh index; journals the
-    /// delete and tells the policy, which counts it as `cause`. Returns whether the CAS won.
+    /// delete, tells the policy, which counts it by `cause`, and keeps it in `removed` for the
+    /// listener. Returns whether the CAS won.
     fn delete_version(
         &self,
         slot: &Cell,
         word: u64,
         r: &Record<K, V>,
         guard: &Guard,
-        cause: Count,
+        cause: RemovalCause,
+        removed: &mut Removed<'_, K, V>,
     ) -> bool {
         let bits = if self.journal.is_some() { UNLOGGED } else { 0 };
         let key = &r.header.keyed.key;
@@ -225,8 +251,12 @@ where
         }
         if let Some(policy) = &self.policy {
             policy.forget(word, r);
-            policy.counters.add(cause);
+            policy.counters.add(match cause {
+                RemovalCause::Capacity => Count::Eviction,
+                RemovalCause::Expired => Count::Expiration,
+            });
         }
+        removed.push(r, cause);
         true
     }
 
@@ -249,13 +279,15 @@ where
         }
         let guard = self.raw.pin();
         let mut purged = 0;
+        // Holds no lock: each removal is delivered as soon as it is made.
         self.raw.for_each(&guard, |_, slot, word| {
             if word & (cell::LOCKED | cell::UNLOGGED | cell::FROZEN) != 0 {
                 return; // being written or moved: its writer or the next scan sees to it
             }
             // SAFETY: `word` was loaded from a slot under `guard`.
             if let Some(r) = unsafe { visible::<K, V>(word, &guard) } {
-                if self.live(r).is_none() && self.expire(slot, word, r, &guard) {
+                if self.live(r).is_none() && self.expire(slot, word, r, &guard, &mut self.removed())
+                {
                     purged += 1;
                 }
             }
@@ -386,7 +418,8 @@ where
                 State::Present(r) => {
                     if self.live(r).is_none() {
                         // Expired: its delete comes first, at its own index; then look again.
-                        self.expire(slot, word, r, guard);
+                        // (A single-key writer holds no lock: the listener is told here.)
+                        self.expire(slot, word, r, guard, &mut self.removed());
                         return Step::Retry;
                     }
                     Step::Slot {

@@ -97,7 +97,7 @@ pub mod server;
 pub struct ReadmeDoctests;
 
 pub use batch::Op;
-pub use cache::CacheStats;
+pub use cache::{CacheStats, RemovalCause};
 pub use db::Db;
 pub use entry::{Entry, EntryRef};
 pub use error::{Conflict, Error, Expected, StorageError};

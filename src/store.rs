@@ -6,7 +6,7 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::cache::{Bound, Flights, Landing, Policy, Role, Weigher};
+use crate::cache::{Bound, Flights, Landing, Listener, Policy, RemovalCause, Role, Weigher};
 use crate::cell::Record;
 use crate::engine::{check_index, flags_or_kept, value_matches, Config, Engine};
 use crate::entry::{Entry, EntryRef};
@@ -61,6 +61,7 @@ pub struct StoreBuilder<K, V> {
     /// The bound, if any: entries, or weight (with `weigher`).
     bound: Option<u64>,
     weigher: Option<Weigher<K, V>>,
+    listener: Option<Listener<K, V>>,
     /// The store's types, fixed by [`Store::builder`] (`fn` so the builder is `Send` and
     /// `Sync` whatever they are).
     _types: PhantomData<fn() -> (K, V)>,
@@ -73,6 +74,7 @@ impl<K, V> Default for StoreBuilder<K, V> {
             global_index: None,
             bound: None,
             weigher: None,
+            listener: None,
             _types: PhantomData,
         }
     }
@@ -85,6 +87,7 @@ impl<K, V> std::fmt::Debug for StoreBuilder<K, V> {
             .field("global_index", &self.global_index)
             .field("bound", &self.bound)
             .field("weighted", &self.weigher.is_some())
+            .field("listener", &self.listener.is_some())
             .finish()
     }
 }
@@ -198,6 +201,43 @@ impl<K, V> StoreBuilder<K, V> {
         self
     }
 
+    /// Calls `listener` with the key, the version and the cause of every entry the store
+    /// deletes on its own: evicted to keep the bound ([`RemovalCause::Capacity`]), or deleted
+    /// because its time to live ran out ([`RemovalCause::Expired`]; an expired entry is
+    /// reported when its delete is made: by the next write that meets it, by
+    /// [`Store::purge_expired`], or by the policy; a read only sees it as absent).
+    ///
+    /// The listener runs on the thread that made the removal (a writer, or a purge), once
+    /// that thread let go of every lock it held, before the call that made the removal
+    /// returns; so it may read and write this store. Each removal is reported once, with the
+    /// version that was deleted (its `modify_index` is the deleted version's; the delete has
+    /// an index of its own, as every delete does). A listener that panics: the removal stands,
+    /// the other removals are still reported, and the panic resumes in the caller.
+    ///
+    /// ```
+    /// use caskv::{RemovalCause, Store};
+    /// use std::sync::{Arc, Mutex};
+    /// let evicted = Arc::new(Mutex::new(Vec::new()));
+    /// let seen = evicted.clone();
+    /// let cache: Store<u32, String> = Store::builder()
+    ///     .max_entries(1)
+    ///     .eviction_listener(move |key, entry, cause| {
+    ///         seen.lock().unwrap().push((key, entry.value, cause));
+    ///     })
+    ///     .build();
+    /// cache.set(1, "one".into());
+    /// cache.set(2, "two".into()); // over the bound: one of the two goes
+    /// assert_eq!(evicted.lock().unwrap().len(), 1);
+    /// assert_eq!(evicted.lock().unwrap()[0].2, RemovalCause::Capacity);
+    /// ```
+    pub fn eviction_listener(
+        mut self,
+        listener: impl Fn(K, Entry<V>, RemovalCause) + Send + Sync + 'static,
+    ) -> Self {
+        self.listener = Some(Box::new(listener));
+        self
+    }
+
     /// The clock deadlines are read against. Default [`SystemClock`](crate::SystemClock);
     /// tests drive a [`ManualClock`](crate::ManualClock).
     pub fn clock(mut self, clock: StdArc<dyn crate::Clock>) -> Self {
@@ -225,6 +265,7 @@ impl<K, V> StoreBuilder<K, V> {
                     };
                     Policy::new(bound, policy_shards())
                 }),
+                listener: self.listener,
             },
             flights: Flights::new(),
         }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
-use caskv::{Journal, ManualClock, Mutation, Op, Store};
+use caskv::{Journal, ManualClock, Mutation, Op, RemovalCause, Store};
 
 #[test]
 fn the_bound_holds_exactly_once_writes_are_done() {
@@ -397,4 +397,202 @@ fn a_failed_or_panicking_loader_lets_a_waiting_caller_load_instead() {
     // the entry that is there.
     cache.set(3, 30);
     assert_eq!(cache.get_or_insert_with(3, || 31).value, 30);
+}
+
+/// What a listener was told, in order.
+type Told<V> = Arc<Mutex<Vec<(u64, caskv::Entry<V>, RemovalCause)>>>;
+
+fn recording<V: Send + 'static>() -> (Told<V>, impl Fn(u64, caskv::Entry<V>, RemovalCause)) {
+    let told: Told<V> = Arc::default();
+    let sink = told.clone();
+    (told, move |k, e, c| sink.lock().unwrap().push((k, e, c)))
+}
+
+#[test]
+fn the_listener_is_told_of_every_eviction_with_the_version_that_went() {
+    let (told, listener) = recording::<String>();
+    let cache: Store<u64, String> = Store::builder()
+        .max_entries(100)
+        .eviction_listener(listener)
+        .build();
+    let mut written = HashMap::new();
+    for k in 0..1_000u64 {
+        let index = cache.set(k, k.to_string());
+        written.insert(k, index);
+    }
+    let told = told.lock().unwrap();
+    assert_eq!(told.len(), 900);
+    assert_eq!(cache.cache_stats().unwrap().evictions, 900);
+    let present: std::collections::HashSet<u64> = cache.keys().into_iter().collect();
+    for (k, entry, cause) in told.iter() {
+        assert_eq!(*cause, RemovalCause::Capacity);
+        assert_eq!(entry.value, k.to_string());
+        assert_eq!(
+            entry.modify_index, written[k],
+            "the version that was deleted"
+        );
+        assert!(!present.contains(k), "{k} reported evicted but present");
+    }
+    let reported: std::collections::HashSet<u64> = told.iter().map(|t| t.0).collect();
+    assert_eq!(reported.len(), 900, "each eviction reported once");
+}
+
+#[test]
+fn the_listener_is_told_of_expiries_by_writes_purges_batches_and_the_policy() {
+    let clock = Arc::new(ManualClock::new(1_000));
+    let (told, listener) = recording::<u64>();
+    let store: Store<u64, u64> = Store::builder()
+        .clock(clock.clone())
+        .eviction_listener(listener)
+        .build();
+    for k in 0..4 {
+        store.set_with_ttl(k, k, Duration::from_secs(1));
+    }
+    clock.advance(Duration::from_secs(1));
+    // A read sees nothing and reports nothing: the delete is not made yet.
+    assert!(store.get(&0).is_none());
+    assert!(told.lock().unwrap().is_empty());
+    store.set(0, 10); // a single-key write meets it
+    store.batch(vec![Op::set(1, 11)]).unwrap(); // a batch's lock step meets it
+    assert_eq!(store.purge_expired(), 2); // the purge takes the rest
+    let mut seen: Vec<(u64, u64, RemovalCause)> = told
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, e, c)| (*k, e.value, *c))
+        .collect();
+    seen.sort_unstable_by_key(|t| t.0);
+    let expired = RemovalCause::Expired;
+    assert_eq!(
+        seen,
+        [
+            (0, 0, expired),
+            (1, 1, expired),
+            (2, 2, expired),
+            (3, 3, expired)
+        ]
+    );
+
+    // The policy of a bounded store deletes an expired entry before a live one.
+    let (told, listener) = recording::<u64>();
+    let cache: Store<u64, u64> = Store::builder()
+        .max_entries(4)
+        .clock(clock.clone())
+        .eviction_listener(listener)
+        .build();
+    cache.set_with_ttl(1, 1, Duration::from_millis(5));
+    for k in 2..5 {
+        cache.set(k, k);
+    }
+    clock.advance(Duration::from_millis(5));
+    cache.set(9, 9);
+    let told = told.lock().unwrap();
+    assert_eq!(told.len(), 1);
+    assert_eq!((told[0].0, told[0].2), (1, RemovalCause::Expired));
+}
+
+#[test]
+fn a_listener_may_use_the_store_it_listens_to() {
+    // The listener writes each evicted key into the same store's "graveyard" range (which is
+    // itself bounded, so it evicts and calls the listener again, on the same thread): it must
+    // run with no lock held, or this would wait on itself.
+    let cell: Arc<std::sync::OnceLock<std::sync::Weak<Store<u64, u64>>>> = Arc::default();
+    let reach = cell.clone();
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = calls.clone();
+    let cache = Arc::new(
+        Store::builder()
+            .max_entries(64)
+            .eviction_listener(move |k: u64, e: caskv::Entry<u64>, _| {
+                counted.fetch_add(1, Ordering::Relaxed);
+                if let Some(store) = reach.get().and_then(std::sync::Weak::upgrade) {
+                    assert!(store.get(&k).is_none(), "reported before it was gone");
+                    if k < 1 << 32 {
+                        store.set(k | 1 << 32, e.value);
+                    }
+                }
+            })
+            .build(),
+    );
+    cell.set(Arc::downgrade(&cache)).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let cache = &cache;
+            s.spawn(move || {
+                for i in 0..2_000 {
+                    let k = t * 10_000 + i;
+                    if i % 7 == 0 {
+                        cache
+                            .batch(vec![Op::set(k, k), Op::set(k + 5_000, k)])
+                            .unwrap();
+                    } else {
+                        cache.set(k, k);
+                    }
+                }
+            });
+        }
+    });
+    assert!(cache.len() <= 64);
+    let evictions = cache.cache_stats().unwrap().evictions;
+    assert!(evictions > 4_000, "{evictions} evictions");
+    assert_eq!(calls.load(Ordering::Relaxed), evictions);
+}
+
+#[test]
+fn concurrent_evictions_are_each_reported_exactly_once() {
+    let (told, listener) = recording::<u64>();
+    let cache: Store<u64, u64> = Store::builder()
+        .max_entries(500)
+        .eviction_listener(listener)
+        .build();
+    let threads = 4u64;
+    let per = 5_000u64;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let cache = &cache;
+            s.spawn(move || {
+                for i in 0..per {
+                    let k = t * per + i; // every key written once
+                    cache.set(k, k);
+                    if i % 3 == 0 {
+                        cache.get(&(k / 2));
+                    }
+                }
+            });
+        }
+    });
+    let told = told.lock().unwrap();
+    let mut reported: Vec<u64> = told.iter().map(|t| t.0).collect();
+    reported.sort_unstable();
+    let before = reported.len();
+    reported.dedup();
+    assert_eq!(reported.len(), before, "a key reported twice");
+    let mut all: Vec<u64> = cache.keys();
+    all.extend(&reported);
+    all.sort_unstable();
+    let expected: Vec<u64> = (0..threads * per).collect();
+    assert_eq!(
+        all, expected,
+        "every key is present or reported, never both"
+    );
+    assert_eq!(told.len() as u64, cache.cache_stats().unwrap().evictions);
+}
+
+#[test]
+fn a_panicking_listener_leaves_the_removal_made_and_resumes_in_the_caller() {
+    let cache: Store<u64, u64> = Store::builder()
+        .max_entries(1)
+        .eviction_listener(|k, _, _| {
+            if k == 1 {
+                panic!("listener failed on {k}")
+            }
+        })
+        .build();
+    cache.set(1, 1);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cache.set(2, 2)));
+    assert!(caught.is_err(), "the listener's panic reaches the caller");
+    assert_eq!(cache.keys(), [2]);
+    assert_eq!(cache.weight(), Some(1));
+    cache.set(3, 3); // still works; 2 is evicted quietly
+    assert_eq!(cache.keys(), [3]);
 }

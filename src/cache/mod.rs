@@ -36,6 +36,7 @@
 
 mod flight;
 mod ghost;
+mod listener;
 mod stats;
 
 use std::collections::VecDeque;
@@ -48,6 +49,8 @@ use crate::engine::Engine;
 use crate::sync::epoch::Guard;
 pub(crate) use flight::{Flights, Landing, Role};
 use ghost::Ghost;
+pub use listener::RemovalCause;
+pub(crate) use listener::{Listener, Removed};
 pub use stats::CacheStats;
 pub(crate) use stats::{Count, Counters};
 
@@ -257,7 +260,10 @@ where
         if q.small.len() + q.main.len() > 2 * live + STALE_SLACK {
             drop_stale(&mut q, engine, guard);
         }
-        self.evict(shard, &mut q, engine, guard);
+        let mut removed = engine.removed();
+        self.evict(shard, &mut q, engine, guard, &mut removed);
+        drop(q); // the listener is told after the shard's lock is let go
+        drop(removed);
     }
 
     /// A version was replaced by a new one of the same key (`hash`: its hash or a slot word):
@@ -281,8 +287,11 @@ where
         // Relaxed: as in `admit`.
         let now = shard.weight.fetch_add(delta, Ordering::Relaxed) + delta;
         if now > shard.bound as i64 {
+            let mut removed = engine.removed();
             let mut q = lock(&shard.queues);
-            self.evict(shard, &mut q, engine, guard);
+            self.evict(shard, &mut q, engine, guard, &mut removed);
+            drop(q); // the listener is told after the shard's lock is let go
+            drop(removed);
         }
     }
 
@@ -299,8 +308,16 @@ where
     }
 
     /// Evicts from `shard` (whose queues `q` we hold) until it is within its bound, or until
-    /// it has looked at five times the queued tokens without getting there.
-    fn evict(&self, shard: &Shard, q: &mut Queues, engine: &Engine<K, V>, guard: &Guard) {
+    /// it has looked at five times the queued tokens without getting there. What it deletes
+    /// is kept in `removed`, for the listener once the lock is let go.
+    fn evict(
+        &self,
+        shard: &Shard,
+        q: &mut Queues,
+        engine: &Engine<K, V>,
+        guard: &Guard,
+        removed: &mut Removed<'_, K, V>,
+    ) {
         // Enough looks for every token to spend a full frequency (3) and still come out once
         // more, plus the stale ones: the bound holds whatever the readers did in between.
         let mut budget = 5 * (q.small.len() + q.main.len()) + 2;
@@ -331,7 +348,7 @@ where
             };
             if engine.live(record).is_none() {
                 // Expired: its delete is due anyway (`expire` forgets its weight).
-                engine.expire(slot, word, record, guard);
+                engine.expire(slot, word, record, guard, removed);
                 continue;
             }
             // Read since it came in (`small`: at least PROMOTE times): spend one read, go (on)
@@ -343,7 +360,7 @@ where
                 q.main.push_back(hash);
                 continue;
             }
-            if !engine.evict(slot, word, record, guard) {
+            if !engine.evict(slot, word, record, guard, removed) {
                 q.requeue(from_small, hash); // a writer got there first: look again later
             } else if from_small {
                 q.ghost.insert(hash);
