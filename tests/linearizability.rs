@@ -27,12 +27,12 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Barrier, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::Instant;
 
-use caskv::Store;
+use caskv::{Journal, ManualClock, Mutation, Store};
 use support::lin::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -122,6 +122,7 @@ impl MutexState {
             flags: flags.unwrap_or_else(|| old.as_ref().map_or(0, |v| v.flags)),
             modify: index,
             create: old.as_ref().map_or(index, |v| v.create),
+            deadline: 0,
         };
         if let Some(old) = old {
             self.prev.insert(key, old);
@@ -156,7 +157,14 @@ impl Target for MutexStore {
         let mut s = self.inner.lock().unwrap();
         match call {
             // Only the fuzz target calls these; the workloads of this file never do.
-            Call::SetCasFlags(..) | Call::Update(..) | Call::GetMany(_) => {
+            // And the timed workloads run against caskv alone.
+            Call::SetCasFlags(..)
+            | Call::Update(..)
+            | Call::GetMany(_)
+            | Call::SetTtl(..)
+            | Call::Purge
+            | Call::Advance(_)
+            | Call::Expire(..) => {
                 unreachable!("the reference store does not model {call:?}")
             }
             Call::Get(k) | Call::PinnedGet(k) => {
@@ -281,6 +289,9 @@ struct Workload {
     keys: u8,
     /// Percentage of operations that are batches (0 for per-key histories).
     batch_percent: u8,
+    /// Percentage of single-key operations that are sets with a TTL of 1–4 ms of the store's
+    /// test clock, or (one in five of those) purges (0 but for timed histories).
+    ttl_percent: u8,
     /// How many operations a thread may run ahead of the slowest one. With more threads than
     /// cores, a round would otherwise be over before the scheduler ever ran the threads it did
     /// not start first, and those would never overlap the others.
@@ -377,6 +388,12 @@ fn random_call(rng: &mut fastrand::Rng, view: &View, w: &Workload) -> Call {
     }
     let k = rng.u8(0..w.keys);
     let v = rng.u32(0..4);
+    if rng.u8(0..100) < w.ttl_percent {
+        return match rng.u8(0..5) {
+            0 => Call::Purge,
+            _ => Call::SetTtl(k, v, rng.u64(1..=4)),
+        };
+    }
     match rng.u8(0..100) {
         0..=21 => Call::Get(k),
         22..=29 => Call::PinnedGet(k),
@@ -390,20 +407,29 @@ fn random_call(rng: &mut fastrand::Rng, view: &View, w: &Workload) -> Call {
 }
 
 /// Runs one round of `w` against `target` and returns its history.
+fn record<T: Target>(target: &T, w: &Workload, seed: u64) -> Vec<Event<Record>> {
+    record_on(target, w, seed, &AtomicU64::new(0))
+}
+
+/// [`record`], stamping `clock` (a timed history records several phases on one clock).
 ///
 /// Each thread stamps the shared logical clock right before each call and right after each
 /// return. The stamps are SeqCst read-modify-writes of one atomic, so an operation whose return
 /// stamp is below another's call stamp happens-before it: real-time order as the checker needs
 /// it, without wall time.
-fn record<T: Target>(target: &T, w: &Workload, seed: u64) -> Vec<Event<Record>> {
-    let clock = AtomicU64::new(0);
+fn record_on<T: Target>(
+    target: &T,
+    w: &Workload,
+    seed: u64,
+    clock: &AtomicU64,
+) -> Vec<Event<Record>> {
     let start = Barrier::new(w.threads);
     // Operations completed by each thread, for the lockstep.
     let done: Vec<AtomicUsize> = (0..w.threads).map(|_| AtomicUsize::new(0)).collect();
     let per_thread: Vec<Vec<Event<Record>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..w.threads)
             .map(|t| {
-                let (clock, start, done) = (&clock, &start, &done);
+                let (start, done) = (&start, &done);
                 s.spawn(move || {
                     let mut rng =
                         fastrand::Rng::with_seed(seed ^ (t as u64).wrapping_mul(0x9e37_79b9));
@@ -484,6 +510,7 @@ fn workload(mode: Mode, round: usize) -> Workload {
         ops_per_thread,
         keys: 2 + (round % 3) as u8,
         batch_percent,
+        ttl_percent: 0,
         window: [1, 2, 4][(round / 6) % 3],
     }
 }
@@ -576,6 +603,166 @@ fn histories_with_batches_are_linearizable_as_a_whole_map() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Time: an expiry is a delete at its own index
+// ---------------------------------------------------------------------------------------------
+
+/// Where a timed history's store clock starts, in ms.
+const TIMED_START_MS: u64 = 1_000;
+/// The phases of a timed history, and how far the clock moves between two (TTLs are 1–4 ms, so
+/// versions written in one phase expire one or two phases later).
+const PHASES: usize = 4;
+const STEP_MS: u64 = 2;
+
+/// What a timed round's journal saw: each delete (key, index) with the logical instant it was
+/// recorded at, which is after the delete became visible.
+#[derive(Default)]
+struct DeleteLog {
+    clock: AtomicU64,
+    deletes: Mutex<Vec<(Key, u64, u64)>>,
+}
+
+/// The journal of a timed round's store.
+struct DeleteJournal(Arc<DeleteLog>);
+
+impl Journal<Key, u32> for DeleteJournal {
+    fn record(&self, m: Mutation<'_, Key, u32>) -> u64 {
+        if let Mutation::Delete { key, index } = m {
+            // SeqCst: one total order with the history's stamps.
+            let stamp = self.0.clock.fetch_add(1, Ordering::SeqCst);
+            self.0.deletes.lock().unwrap().push((*key, index, stamp));
+        }
+        0
+    }
+}
+
+/// Runs `rounds` timed histories: a journaled store on a test clock; phases of random
+/// operations (batches, sets with TTLs, purges) with the clock moved between them while no
+/// operation runs. Each delete the store journaled that no operation returned is an expiry,
+/// added to the history as a [`Call::Expire`] between the start of its phase and the moment
+/// it was journaled; the whole history must then be linearizable under the map model, and the
+/// eviction listener must have been told of each expiry once. Returns (operations checked,
+/// expiries among them).
+fn run_timed_rounds(rounds: usize) -> (usize, usize) {
+    let seed = base_seed();
+    let started = Instant::now();
+    let (mut ops, mut expiries) = (0, 0);
+    for round in 0..rounds {
+        let w = Workload {
+            ttl_percent: 35,
+            ..workload(Mode::Map, round)
+        };
+        let log = Arc::new(DeleteLog::default());
+        let time = Arc::new(ManualClock::new(TIMED_START_MS));
+        let told = Arc::new(AtomicUsize::new(0));
+        let counted = told.clone();
+        let store: Store<Key, u32> = Store::builder()
+            .clock(time.clone())
+            .eviction_listener(move |_, _, cause| {
+                assert_eq!(cause, caskv::RemovalCause::Expired);
+                counted.fetch_add(1, Ordering::SeqCst);
+            })
+            .build_journaled(Box::new(DeleteJournal(log.clone())));
+        let round_seed = seed.wrapping_add(round as u64);
+        let clock = &log.clock;
+        let mut history = Vec::new();
+        // Each phase's first stamp: `keys` stamps reserved for the calls of its expiries (at
+        // most one per key: a version written in a phase expires in a later one).
+        let mut phase_starts = Vec::new();
+        for phase in 0..PHASES {
+            if phase > 0 {
+                let t0 = clock.fetch_add(1, Ordering::SeqCst);
+                time.advance(std::time::Duration::from_millis(STEP_MS));
+                let t1 = clock.fetch_add(1, Ordering::SeqCst);
+                history.push(Event {
+                    op: Record {
+                        call: Call::Advance(STEP_MS),
+                        outcome: Outcome::Nothing,
+                    },
+                    call: t0,
+                    ret: t1,
+                    thread: w.threads,
+                });
+            }
+            phase_starts.push(clock.fetch_add(u64::from(w.keys), Ordering::SeqCst));
+            let phase_seed = round_seed ^ (phase as u64).wrapping_mul(0x51_7cc1_b727_220a);
+            history.extend(record_on(&store, &w, phase_seed, clock));
+        }
+        let returned: HashSet<u64> = history
+            .iter()
+            .filter_map(|e| match e.op.outcome {
+                Outcome::Wrote(i) => Some(i),
+                _ => None,
+            })
+            .collect();
+        let mut in_phase = [0u64; PHASES];
+        let mut expired = 0;
+        for &(key, index, stamp) in log.deletes.lock().unwrap().iter() {
+            if returned.contains(&index) {
+                continue; // a delete some operation made and returned
+            }
+            let phase = phase_starts.iter().rposition(|&s| s < stamp).unwrap();
+            assert!(
+                phase > 0,
+                "an expiry before the clock moved: {key} at {index}"
+            );
+            let call = phase_starts[phase] + in_phase[phase];
+            in_phase[phase] += 1;
+            assert!(
+                in_phase[phase] <= u64::from(w.keys),
+                "two expiries of one key in a phase"
+            );
+            history.push(Event {
+                op: Record {
+                    call: Call::Expire(key, index),
+                    outcome: Outcome::Nothing,
+                },
+                call,
+                ret: stamp,
+                thread: w.threads + 1,
+            });
+            expired += 1;
+        }
+        assert_eq!(
+            told.load(Ordering::SeqCst),
+            expired,
+            "round {round}: the listener was not told of each expiry once"
+        );
+        let model = MapModel {
+            keys: usize::from(w.keys),
+            max_batch: caskv::defaults::MAX_BATCH,
+            start_ms: TIMED_START_MS,
+        };
+        if let Err(report) =
+            check_unique_indices(&history).and_then(|()| check_map_model(&model, &history))
+        {
+            panic!("timed round {round} (seed {round_seed}, {w:?}): {report}");
+        }
+        ops += history.len();
+        expiries += expired;
+    }
+    eprintln!(
+        "linearizability with time: {ops} operations ({expiries} expiries) in {rounds} \
+         histories checked in {:.2?} (seed {seed})",
+        started.elapsed()
+    );
+    (ops, expiries)
+}
+
+#[test]
+fn expiries_are_deletes_at_their_own_indices_in_each_keys_order() {
+    let rounds = rounds() / 4;
+    let (ops, expiries) = run_timed_rounds(rounds);
+    assert!(
+        ops >= rounds * 36 * PHASES,
+        "too few operations checked: {ops}"
+    );
+    assert!(
+        expiries >= rounds,
+        "too few expiries to tell anything: {expiries} in {rounds} rounds"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Self-tests: the checker accepts what it must and rejects what it must
 // ---------------------------------------------------------------------------------------------
 
@@ -585,6 +772,7 @@ fn ver(value: u32, modify: u64, create: u64) -> Option<Ver> {
         flags: 0,
         modify,
         create,
+        deadline: 0,
     })
 }
 
@@ -635,6 +823,81 @@ fn hand_written_linearizable_histories_pass() {
         ev(1, Call::Get(1), Read(ver(2, 3, 2)), (9, 10)),
     ];
     check_map(&h, 2).unwrap();
+}
+
+/// The map model with time, on hand-written histories: a version with a TTL is gone for readers
+/// once the clock passes its deadline, and its expiry is a delete at an index of its own, in
+/// the key's order (above what the key carried, below the write that met it).
+#[test]
+fn hand_written_histories_with_time() {
+    use Outcome::*;
+    let model = MapModel {
+        keys: 1,
+        max_batch: 4,
+        start_ms: 100,
+    };
+    let verdict = |h: &[Event<Record>]| match check(&model, h) {
+        Ok(()) => true,
+        Err(Rejection::NotLinearizable { .. }) => false,
+        Err(why) => panic!("{why:?}"),
+    };
+    let with_ttl = |value, modify, create, deadline| {
+        Some(Ver {
+            value,
+            flags: 0,
+            modify,
+            create,
+            deadline,
+        })
+    };
+    // Written at 100 with 5 ms to live, read before the clock moves; then the clock moves 5.
+    let start = || {
+        vec![
+            ev(0, Call::SetTtl(0, 1, 5), Wrote(1), (0, 1)),
+            ev(1, Call::Get(0), Read(with_ttl(1, 1, 1, 105)), (2, 3)),
+            ev(2, Call::Advance(5), Nothing, (4, 5)),
+        ]
+    };
+    assert!(verdict(&start()));
+    // A wrong deadline is caught.
+    let mut h = start();
+    h[1] = ev(1, Call::Get(0), Read(with_ttl(1, 1, 1, 106)), (2, 3));
+    assert!(!verdict(&h));
+    // After the clock passed the deadline, a read sees nothing, delete or no delete yet.
+    let mut h = start();
+    h.push(ev(1, Call::Get(0), Read(None), (6, 7)));
+    assert!(verdict(&h));
+    h.push(ev(1, Call::Get(0), Read(with_ttl(1, 1, 1, 105)), (8, 9)));
+    assert!(!verdict(&h), "an expired version was read");
+    // A write meets the expired version: the expiry's delete comes first, at its own index,
+    // and the write creates the key afresh.
+    let met = |expire_index, write_index, read| {
+        let mut h = start();
+        h.push(ev(3, Call::Expire(0, expire_index), Nothing, (6, 9)));
+        h.push(ev(0, Call::Set(0, 7), Wrote(write_index), (7, 8)));
+        h.push(ev(1, Call::Get(0), Read(read), (10, 11)));
+        h
+    };
+    assert!(verdict(&met(2, 3, with_ttl(7, 3, 3, 0))));
+    assert!(
+        !verdict(&met(3, 2, with_ttl(7, 2, 2, 0))),
+        "an expiry's delete came after the write that met it"
+    );
+    assert!(
+        !verdict(&met(2, 3, with_ttl(7, 3, 1, 0))),
+        "the write kept the expired version's create index"
+    );
+    assert!(
+        !verdict(&met(1, 3, with_ttl(7, 3, 3, 0))),
+        "the expiry reused the index of the version it deleted"
+    );
+    // An expiry of a key that is not expired is caught.
+    let early = vec![
+        ev(0, Call::SetTtl(0, 1, 5), Wrote(1), (0, 1)),
+        ev(3, Call::Expire(0, 2), Nothing, (2, 3)),
+        ev(1, Call::Get(0), Read(with_ttl(1, 1, 1, 105)), (4, 5)),
+    ];
+    assert!(!verdict(&early));
 }
 
 #[test]

@@ -9,7 +9,7 @@
 mod model;
 
 use caskv::Store;
-use model::{Action, BatchAction, Model, Pick, V};
+use model::{Action, BatchAction, Model, Pick, Setup, V};
 use proptest::prelude::*;
 
 fn key() -> impl Strategy<Value = String> {
@@ -64,14 +64,45 @@ fn action() -> impl Strategy<Value = Action> {
     ]
 }
 
+/// Every action, and those of time: writes with a TTL, the clock moving, purges. TTLs and
+/// steps of the clock are a few ms, so that versions expire between steps and writes meet
+/// them.
+fn timed_action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        6 => action(),
+        2 => (key(), 0u8..3, 0u64..6).prop_map(|(k, v, ttl)| Action::SetTtl(k, v, ttl)),
+        1 => (key(), 0u8..3, pick(), 0u64..6)
+            .prop_map(|(k, v, p, ttl)| Action::SetCasTtl(k, v, p, ttl)),
+        2 => (0u64..4).prop_map(Action::Advance),
+        1 => Just(Action::Purge),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// After every step a full scan agrees, indices included, and so does the high-water mark.
     #[test]
     fn store_matches_sequential_model(actions in proptest::collection::vec(action(), 1..60)) {
-        let store: Store<String, V> = Store::builder().max_batch(5).build();
-        let mut model = Model::new(0, 5);
+        let mut model = Model::new(Setup::plain(0, 5));
+        let store: Store<String, V> = model.store();
+        for (step, action) in actions.into_iter().enumerate() {
+            model.step(&store, step, action);
+        }
+    }
+
+    /// The same with time and the cache side: TTLs under a test clock, a default TTL, and an
+    /// entry bound below the number of keys. Each expiry and eviction is a delete at its own
+    /// index, reported to the listener with the version it deleted; the bound and the weight
+    /// are exact after every step.
+    #[test]
+    fn bounded_store_with_ttls_matches_sequential_model(
+        bound in proptest::option::of(0u64..6),
+        default_ttl in proptest::option::of(0u64..8),
+        actions in proptest::collection::vec(timed_action(), 1..80),
+    ) {
+        let mut model = Model::new(Setup { start: 0, max_batch: 5, bound, default_ttl });
+        let store: Store<String, V> = model.store();
         for (step, action) in actions.into_iter().enumerate() {
             model.step(&store, step, action);
         }

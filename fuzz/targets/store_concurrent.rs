@@ -353,6 +353,7 @@ pub fn run(data: &[u8]) {
     let model = MapModel {
         keys: usize::from(keys),
         max_batch: MAX_BATCH,
+        start_ms: 0,
     };
     if let Err(report) = check_map_model(&model, &history) {
         panic!("{keys} keys, window {window}: {report}");

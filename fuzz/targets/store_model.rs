@@ -8,6 +8,13 @@
 //! errors (kind, key, condition and the current entry they hand back), a full scan with
 //! `entries()` and the global index's high-water mark must all agree with the model.
 //!
+//! Time and the cache side: the store reads a test clock that only `Advance` moves; writes may
+//! carry a TTL, the store may have a default TTL and an entry bound (up to 7, below the number
+//! of keys), and `Purge` deletes what expired. Every expiry and eviction is a delete at its own
+//! index, reported to the eviction listener with the version it deleted, which the model checks
+//! (see `tests/support/model.rs`); a bounded store's weight and bound are checked after every
+//! step.
+//!
 //! The store may start above a high-water mark, up to the highest one allowed
 //! (`GlobalIndex::LIMIT - 1`): indices must go on increasing past it without wrapping. A mark at
 //! or above the limit must be refused by `GlobalIndex::try_starting_after`.
@@ -22,7 +29,7 @@ use caskv::{GlobalIndex, Store};
 #[path = "../../tests/support/model.rs"]
 mod model;
 
-use model::{Model, V};
+use model::{Model, Setup, V};
 
 /// The keys operations pick from: few, so that operations meet on the same keys, and with a
 /// shared prefix and the empty key (valid for the library).
@@ -33,6 +40,9 @@ const PREFIXES: [&str; 5] = ["", "d", "d/", "a", "x"];
 
 /// The most actions one input runs.
 const MAX_ACTIONS: usize = 64;
+
+/// TTLs and steps of the clock are below this many ms: a few steps make versions expire.
+const TIME_SPAN: u8 = 8;
 
 /// A key, by position in [`KEYS`].
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -81,6 +91,12 @@ enum Action {
     Batch(Vec<BatchAction>),
     GetMany(Vec<K>),
     Keys(u8),
+    /// A TTL of `n % TIME_SPAN` ms.
+    SetTtl(K, V, u8),
+    SetCasTtl(K, V, Pick, u8),
+    /// `n % TIME_SPAN` ms.
+    Advance(u8),
+    Purge,
 }
 
 /// [`model::BatchAction`].
@@ -99,6 +115,10 @@ struct Input {
     start: Start,
     /// `max_batch` is `1 + max_batch % 6`.
     max_batch: u8,
+    /// An entry bound of `n % 8`.
+    bound: Option<u8>,
+    /// A default TTL of `n % TIME_SPAN` ms.
+    default_ttl: Option<u8>,
     actions: Vec<Action>,
 }
 
@@ -137,8 +157,17 @@ impl Action {
                 A::GetMany(keys.into_iter().take(max_batch + 1).map(K::name).collect())
             }
             Action::Keys(p) => A::Keys(PREFIXES[usize::from(p) % PREFIXES.len()]),
+            Action::SetTtl(k, v, ttl) => A::SetTtl(k.name(), v, span(ttl)),
+            Action::SetCasTtl(k, v, pick, ttl) => A::SetCasTtl(k.name(), v, pick.into(), span(ttl)),
+            Action::Advance(ms) => A::Advance(span(ms)),
+            Action::Purge => A::Purge,
         }
     }
+}
+
+/// A span of time in ms below [`TIME_SPAN`].
+fn span(n: u8) -> u64 {
+    u64::from(n % TIME_SPAN)
 }
 
 impl BatchAction {
@@ -177,11 +206,13 @@ pub fn run(data: &[u8]) {
         Start::NearLimit(n) => GlobalIndex::LIMIT - 1 - u64::from(n),
     };
     let max_batch = 1 + usize::from(input.max_batch % 6);
-    let store: Store<String, V> = Store::builder()
-        .start_after(start)
-        .max_batch(max_batch)
-        .build();
-    let mut model = Model::new(start, max_batch);
+    let mut model = Model::new(Setup {
+        start,
+        max_batch,
+        bound: input.bound.map(|n| u64::from(n % 8)),
+        default_ttl: input.default_ttl.map(span),
+    });
+    let store: Store<String, V> = model.store();
     for (step, action) in input.actions.into_iter().enumerate() {
         model.step(&store, step, action.resolve(max_batch));
     }

@@ -25,6 +25,16 @@
 //! looking at any key ([`Outcome::Invalid`]: an empty, oversized or duplicate-key batch, a
 //! delete-CAS at 0), which must change nothing and be refused exactly when the model says so.
 //!
+//! # Time
+//! The map model also runs histories with time in them: versions written with a TTL
+//! ([`Call::SetTtl`]) carry a deadline on the store's test clock, which only the harness moves,
+//! between phases in which no operation runs ([`Call::Advance`]; its effect on the model: every
+//! version whose deadline came is gone, as a reader must see it at once). An expired version is
+//! deleted at an index of its own by whichever writer (or [`Call::Purge`]) meets it first; the
+//! harness learns these deletes from the store's journal and adds each as a [`Call::Expire`],
+//! which must find the key gone (expired) and take an index above every index the key carried,
+//! and below every later write's: an expiry is a delete at its index, in the key's order.
+//!
 //! The global index cannot be predicted by a model (indices are drawn from one counter, and
 //! races consume some), so the models check what the store returned instead: a successful write
 //! must return an index above every index this key ever carried (including the index of its
@@ -249,13 +259,16 @@ pub fn explain<O: fmt::Debug>(history: &[Event<O>], why: &Rejection) -> String {
 /// A key of the tested store.
 pub type Key = u8;
 
-/// A version as a reader sees it. Printed as `value/flags@modify_index^create_index`.
+/// A version as a reader sees it. Printed as `value/flags@modify_index^create_index`, then
+/// `~deadline` if it has one.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Ver {
     pub value: u32,
     pub flags: u64,
     pub modify: u64,
     pub create: u64,
+    /// When it expires, in ms of the store's clock (0: never).
+    pub deadline: u64,
 }
 
 impl fmt::Debug for Ver {
@@ -264,8 +277,22 @@ impl fmt::Debug for Ver {
             f,
             "{}/{}@{}^{}",
             self.value, self.flags, self.modify, self.create
-        )
+        )?;
+        if self.deadline != 0 {
+            write!(f, "~{}", self.deadline)?;
+        }
+        Ok(())
     }
+}
+
+/// A deadline as ms since the epoch (0: none).
+fn deadline_ms(at: Option<std::time::SystemTime>) -> u64 {
+    at.map_or(0, |t| {
+        let since = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("a deadline after the epoch");
+        u64::try_from(since.as_millis()).expect("a deadline in range")
+    })
 }
 
 impl Ver {
@@ -275,6 +302,7 @@ impl Ver {
             flags: e.flags,
             modify: e.modify_index,
             create: e.create_index,
+            deadline: deadline_ms(e.expires_at()),
         }
     }
 
@@ -284,6 +312,7 @@ impl Ver {
             flags: e.flags,
             modify: e.modify_index,
             create: e.create_index,
+            deadline: deadline_ms(e.expires_at()),
         }
     }
 }
@@ -308,6 +337,14 @@ pub enum Call {
     Batch(Vec<BatchOp>),
     /// [`Store::get_many`]: one snapshot of these keys (a key may be listed twice).
     GetMany(Vec<Key>),
+    /// [`Store::set_with_ttl`] with a TTL of this many ms (0: none).
+    SetTtl(Key, u32, u64),
+    /// [`Store::purge_expired`] (its count is not checked: writers race it to each delete).
+    Purge,
+    /// The harness moved the store's clock this many ms, with no operation running.
+    Advance(u64),
+    /// The store deleted the key's expired version at this index (learnt from its journal).
+    Expire(Key, u64),
 }
 
 /// One operation of a batch. Keys within one batch should be distinct; a batch naming a key
@@ -376,8 +413,10 @@ impl Call {
             | Call::Delete(k)
             | Call::DeleteCas(k, _)
             | Call::Cas(k, _, _)
-            | Call::Update(k, _) => Some(*k),
-            Call::Batch(_) | Call::GetMany(_) => None,
+            | Call::Update(k, _)
+            | Call::SetTtl(k, _, _)
+            | Call::Expire(k, _) => Some(*k),
+            Call::Batch(_) | Call::GetMany(_) | Call::Purge | Call::Advance(_) => None,
         }
     }
 
@@ -488,12 +527,14 @@ pub fn failure(call: &Call, err: Error<Key, u32>) -> Outcome {
 // The sequential models
 // ---------------------------------------------------------------------------------------------
 
-/// One key in a model: its current version, and the highest index it ever carried (a
-/// delete's index included), which every later write must exceed.
+/// One key in a model: its current version, the highest index it ever carried (a delete's
+/// index included), which every later write must exceed, and the model's clock (ms; the same
+/// in every key of a map state), which a TTL's deadline counts from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct KeyState {
     pub current: Option<Ver>,
     pub floor: u64,
+    pub now: u64,
 }
 
 impl KeyState {
@@ -519,6 +560,17 @@ impl KeyState {
     /// `None` keep the current ones (0 for a new key); the create index is kept on an update and
     /// is the write's own index on a creation.
     pub fn written(&self, value: u32, flags: Option<u64>, index: u64) -> Option<KeyState> {
+        self.written_until(value, flags, index, 0)
+    }
+
+    /// [`written`](KeyState::written), the version expiring at `deadline` (0: never).
+    pub fn written_until(
+        &self,
+        value: u32,
+        flags: Option<u64>,
+        index: u64,
+        deadline: u64,
+    ) -> Option<KeyState> {
         if index <= self.floor {
             return None;
         }
@@ -532,8 +584,10 @@ impl KeyState {
                 flags,
                 modify: index,
                 create,
+                deadline,
             }),
             floor: index,
+            now: self.now,
         })
     }
 
@@ -542,7 +596,23 @@ impl KeyState {
         (index > self.floor).then_some(KeyState {
             current: None,
             floor: index,
+            now: self.now,
         })
+    }
+
+    /// The state once the clock moved `ms` on: a version whose deadline came is gone (its
+    /// delete, at an index of its own, comes as a [`Call::Expire`]).
+    pub fn advanced(&self, ms: u64) -> KeyState {
+        let now = self.now + ms;
+        let expired = self
+            .current
+            .as_ref()
+            .is_some_and(|v| v.deadline != 0 && now >= v.deadline);
+        KeyState {
+            current: if expired { None } else { self.current.clone() },
+            floor: self.floor,
+            now,
+        }
     }
 
     /// One single-key operation with its outcome, or `None` if it is illegal here.
@@ -596,6 +666,13 @@ impl KeyState {
                 self.written(old.wrapping_add(*n), None, *i)
             }
             (Call::Update(..), GaveUp) => unchanged(),
+            (Call::SetTtl(_, v, ttl), Wrote(i)) => {
+                let deadline = if *ttl == 0 { 0 } else { self.now + ttl };
+                self.written_until(*v, None, *i, deadline)
+            }
+            // The key's version expired (it is gone already), and its delete takes an index
+            // in the key's order.
+            (Call::Expire(_, i), Nothing) if self.current.is_none() => self.removed(*i),
             _ => None,
         }
     }
@@ -622,6 +699,8 @@ pub struct MapModel {
     pub keys: usize,
     /// The store's bound on operations in one batch (and keys in one `get_many`).
     pub max_batch: usize,
+    /// Where the store's clock starts, in ms (only TTLs read it).
+    pub start_ms: u64,
 }
 
 impl MapModel {
@@ -630,6 +709,7 @@ impl MapModel {
         MapModel {
             keys,
             max_batch: caskv::defaults::MAX_BATCH,
+            start_ms: 0,
         }
     }
 }
@@ -639,12 +719,18 @@ impl Model for MapModel {
     type Op = Record;
 
     fn init(&self) -> Vec<KeyState> {
-        vec![KeyState::default(); self.keys]
+        let key = KeyState {
+            now: self.start_ms,
+            ..KeyState::default()
+        };
+        vec![key; self.keys]
     }
 
     fn step(&self, state: &Vec<KeyState>, op: &Record) -> Option<Vec<KeyState>> {
         match &op.call {
             Call::Batch(ops) => batch_step(state, ops, &op.outcome, self.max_batch),
+            Call::Advance(ms) => Some(state.iter().map(|k| k.advanced(*ms)).collect()),
+            Call::Purge => (op.outcome == Outcome::Nothing).then(|| state.clone()),
             Call::GetMany(keys) => {
                 let want = if keys.len() > self.max_batch {
                     Outcome::Invalid(Invalid::TooLarge)
@@ -826,6 +912,16 @@ impl Target for Store<Key, u32> {
                 }
                 Err(err) => failure(call, err),
             },
+            Call::SetTtl(k, v, ttl) => {
+                Outcome::Wrote(self.set_with_ttl(*k, *v, std::time::Duration::from_millis(*ttl)))
+            }
+            Call::Purge => {
+                self.purge_expired();
+                Outcome::Nothing
+            }
+            Call::Advance(_) | Call::Expire(..) => {
+                Outcome::Unexpected("made by the harness, not called".into())
+            }
         }
     }
 }
@@ -845,6 +941,7 @@ mod tests {
             flags: 0,
             modify,
             create,
+            deadline: 0,
         })
     }
 
@@ -858,7 +955,12 @@ mod tests {
     }
 
     fn accepted(h: &[Event<Record>], keys: usize, max_batch: usize) -> bool {
-        match check(&MapModel { keys, max_batch }, h) {
+        let model = MapModel {
+            keys,
+            max_batch,
+            start_ms: 0,
+        };
+        match check(&model, h) {
             Ok(()) => true,
             Err(Rejection::NotLinearizable { .. }) => false,
             Err(why) => panic!("{why:?}"),

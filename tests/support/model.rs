@@ -5,6 +5,20 @@
 //! hand back), a full scan with `entries()` and the global index's high-water mark must all
 //! agree with the model.
 //!
+//! Time and the cache side too: the store reads a [`ManualClock`] that only [`Action::Advance`]
+//! moves, and a [`Setup`] may give it a default TTL and an entry bound. The model keeps every
+//! version the store still holds, expired ones included, with its deadline, and reads see only
+//! the live ones. An expired version is deleted (at the next index, reported to the eviction
+//! listener as `Expired`) by the first write that meets its key, before that write takes its
+//! own index: a single-key write meets its key whatever it decides; a batch that passes its
+//! shape checks meets all its keys, in key order. [`Action::Purge`] deletes every expired one.
+//! Evictions cannot be predicted (the policy picks), so the model learns them from the
+//! listener after each step and checks each: the key was held, the version reported is the
+//! one held (value, flags, both indices, deadline), its cause fits (`Capacity` only under a
+//! bound, `Expired` only once expired), and it takes the next index after the step's own. A
+//! bounded store must then hold at most its bound, and its `weight` must be exactly the
+//! versions the model says it still holds.
+//!
 //! Shared by the proptest suite (`tests/model.rs`) and the `store_model` fuzz target
 //! (`fuzz/targets/store_model.rs`, which `tests/fuzz_corpus.rs` replays on stable), each of
 //! which includes it with `#[path]`. Only how the [`Action`]s are generated is theirs
@@ -15,8 +29,10 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
 
-use caskv::{Entry, Error, Expected, Op, Store};
+use caskv::{Entry, Error, Expected, ManualClock, Op, RemovalCause, Store};
 
 /// The values: small, so that value compare-and-sets hold now and then.
 pub type V = u8;
@@ -54,6 +70,14 @@ pub enum Action {
     GetMany(Vec<String>),
     /// `keys`, `len`, `is_empty` and `keys_with_prefix(prefix)`.
     Keys(&'static str),
+    /// `set_with_ttl` with a TTL of this many ms (0: none).
+    SetTtl(String, V, u64),
+    /// `set_cas_with_ttl` with a TTL of this many ms (0: none).
+    SetCasTtl(String, V, Pick, u64),
+    /// Moves the clock forward this many ms.
+    Advance(u64),
+    /// `purge_expired`.
+    Purge,
 }
 
 /// One operation of a batch.
@@ -74,6 +98,8 @@ pub struct ModelEntry {
     pub flags: u64,
     pub modify_index: u64,
     pub create_index: u64,
+    /// When it expires, in ms of the clock (0: never).
+    pub deadline: u64,
 }
 
 pub fn entry_of(e: &Entry<V>) -> ModelEntry {
@@ -82,41 +108,111 @@ pub fn entry_of(e: &Entry<V>) -> ModelEntry {
         flags: e.flags,
         modify_index: e.modify_index,
         create_index: e.create_index,
+        deadline: e.expires_at().map_or(0, |t| {
+            let since = t
+                .duration_since(UNIX_EPOCH)
+                .expect("a deadline after the epoch");
+            u64::try_from(since.as_millis()).expect("a deadline in range")
+        }),
     }
 }
 
-/// The sequential model: the map, the last index handed out, and the store's batch bound.
+/// The store a model runs against.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup {
+    /// The high-water mark its index starts after.
+    pub start: u64,
+    /// Its batch bound.
+    pub max_batch: usize,
+    /// Its entry bound (`None`: unbounded).
+    pub bound: Option<u64>,
+    /// Its default TTL in ms (`None` or 0: none).
+    pub default_ttl: Option<u64>,
+}
+
+impl Setup {
+    /// An unbounded store with no default TTL.
+    pub fn plain(start: u64, max_batch: usize) -> Setup {
+        Setup {
+            start,
+            max_batch,
+            bound: None,
+            default_ttl: None,
+        }
+    }
+}
+
+/// Where the clock starts, in ms.
+const CLOCK_START: u64 = 1_000;
+
+/// What the listener was told: key, version, cause.
+type Told = Arc<Mutex<Vec<(String, Entry<V>, RemovalCause)>>>;
+
+/// The sequential model: every version the store holds, the last index handed out, the clock,
+/// and what the store's listener has told and the model has not checked yet.
 pub struct Model {
     map: BTreeMap<String, ModelEntry>,
     last: u64,
-    max_batch: usize,
+    setup: Setup,
+    clock: Arc<ManualClock>,
+    told: Told,
+    /// Expiries the step's write paths must have made, in order, before their own index.
+    met: Vec<(String, ModelEntry)>,
 }
 
 impl Model {
-    /// The model of an empty store whose index starts after `start`, with batches of at most
-    /// `max_batch` operations.
-    pub fn new(start: u64, max_batch: usize) -> Model {
+    /// The model of an empty store set up as `setup`.
+    pub fn new(setup: Setup) -> Model {
         Model {
             map: BTreeMap::new(),
-            last: start,
-            max_batch,
+            last: setup.start,
+            setup,
+            clock: Arc::new(ManualClock::new(CLOCK_START)),
+            told: Told::default(),
+            met: Vec::new(),
         }
     }
 
-    /// Runs step number `step` on `store` and checks it, then checks that a full scan
-    /// (indices included) and the high-water mark agree with the model. Panics on any
-    /// disagreement, naming the step.
+    /// The store to run against: empty, set up as the model says, reading the model's clock
+    /// and telling the model of every removal it makes on its own.
+    pub fn store(&self) -> Store<String, V> {
+        let told = self.told.clone();
+        let mut builder = Store::builder()
+            .start_after(self.setup.start)
+            .max_batch(self.setup.max_batch)
+            .clock(self.clock.clone())
+            .eviction_listener(move |k, e, cause| {
+                told.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((k, e, cause));
+            });
+        if let Some(ms) = self.setup.default_ttl {
+            builder = builder.default_ttl(Duration::from_millis(ms));
+        }
+        if let Some(n) = self.setup.bound {
+            builder = builder.max_entries(n);
+        }
+        builder.build()
+    }
+
+    /// Runs step number `step` on `store` and checks it, then checks the removals the store
+    /// reported, and that a full scan (indices and deadlines included), the high-water mark
+    /// and a bounded store's weight agree with the model. Panics on any disagreement, naming
+    /// the step.
     pub fn step(&mut self, store: &Store<String, V>, step: usize, action: Action) {
         let shown = format!("{action:?}");
         self.apply(store, action);
+        self.check_removals(step, &shown);
         let scan: Vec<(String, ModelEntry)> = store
             .entries()
             .iter()
             .map(|(k, e)| (k.clone(), entry_of(e)))
             .collect();
+        let now = self.now();
         let want: Vec<(String, ModelEntry)> = self
             .map
             .iter()
+            .filter(|(_, e)| !expired(e, now))
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect();
         assert_eq!(scan, want, "scan after step {step} ({shown})");
@@ -125,6 +221,86 @@ impl Model {
             self.last,
             "high-water mark after step {step} ({shown})"
         );
+        if let Some(bound) = self.setup.bound {
+            let held = self.map.len() as u64;
+            assert_eq!(
+                store.weight(),
+                Some(held),
+                "weight after step {step} ({shown})"
+            );
+            assert!(
+                held <= bound,
+                "{held} held over a bound of {bound} after step {step}"
+            );
+        }
+    }
+
+    /// The clock's reading.
+    fn now(&self) -> u64 {
+        use caskv::Clock;
+        self.clock.now_ms()
+    }
+
+    /// Checks what the listener was told during a step: first the expiries the step's write
+    /// paths met (exactly, in order), then whatever the policy removed, each taking the next
+    /// index.
+    fn check_removals(&mut self, step: usize, shown: &str) {
+        let told: Vec<_> =
+            std::mem::take(&mut *self.told.lock().unwrap_or_else(|e| e.into_inner()));
+        let met = std::mem::take(&mut self.met);
+        assert!(
+            told.len() >= met.len(),
+            "step {step} ({shown}): told {told:?}, but met {met:?}"
+        );
+        let now = self.now();
+        for (i, (key, entry, cause)) in told.into_iter().enumerate() {
+            let got = entry_of(&entry);
+            if let Some((met_key, met_entry)) = met.get(i) {
+                assert_eq!(
+                    (&key, &got, cause),
+                    (met_key, met_entry, RemovalCause::Expired),
+                    "step {step} ({shown}): expiry {i}"
+                );
+                continue;
+            }
+            let held = self.map.remove(&key);
+            assert_eq!(
+                held.as_ref(),
+                Some(&got),
+                "step {step} ({shown}): {cause:?} of {key:?}"
+            );
+            match cause {
+                RemovalCause::Capacity => assert!(
+                    self.setup.bound.is_some(),
+                    "step {step} ({shown}): an eviction from an unbounded store"
+                ),
+                RemovalCause::Expired => assert!(
+                    expired(&got, now),
+                    "step {step} ({shown}): {key:?} reported expired at {now}"
+                ),
+                _ => panic!("step {step} ({shown}): an unknown cause {cause:?}"),
+            }
+            self.next();
+        }
+    }
+
+    /// The write paths of this step meet `key`: if its version has expired, it is deleted
+    /// first, at the next index.
+    fn meet(&mut self, key: &str) {
+        let now = self.now();
+        if self.map.get(key).is_some_and(|e| expired(e, now)) {
+            let entry = self.map.remove(key).expect("just seen");
+            self.next();
+            self.met.push((key.to_string(), entry));
+        }
+    }
+
+    /// The deadline of a write with `ttl` ms (`None`: the default).
+    fn deadline(&self, ttl: Option<u64>) -> u64 {
+        match ttl.or(self.setup.default_ttl) {
+            None | Some(0) => 0,
+            Some(ms) => self.now() + ms,
+        }
     }
 
     /// The next index: one above the last (a run starts below 2^63 and makes at most a few
@@ -134,8 +310,10 @@ impl Model {
         self.last
     }
 
+    /// What a read of `key` sees: its version, unless expired.
     fn current(&self, key: &str) -> Option<&ModelEntry> {
-        self.map.get(key)
+        let now = self.now();
+        self.map.get(key).filter(|e| !expired(e, now))
     }
 
     fn current_index(&self, key: &str) -> u64 {
@@ -151,8 +329,9 @@ impl Model {
         }
     }
 
-    fn write(&mut self, key: &str, value: V, flags: Option<u64>, index: u64) {
-        let (create, kept) = match self.map.get(key) {
+    /// Writes `key` at `index` (after its expired version, if any, was met).
+    fn write(&mut self, key: &str, value: V, flags: Option<u64>, index: u64, deadline: u64) {
+        let (create, kept) = match self.current(key) {
             Some(e) => (e.create_index, e.flags),
             None => (index, 0),
         };
@@ -163,20 +342,21 @@ impl Model {
                 flags: flags.unwrap_or(kept),
                 modify_index: index,
                 create_index: create,
+                deadline,
             },
         );
     }
 
     /// The index condition: 0 means absent, N means present at `modify_index` N.
     fn index_ok(&self, key: &str, expected: u64) -> bool {
-        match self.map.get(key) {
+        match self.current(key) {
             None => expected == 0,
             Some(e) => expected != 0 && e.modify_index == expected,
         }
     }
 
     fn value_ok(&self, key: &str, expected: Option<V>) -> bool {
-        self.map.get(key).map(|e| e.value) == expected
+        self.current(key).map(|e| e.value) == expected
     }
 
     /// The error a failed index condition must be: not found for an absent key (N ≥ 1), else a
@@ -206,15 +386,24 @@ impl Model {
                 assert_eq!(store.contains_key(&k), want.is_some());
             }
             Action::Set(k, v, flags) => {
+                self.meet(&k);
                 let got = match flags {
                     Some(f) => store.set_with_flags(k.clone(), v, f),
                     None => store.set(k.clone(), v),
                 };
                 let want = self.next();
                 assert_eq!(got, want, "set {k}");
-                self.write(&k, v, flags, want);
+                self.write(&k, v, flags, want, self.deadline(None));
+            }
+            Action::SetTtl(k, v, ttl) => {
+                self.meet(&k);
+                let got = store.set_with_ttl(k.clone(), v, Duration::from_millis(ttl));
+                let want = self.next();
+                assert_eq!(got, want, "set_with_ttl {k}");
+                self.write(&k, v, None, want, self.deadline(Some(ttl)));
             }
             Action::SetCas(k, v, pick, flags) => {
+                self.meet(&k);
                 let expected = self.resolve(pick, &k);
                 let got = match flags {
                     Some(f) => store.set_cas_with_flags(k.clone(), v, expected, f),
@@ -223,21 +412,48 @@ impl Model {
                 if self.index_ok(&k, expected) {
                     let want = self.next();
                     assert_eq!(got.unwrap(), want, "set_cas {k} at {expected}");
-                    self.write(&k, v, flags, want);
+                    self.write(&k, v, flags, want, self.deadline(None));
                 } else {
                     self.assert_index_failure(&got.unwrap_err(), &k, expected);
                 }
             }
-            Action::Delete(k) => match (store.delete(&k), self.map.contains_key(&k)) {
-                (Ok(i), true) => {
-                    assert_eq!(i, self.next(), "delete {k}");
-                    self.map.remove(&k);
+            Action::SetCasTtl(k, v, pick, ttl) => {
+                self.meet(&k);
+                let expected = self.resolve(pick, &k);
+                let got =
+                    store.set_cas_with_ttl(k.clone(), v, expected, Duration::from_millis(ttl));
+                if self.index_ok(&k, expected) {
+                    let want = self.next();
+                    assert_eq!(got.unwrap(), want, "set_cas_with_ttl {k} at {expected}");
+                    self.write(&k, v, None, want, self.deadline(Some(ttl)));
+                } else {
+                    self.assert_index_failure(&got.unwrap_err(), &k, expected);
                 }
-                (Err(Error::NotFound(key)), false) => assert_eq!(key, k),
-                (got, present) => panic!("delete {k}: {got:?}, model present: {present}"),
-            },
+            }
+            Action::Advance(ms) => self.clock.advance(Duration::from_millis(ms)),
+            Action::Purge => {
+                let now = self.now();
+                let due = self.map.values().filter(|e| expired(e, now)).count();
+                // Each is reported to the listener and checked (and given its index) by
+                // `check_removals`.
+                assert_eq!(store.purge_expired(), due, "purge_expired");
+            }
+            Action::Delete(k) => {
+                self.meet(&k);
+                match (store.delete(&k), self.map.contains_key(&k)) {
+                    (Ok(i), true) => {
+                        assert_eq!(i, self.next(), "delete {k}");
+                        self.map.remove(&k);
+                    }
+                    (Err(Error::NotFound(key)), false) => assert_eq!(key, k),
+                    (got, present) => panic!("delete {k}: {got:?}, model present: {present}"),
+                }
+            }
             Action::DeleteCas(k, pick) => {
                 let expected = self.resolve(pick, &k);
+                if expected != 0 {
+                    self.meet(&k); // a create-only delete is refused before it looks
+                }
                 let got = store.delete_cas(&k, expected);
                 if expected == 0 {
                     assert!(
@@ -252,6 +468,7 @@ impl Model {
                 }
             }
             Action::CompareAndSet(k, expected, new) => {
+                self.meet(&k);
                 let got = store.compare_and_set(k.clone(), expected.as_ref(), new);
                 if self.value_ok(&k, expected) {
                     let present = self.map.contains_key(&k);
@@ -259,7 +476,7 @@ impl Model {
                         Some(v) => {
                             let want = self.next();
                             assert_eq!(got.unwrap(), Some(want), "compare_and_set {k}");
-                            self.write(&k, v, None, want);
+                            self.write(&k, v, None, want, self.deadline(None));
                         }
                         None if present => {
                             assert_eq!(got.unwrap(), Some(self.next()), "compare_and_set {k}");
@@ -286,6 +503,7 @@ impl Model {
                 }
             }
             Action::Update(k, add) => {
+                self.meet(&k);
                 let old = self.current(&k).map(|e| e.value);
                 let mut calls = 0;
                 let got = store.update(k.clone(), |v| {
@@ -297,14 +515,15 @@ impl Model {
                 assert_eq!(calls, 1, "update {k} ran its closure {calls} times");
                 let want = self.next();
                 assert_eq!(got.unwrap(), want, "update {k}");
-                self.write(&k, old.unwrap_or(0).wrapping_add(add), None, want);
+                let value = old.unwrap_or(0).wrapping_add(add);
+                self.write(&k, value, None, want, self.deadline(None));
             }
             Action::Batch(actions) => self.apply_batch(store, actions),
             Action::GetMany(keys) => {
                 let got = store.get_many(&keys);
-                if keys.len() > self.max_batch {
+                if keys.len() > self.setup.max_batch {
                     assert!(
-                        matches!(got, Err(Error::BatchTooLarge { len, max }) if len == keys.len() && max == self.max_batch),
+                        matches!(got, Err(Error::BatchTooLarge { len, max }) if len == keys.len() && max == self.setup.max_batch),
                         "get_many {keys:?}: {got:?}"
                     );
                     return;
@@ -319,7 +538,13 @@ impl Model {
                 assert_eq!(got, want, "get_many {keys:?}");
             }
             Action::Keys(prefix) => {
-                let all: Vec<String> = self.map.keys().cloned().collect();
+                let now = self.now();
+                let all: Vec<String> = self
+                    .map
+                    .iter()
+                    .filter(|(_, e)| !expired(e, now))
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 assert_eq!(store.keys(), all);
                 let with: Vec<String> = all
                     .iter()
@@ -348,7 +573,7 @@ impl Model {
                 self.plan_indexed(key, pick, |k, e| with_flags(Op::set_cas(k, v, e), flags))
             }
             BatchAction::Delete(key) => Planned {
-                holds: self.map.contains_key(&key),
+                holds: self.current(&key).is_some(),
                 op: Op::delete(key),
                 condition: Some(Expected::Present),
             },
@@ -392,9 +617,9 @@ impl Model {
             );
             return;
         }
-        if planned.len() > self.max_batch {
+        if planned.len() > self.setup.max_batch {
             assert!(
-                matches!(got, Err(Error::BatchTooLarge { len, max }) if len == planned.len() && max == self.max_batch),
+                matches!(got, Err(Error::BatchTooLarge { len, max }) if len == planned.len() && max == self.setup.max_batch),
                 "batch of {}: {got:?}",
                 planned.len()
             );
@@ -422,6 +647,10 @@ impl Model {
             );
             return;
         }
+        // It locks its keys, in key order, meeting each.
+        for key in keys.iter().map(|k| k.to_string()).collect::<Vec<_>>() {
+            self.meet(&key);
+        }
         let mut failing: Vec<&Planned> = planned.iter().filter(|p| !p.holds).collect();
         failing.sort_by(|a, b| a.op.key().cmp(b.op.key()));
         if !failing.is_empty() {
@@ -448,17 +677,18 @@ impl Model {
         }
         let index = self.next();
         assert_eq!(got.unwrap(), index, "batch index");
+        let deadline = self.deadline(None);
         for p in planned {
             match p.op {
                 Op::Set { key, value, flags }
                 | Op::SetCas {
                     key, value, flags, ..
-                } => self.write(&key, value, flags, index),
+                } => self.write(&key, value, flags, index, deadline),
                 Op::Delete { key } | Op::DeleteCas { key, .. } => {
                     self.map.remove(&key);
                 }
                 Op::CompareAndSet { key, new, .. } => match new {
-                    Some(v) => self.write(&key, v, None, index),
+                    Some(v) => self.write(&key, v, None, index, deadline),
                     None => {
                         self.map.remove(&key);
                     }
@@ -476,4 +706,9 @@ struct Planned {
     /// `None` when it always holds, else the condition a failure must name.
     condition: Option<Expected>,
     holds: bool,
+}
+
+/// Whether `e` has expired at `now` (ms).
+fn expired(e: &ModelEntry, now: u64) -> bool {
+    e.deadline != 0 && now >= e.deadline
 }
