@@ -135,8 +135,10 @@ fn log_recovery_seeds() {
 /// `store_model`: a store started at `start_after(u64::MAX)` handed out `u64::MAX` for its first
 /// write but left the high-water mark at 0, and a later write got index 1: the global index
 /// wrapped (a plain `fetch_add`), reusing indices. Fixed in 6d7980d: a counter now starts below
-/// `GlobalIndex::LIMIT`. The same input now starts the store at the highest mark allowed
-/// (`LIMIT - 1`) and checks that indices go on increasing from there.
+/// `GlobalIndex::LIMIT`. The input now starts the store at the highest mark allowed
+/// (`LIMIT - 1`) and checks that indices go on increasing from there. (Re-encoded by hand when
+/// the input format gained a bound and a default TTL: `NearLimit(0)`, then set a, set b,
+/// delete a, set a, all past the limit.)
 #[test]
 fn regression_index_wraps_past_u64_max() {
     regression(
