@@ -12,7 +12,8 @@
 //!    bigger machine), in M ops/s of all threads together.
 //!
 //! `cargo bench --bench cache` (about 3 minutes on 2 cores; `-- --quick` halves the traces and
-//! phases; `CASKV_CACHE_PARTS=ratio` runs the hit ratios alone). Under `cargo test --benches` it runs a tiny smoke pass. Ratios compare figures of
+//! phases; `CASKV_CACHE_PARTS=ratio` runs the hit ratios alone, `CASKV_CACHE_PARTS=throughput`
+//! the throughput alone). Under `cargo test --benches` it runs a tiny smoke pass. Ratios compare figures of
 //! the same run; nothing is asserted on timing.
 
 use std::hint::black_box;
@@ -222,6 +223,18 @@ fn main() {
         len,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    let parts = std::env::var("CASKV_CACHE_PARTS").unwrap_or_default();
+    if parts != "throughput" {
+        hit_ratios(len);
+    }
+    if parts == "ratio" {
+        return;
+    }
+    throughput_table(len, dur, &threads);
+}
+
+/// The hit-ratio table.
+fn hit_ratios(len: usize) {
     println!("### Hit ratio (a miss inserts; one thread)\n");
     println!("| trace | capacity | caskv | moka | quick_cache | caskv − best | ≥ best (−0.5 pp) |");
     println!("|---|---:|---:|---:|---:|---:|---|");
@@ -240,19 +253,20 @@ fn main() {
     );
     let looped = loop_trace(capacity * 3 / 2, (len / (capacity as usize * 3 / 2)).max(2));
     ratio_row("loop over 1.5x capacity", capacity, &looped);
+}
 
-    if std::env::var("CASKV_CACHE_PARTS").is_ok_and(|p| p == "ratio") {
-        return;
-    }
+/// The throughput table.
+fn throughput_table(len: usize, dur: Duration, threads: &[usize]) {
+    let capacity = KEYS / 100;
     println!("\n### Throughput: 90 % get / 10 % insert, zipf 0.9, capacity {capacity} (M ops/s)\n");
     let keys = zipf_trace(0.9, len, 0x7A11);
     print!("| cache |");
-    for t in &threads {
+    for t in threads {
         print!(" {t}t |");
     }
     println!();
     print!("|---|");
-    for _ in &threads {
+    for _ in threads {
         print!("---:|");
     }
     println!();

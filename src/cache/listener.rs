@@ -63,7 +63,19 @@ impl<'e, K, V> Removed<'e, K, V> {
 }
 
 impl<K, V> Drop for Removed<'_, K, V> {
+    #[inline]
     fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            self.deliver();
+        }
+    }
+}
+
+impl<K, V> Removed<'_, K, V> {
+    /// Tells the listener of every pending removal (see [`Removed`]).
+    #[cold]
+    #[inline(never)]
+    fn deliver(&mut self) {
         let Some(listener) = self.listener else {
             return;
         };
