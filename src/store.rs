@@ -146,7 +146,10 @@ impl<K, V> StoreBuilder<K, V> {
     /// Makes the store a cache of at most `n` entries: a write that would make more evicts
     /// others, chosen by an S3-FIFO policy (keys read since they came in stay; keys written
     /// once and never read go first, so a scan of one-time keys does not flush the ones read
-    /// often). An eviction is a delete at a fresh index, journaled like any other.
+    /// often; a recently evicted key comes back to the main queue only if a TinyLFU frequency
+    /// sketch saw it more often than what it would push out, so a loop larger than the bound
+    /// keeps a stable part of it). An eviction is a delete at a fresh index, journaled like any
+    /// other, and told to the [`eviction_listener`](StoreBuilder::eviction_listener).
     ///
     /// The bound is strict: at no moment does the store hold more than `n` entries plus what
     /// the threads writing at that moment have made visible and not yet made room for (one
@@ -182,7 +185,8 @@ impl<K, V> StoreBuilder<K, V> {
     /// [`max_entries`](StoreBuilder::max_entries) otherwise (an entry heavier than its shard's
     /// part of the bound is evicted as soon as it is written). Replaces a `max_entries`.
     /// The weigher runs while a part of the policy is locked: it must not write to this
-    /// store (that could wait on the same lock).
+    /// store (that could wait on the same lock). So do, during an eviction, the keys' `Hash`
+    /// and `Eq`, their `Clone` for an eviction listener, and a persistent store's codec.
     ///
     /// ```
     /// use caskv::Store;
