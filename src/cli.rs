@@ -19,6 +19,8 @@ use crate::server::{AppState, ConnLimits, Limits};
 pub const EXIT_NOT_FOUND: u8 = 3;
 /// Exit code: a CAS condition failed.
 pub const EXIT_CONFLICT: u8 = 4;
+/// Exit code: the server's ACL refused the request (no token, an unknown one, or its rules).
+pub const EXIT_DENIED: u8 = 5;
 
 /// caskv: a lock-free versioned key-value store with compare-and-swap.
 #[derive(Parser, Debug)]
@@ -111,6 +113,13 @@ struct ServeArgs {
     /// Time a client has to send a request body.
     #[arg(long, env = "CASKV_BODY_TIMEOUT", default_value_t = defaults::BODY_TIMEOUT.into())]
     body_timeout: humantime::Duration,
+    /// Tokens and their rules (JSON; see README "Securing caskv"); re-read on SIGHUP and on
+    /// `POST /admin/reload`. Without it every request may read and write everything.
+    #[arg(long, env = "CASKV_ACL_FILE")]
+    acl_file: Option<std::path::PathBuf>,
+    /// Serve a non-loopback address without an ACL file (refused otherwise).
+    #[arg(long, env = "CASKV_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -123,6 +132,9 @@ struct Remote {
         global = true
     )]
     addr: String,
+    /// The token to send (`Authorization: Bearer`), for a server with an ACL file.
+    #[arg(long, env = "CASKV_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -241,6 +253,13 @@ pub fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    if args.acl_file.is_none() && !args.addr.ip().is_loopback() && !args.allow_unauthenticated {
+        eprintln!(
+            "caskv: refusing to serve {} without --acl-file: anyone who can reach it could read and write every key (give --acl-file, or --allow-unauthenticated to accept that)",
+            args.addr
+        );
+        return ExitCode::from(2);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -274,6 +293,16 @@ fn serve(args: ServeArgs) -> ExitCode {
                 }
             }
         }
+    };
+    let state = match &args.acl_file {
+        None => state,
+        Some(path) => match state.with_acl_file(path) {
+            Ok(state) => state,
+            Err(e) => {
+                eprintln!("caskv: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -345,13 +374,14 @@ fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> Resul
         .timeout_global(Some(Duration::from_secs(30)))
         .build()
         .into();
+    let bearer = remote.token.as_ref().map(|t| format!("Bearer {t}"));
     let sent = match (method, body) {
-        ("GET", _) => agent.get(&url).call(),
-        ("DELETE", _) => agent.delete(&url).call(),
-        ("PUT", Some(b)) => agent.put(&url).send_json(b),
-        ("POST", Some(b)) => agent.post(&url).send_json(b),
-        ("PUT", None) => agent.put(&url).send_empty(),
-        _ => agent.post(&url).send_empty(),
+        ("GET", _) => with_token(agent.get(&url), &bearer).call(),
+        ("DELETE", _) => with_token(agent.delete(&url), &bearer).call(),
+        ("PUT", Some(b)) => with_token(agent.put(&url), &bearer).send_json(b),
+        ("POST", Some(b)) => with_token(agent.post(&url), &bearer).send_json(b),
+        ("PUT", None) => with_token(agent.put(&url), &bearer).send_empty(),
+        _ => with_token(agent.post(&url), &bearer).send_empty(),
     };
     let mut response = sent.map_err(|e| Failure(format!("cannot reach {base}: {e}"), 1))?;
     let status = response.status().as_u16();
@@ -369,11 +399,23 @@ fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> Resul
         .map(str::to_string)
         .unwrap_or_else(|| format!("HTTP {status}: {json}"));
     let code = match status {
+        401 | 403 => EXIT_DENIED,
         404 => EXIT_NOT_FOUND,
         409 => EXIT_CONFLICT,
         _ => 1,
     };
     Err(Failure(message, code))
+}
+
+/// The request with an `Authorization` header, when there is a token.
+fn with_token<B>(
+    request: ureq::RequestBuilder<B>,
+    bearer: &Option<String>,
+) -> ureq::RequestBuilder<B> {
+    match bearer {
+        Some(value) => request.header("authorization", value),
+        None => request,
+    }
 }
 
 fn field(v: &Value, name: &str) -> String {

@@ -1111,3 +1111,117 @@ fn sigint_shuts_down_gracefully_with_exit_0() {
         .expect("the server did not exit within 5 s of SIGINT");
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
 }
+
+/// An ACL file in a fresh temporary directory, removed with it.
+struct TempAcl(tempfile::TempDir);
+
+impl TempAcl {
+    fn new(text: &str) -> TempAcl {
+        let acl = TempAcl(tempfile::tempdir().unwrap());
+        acl.write(text);
+        acl
+    }
+
+    fn path(&self) -> String {
+        self.0
+            .path()
+            .join("acl.json")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn write(&self, text: &str) {
+        let tmp = self.0.path().join("acl.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.0.path().join("acl.json")).unwrap();
+    }
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_an_acl_file() {
+    let mut child = caskv()
+        .args(["serve", "--addr", "0.0.0.0:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let status = wait_timeout(&mut child, Duration::from_secs(10)).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("serve on 0.0.0.0 without an ACL file kept running")
+    });
+    assert_eq!(status.code(), Some(2));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--acl-file") && stderr.contains("--allow-unauthenticated"),
+        "{stderr}"
+    );
+    // A bad ACL file is refused at start with exit 2 and one line.
+    let acl = TempAcl::new("{ not json");
+    let mut child = caskv()
+        .args(["serve", "--addr", "127.0.0.1:0", "--acl-file", &acl.path()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let status = wait_timeout(&mut child, Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(2));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ACL file") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_client_sends_its_token_and_sighup_reloads_the_rules() {
+    let rules = |reader_kv: &str| {
+        format!(
+            r#"{{"tokens": [
+                {{"name": "admin", "secret": "admin-token", "kv": {{"": "write"}}}},
+                {{"name": "reader", "secret": "reader-token", "kv": {{"{reader_kv}": "read"}}}}
+            ]}}"#
+        )
+    };
+    let acl = TempAcl::new(&rules("app/"));
+    let srv = Server::start_with(&["--acl-file", &acl.path()]);
+    // No token: 401, exit 5, one line.
+    srv.run(&["kv", "put", "app/x", "1"]).fails(5, &[]);
+    srv.run(&["kv", "put", "app/x", "1", "--token", "admin-token"])
+        .index();
+    srv.run(&["kv", "put", "other/y", "2", "--token", "admin-token"])
+        .index();
+    // The token from the environment.
+    let got = run(caskv()
+        .args(["kv", "get", "app/x", "--addr", &srv.addr])
+        .env("CASKV_TOKEN", "reader-token"));
+    assert_eq!(
+        (got.code, got.stdout.trim()),
+        (Some(0), "1"),
+        "{}",
+        got.stderr
+    );
+    srv.run(&["kv", "get", "other/y", "--token", "reader-token"])
+        .fails(5, &[]);
+    srv.run(&["kv", "put", "app/x", "3", "--token", "reader-token"])
+        .fails(5, &[]);
+    // SIGHUP re-reads the file: reader may now read everything.
+    acl.write(&rules(""));
+    signal(&srv.pid(), "-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = srv.run(&["kv", "get", "other/y", "--token", "reader-token"]);
+        if got.code == Some(0) {
+            assert_eq!(got.stdout.trim(), "2");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the ACL file: {}",
+            got.stderr
+        );
+        sleep(Duration::from_millis(50));
+    }
+}

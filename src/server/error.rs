@@ -40,6 +40,11 @@ pub enum ApiError {
     NoRoute(String),
     /// 405: the route exists, the method does not.
     MethodNotAllowed(String),
+    /// 401: a token is needed (none came, or an unknown or malformed one); carries the rule
+    /// that refused, for the audit log only.
+    Unauthorized(String),
+    /// 403: the token's rules deny this request; carries the rule, for the audit log only.
+    Forbidden(String),
     /// 503: the data directory's log failed; writes are refused until restart. The detail (a
     /// path, an OS error) goes to the server's log, which recorded the failure when it
     /// happened; the client gets a fixed message.
@@ -149,9 +154,36 @@ fn conflict_message(noun: &str, key: &str, expected: Option<u64>, current: Optio
     }
 }
 
+impl From<super::acl::Denied> for ApiError {
+    fn from(denied: super::acl::Denied) -> Self {
+        if denied.anonymous {
+            ApiError::Unauthorized(denied.rule)
+        } else {
+            ApiError::Forbidden(denied.rule)
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body): (StatusCode, Value) = match self {
+            // Neither names the token nor says whether the key or service exists.
+            ApiError::Unauthorized(rule) => {
+                let body = json!({"error": "unauthorized", "message": "this request needs a valid token (Authorization: Bearer <token>)"});
+                let mut response = (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+                response.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+                response.extensions_mut().insert(super::acl::DeniedBy(rule));
+                return response;
+            }
+            ApiError::Forbidden(rule) => {
+                let body = json!({"error": "forbidden", "message": "the token's rules do not allow this request"});
+                let mut response = (StatusCode::FORBIDDEN, Json(body)).into_response();
+                response.extensions_mut().insert(super::acl::DeniedBy(rule));
+                return response;
+            }
             ApiError::BadRequest(message) => (
                 StatusCode::BAD_REQUEST,
                 json!({"error": "bad request", "message": message}),

@@ -9,6 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::acl::{Need, Who};
 use super::error::ApiError;
 use super::extract::{JsonBody, KeyPath, Params};
 use super::metrics::Op as Metric;
@@ -69,14 +70,20 @@ fn entry_json(key: &str, e: &Entry<String>, metadata: bool) -> Value {
     }
 }
 
-/// `GET /kv/` and `GET /kv`: the sorted keys, `?prefix=` filters.
-pub async fn list(State(state): State<AppState>, params: Result<Params, ApiError>) -> Response {
+/// `GET /kv/` and `GET /kv`: the sorted keys, `?prefix=` filters; only the keys the caller
+/// may read.
+pub async fn list(
+    State(state): State<AppState>,
+    who: Who,
+    params: Result<Params, ApiError>,
+) -> Response {
     metered(&state, Metric::KvList, async {
         let params = params?;
-        let keys = match params.0.get("prefix") {
+        let mut keys = match params.0.get("prefix") {
             Some(p) => state.store.keys_with_prefix(p),
             None => state.store.keys(),
         };
+        keys.retain(|k| who.may_read_key(k));
         Ok(Json(keys).into_response())
     })
     .await
@@ -98,11 +105,13 @@ pub async fn empty_key(State(state): State<AppState>, method: axum::http::Method
 /// `GET /kv/{key}` (`?metadata=true`).
 pub async fn get(
     State(state): State<AppState>,
+    who: Who,
     key: Result<KeyPath, ApiError>,
     params: Result<Params, ApiError>,
 ) -> Response {
     metered(&state, Metric::KvGet, async {
         let KeyPath(key) = key?;
+        who.kv(&key, Need::Read)?;
         let metadata = params?.metadata()?;
         match state.store.get(key.as_str()) {
             Some(e) => Ok(Json(entry_json(&key, &e, metadata)).into_response()),
@@ -115,11 +124,13 @@ pub async fn get(
 /// `PUT /kv/{key}` body `{"value", "cas"?, "flags"?, "ttl"?}`.
 pub async fn put(
     State(state): State<AppState>,
+    who: Who,
     key: Result<KeyPath, ApiError>,
     body: Result<JsonBody<PutBody>, ApiError>,
 ) -> Response {
     metered(&state, Metric::KvSet, async {
         let KeyPath(key) = key?;
+        who.kv(&key, Need::Write)?;
         let JsonBody(body) = body?;
         state.limits.check_value(&key, &body.value)?;
         let ttl = parse_ttl(body.ttl.as_deref())?;
@@ -135,11 +146,13 @@ pub async fn put(
 /// `DELETE /kv/{key}` (`?cas=N`).
 pub async fn delete(
     State(state): State<AppState>,
+    who: Who,
     key: Result<KeyPath, ApiError>,
     params: Result<Params, ApiError>,
 ) -> Response {
     metered(&state, Metric::KvDelete, async {
         let KeyPath(key) = key?;
+        who.kv(&key, Need::Write)?;
         let cas = params?.cas()?;
         let index = acknowledged(state.db().remove(key.as_str(), cas), "key").await?;
         Ok(
@@ -230,11 +243,13 @@ fn expected_for(expected: &BTreeMap<String, u64>, key: &str) -> Result<u64, ApiE
 /// `POST /batch/kv/get` `{"keys": [...]}`: one atomic snapshot of the keys.
 pub async fn batch_get(
     State(state): State<AppState>,
+    who: Who,
     body: Result<JsonBody<KeysBody>, ApiError>,
 ) -> Response {
     metered(&state, Metric::BatchGet, async {
         let JsonBody(body) = body?;
         check_keys(&state, body.keys.iter())?;
+        who.kv_all(&body.keys, Need::Read)?;
         let read = state
             .store
             .get_many(&body.keys)
@@ -272,11 +287,13 @@ async fn run_batch(state: &AppState, ops: Vec<Op<String, String>>) -> Result<u64
 /// `POST /batch/kv/set` `{"items": {k: v}}`.
 pub async fn batch_set(
     State(state): State<AppState>,
+    who: Who,
     body: Result<JsonBody<ItemsBody>, ApiError>,
 ) -> Response {
     metered(&state, Metric::BatchSet, async {
         let JsonBody(body) = body?;
         check_keys(&state, body.items.keys())?;
+        who.kv_all(body.items.keys(), Need::Write)?;
         for (k, v) in &body.items {
             state.limits.check_value(k, v)?;
         }
@@ -291,11 +308,13 @@ pub async fn batch_set(
 /// `POST /batch/kv/delete` `{"keys": [...]}`: every key must exist.
 pub async fn batch_delete(
     State(state): State<AppState>,
+    who: Who,
     body: Result<JsonBody<KeysBody>, ApiError>,
 ) -> Response {
     metered(&state, Metric::BatchDelete, async {
         let JsonBody(body) = body?;
         check_keys(&state, body.keys.iter())?;
+        who.kv_all(&body.keys, Need::Write)?;
         let ops = body.keys.iter().cloned().map(Op::delete).collect();
         let index = run_batch(&state, ops).await?;
         Ok(keys_response("keys deleted", body.keys, index))
@@ -306,11 +325,13 @@ pub async fn batch_delete(
 /// `POST /batch/kv/set-cas` `{"items": {k: v}, "expected_indices": {k: n}}` (0 = create-only).
 pub async fn batch_set_cas(
     State(state): State<AppState>,
+    who: Who,
     body: Result<JsonBody<SetCasBody>, ApiError>,
 ) -> Response {
     metered(&state, Metric::BatchSetCas, async {
         let JsonBody(body) = body?;
         check_keys(&state, body.items.keys())?;
+        who.kv_all(body.items.keys(), Need::Write)?;
         let mut ops = Vec::with_capacity(body.items.len());
         for (k, v) in &body.items {
             state.limits.check_value(k, v)?;
@@ -346,11 +367,13 @@ pub async fn batch_set_cas(
 /// `POST /batch/kv/delete-cas` `{"keys": [...], "expected_indices": {k: n}}`.
 pub async fn batch_delete_cas(
     State(state): State<AppState>,
+    who: Who,
     body: Result<JsonBody<DeleteCasBody>, ApiError>,
 ) -> Response {
     metered(&state, Metric::BatchDeleteCas, async {
         let JsonBody(body) = body?;
         check_keys(&state, body.keys.iter())?;
+        who.kv_all(&body.keys, Need::Write)?;
         let mut ops = Vec::with_capacity(body.keys.len());
         for k in &body.keys {
             ops.push(Op::delete_cas(

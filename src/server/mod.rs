@@ -4,6 +4,7 @@
 //! connection loop: a bound on concurrent connections, a header-read timeout (hyper's, with a
 //! timer installed), a body timeout, and graceful shutdown that lets in-flight requests finish.
 
+pub mod acl;
 mod error;
 mod extract;
 mod kv;
@@ -30,6 +31,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+pub use acl::Acl;
 pub use error::ApiError;
 pub use limits::Limits;
 use metrics::{Metrics, Op as Metric, Status};
@@ -60,6 +62,14 @@ pub struct Shared {
     pub limits: Limits,
     /// The one write path, in memory or on disk.
     db: Db<String, String>,
+    /// The access rules and the file they came from (`None`: every request may do anything).
+    acl: Option<AclSource>,
+}
+
+/// An ACL file and the table last read from it.
+struct AclSource {
+    path: std::path::PathBuf,
+    table: arc_swap::ArcSwap<Acl>,
 }
 
 impl AppState {
@@ -90,7 +100,47 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
             limits,
             db,
+            acl: None,
         }))
+    }
+
+    /// This state with access control: the rules of the ACL file at `path` (see [`acl`]),
+    /// which [`AppState::reload_acl`] reads again. Call it before the state is shared.
+    pub fn with_acl_file(self, path: &std::path::Path) -> Result<Self, String> {
+        let acl = Acl::load(path)?;
+        let mut shared = Arc::try_unwrap(self.0)
+            .map_err(|_| "the ACL file must be set before the state is shared".to_string())?;
+        shared.acl = Some(AclSource {
+            path: path.to_path_buf(),
+            table: arc_swap::ArcSwap::from_pointee(acl),
+        });
+        Ok(AppState(Arc::new(shared)))
+    }
+
+    /// Reads the ACL file again and swaps its rules in whole: requests already past their
+    /// check finish under the old rules, the next ones get the new. A file that does not read
+    /// or parse leaves the old rules in place. Returns how many tokens the new rules name.
+    pub fn reload_acl(&self) -> Result<usize, String> {
+        let Some(source) = &self.acl else {
+            return Err("the server runs without an ACL file".into());
+        };
+        match Acl::load(&source.path) {
+            Ok(acl) => {
+                let tokens = acl.len();
+                source.table.store(Arc::new(acl));
+                tracing::info!(tokens, path = %source.path.display(), "ACL file reloaded");
+                Ok(tokens)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ACL reload failed; the previous rules stay");
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether requests are checked against an ACL file.
+    pub fn has_acl(&self) -> bool {
+        self.acl.is_some()
     }
 
     /// The write path every handler writes through.
@@ -202,15 +252,18 @@ pub fn router(state: AppState, body_timeout: Duration) -> Router {
             axum::routing::delete(services::deregister),
         )
         .route("/heartbeat/{name}", put(services::heartbeat))
+        .route("/admin/reload", post(reload))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
-        // Layers run outermost (last added) first: refuse an oversized Content-Length, then read
-        // the body whole under its deadline, then route.
+        // Layers run outermost (last added) first: find who is calling (401 for an unknown
+        // token), refuse an oversized Content-Length, then read the body whole under its
+        // deadline, then route.
         .layer(buffer)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             refuse_oversized,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), acl::identify))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -219,7 +272,25 @@ async fn health() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-async fn prometheus(State(state): State<AppState>) -> Response {
+/// `POST /admin/reload`: reads the ACL file again (a management token only).
+async fn reload(State(state): State<AppState>, who: acl::Who) -> Response {
+    let result = who.management().and_then(|()| {
+        state
+            .reload_acl()
+            .map_err(|e| ApiError::BadRequest(format!("the ACL file was not reloaded: {e}")))
+    });
+    match result {
+        Ok(tokens) => {
+            Json(json!({"message": "ACL file reloaded", "tokens": tokens})).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn prometheus(State(state): State<AppState>, who: acl::Who) -> Response {
+    if let Err(e) = who.metrics() {
+        return e.into_response();
+    }
     let stats = state.store.cache_stats().unwrap_or_default();
     let weight = state.store.weight();
     let gauges = [
@@ -511,12 +582,29 @@ pub async fn run(addr: SocketAddr, state: AppState, conn: ConnLimits) -> std::io
         Some(fsync) => format!("persistent, fsync {fsync:?}"),
         None => "in memory".to_string(),
     };
+    #[cfg(unix)]
+    if state.has_acl() {
+        tokio::spawn(reload_on_hangup(state.clone()));
+    }
     let server = spawn(listener, state, conn)?;
     tracing::info!(addr = %server.addr(), mode, "caskv serving");
     shutdown_signal().await;
     server.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Re-reads the ACL file on every SIGHUP (a bad file is logged and the old rules stay).
+#[cfg(unix)]
+async fn reload_on_hangup(state: AppState) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: the ACL file reloads only by POST /admin/reload");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let _ = state.reload_acl();
+    }
 }
 
 /// Expires services and deletes expired keys in the background, once a second (reads see

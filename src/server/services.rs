@@ -8,6 +8,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::acl::{Need, Who};
 use super::error::ApiError;
 use super::extract::{JsonBody, KeyPath, Params};
 use super::metrics::Op as Metric;
@@ -38,12 +39,14 @@ fn metadata_json(e: &ServiceEntry) -> serde_json::Value {
 /// `POST /services` and `PUT /register`.
 pub async fn register(
     State(state): State<AppState>,
+    who: Who,
     body: Result<JsonBody<RegisterBody>, ApiError>,
 ) -> Response {
     metered(&state, Metric::Register, async {
         let JsonBody(body) = body?;
         let service = body.service;
         state.limits.check_key(&service.name)?;
+        who.service(&service.name, Need::Write)?;
         if service.address.is_empty() {
             return Err(ApiError::BadRequest("the service address is empty".into()));
         }
@@ -70,14 +73,16 @@ pub async fn register(
     .await
 }
 
-/// `GET /services` and `GET /services/`: live services, sorted by name.
-pub async fn list(State(state): State<AppState>) -> Response {
+/// `GET /services` and `GET /services/`: live services, sorted by name; only those the caller
+/// may read.
+pub async fn list(State(state): State<AppState>, who: Who) -> Response {
     metered(&state, Metric::ServiceList, async {
         let services: Vec<Service> = state
             .registry
             .list()
             .into_iter()
             .map(|e| e.service)
+            .filter(|s| who.may_read_service(&s.name))
             .collect();
         Ok(Json(services).into_response())
     })
@@ -87,11 +92,13 @@ pub async fn list(State(state): State<AppState>) -> Response {
 /// `GET /services/{name}` (`?metadata=true`).
 pub async fn get(
     State(state): State<AppState>,
+    who: Who,
     name: Result<KeyPath, ApiError>,
     params: Result<Params, ApiError>,
 ) -> Response {
     metered(&state, Metric::ServiceGet, async {
         let KeyPath(name) = name?;
+        who.service(&name, Need::Read)?;
         let metadata = params?.metadata()?;
         let entry = state
             .registry
@@ -109,11 +116,13 @@ pub async fn get(
 /// `DELETE /services/{name}` (`?cas=N`) and `DELETE /deregister/{name}`.
 pub async fn deregister(
     State(state): State<AppState>,
+    who: Who,
     name: Result<KeyPath, ApiError>,
     params: Result<Params, ApiError>,
 ) -> Response {
     metered(&state, Metric::Deregister, async {
         let KeyPath(name) = name?;
+        who.service(&name, Need::Write)?;
         let cas = params?.cas()?;
         if cas == Some(0) {
             return Err(ApiError::BadRequest(
@@ -130,9 +139,14 @@ pub async fn deregister(
 }
 
 /// `PUT /services/{name}/heartbeat` and `PUT /heartbeat/{name}`.
-pub async fn heartbeat(State(state): State<AppState>, name: Result<KeyPath, ApiError>) -> Response {
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    who: Who,
+    name: Result<KeyPath, ApiError>,
+) -> Response {
     metered(&state, Metric::Heartbeat, async {
         let KeyPath(name) = name?;
+        who.service(&name, Need::Write)?;
         let entry = state
             .registry
             .heartbeat(&name)
