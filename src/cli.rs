@@ -120,6 +120,15 @@ struct ServeArgs {
     /// Serve a non-loopback address without an ACL file (refused otherwise).
     #[arg(long, env = "CASKV_ALLOW_UNAUTHENTICATED")]
     allow_unauthenticated: bool,
+    /// Serve TLS with this certificate chain (PEM); re-read on SIGHUP.
+    #[arg(long, env = "CASKV_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, env = "CASKV_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Ask every client for a certificate signed by these CAs (PEM): mutual TLS.
+    #[arg(long, env = "CASKV_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -135,6 +144,9 @@ struct Remote {
     /// The token to send (`Authorization: Bearer`), for a server with an ACL file.
     #[arg(long, env = "CASKV_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// Trust the server certificates this CA (PEM) signed, for an `https://` address.
+    #[arg(long, env = "CASKV_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -275,10 +287,28 @@ fn serve(args: ServeArgs) -> ExitCode {
         max_entries: args.max_entries,
         max_memory: args.max_memory,
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = crate::server::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+            };
+            match crate::server::tls::Tls::load(files) {
+                Ok(tls) => Some(std::sync::Arc::new(tls)),
+                Err(e) => {
+                    eprintln!("caskv: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
     let conn = ConnLimits {
         max_connections: args.max_connections.max(1),
         header_timeout: args.header_timeout.into(),
         body_timeout: args.body_timeout.into(),
+        tls,
         ..ConnLimits::default()
     };
     let state = match &args.data_dir {
@@ -369,11 +399,13 @@ fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> Resul
         format!("http://{}", remote.addr)
     };
     let url = format!("{base}{path}");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let mut config = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
+        .timeout_global(Some(Duration::from_secs(30)));
+    if let Some(path) = &remote.ca_cert {
+        config = config.tls_config(trusting(path)?);
+    }
+    let agent: ureq::Agent = config.build().into();
     let bearer = remote.token.as_ref().map(|t| format!("Bearer {t}"));
     let sent = match (method, body) {
         ("GET", _) => with_token(agent.get(&url), &bearer).call(),
@@ -405,6 +437,32 @@ fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> Resul
         _ => 1,
     };
     Err(Failure(message, code))
+}
+
+/// A TLS configuration that trusts the CA certificates in the PEM file `path` (and no other).
+fn trusting(path: &std::path::Path) -> Result<ureq::tls::TlsConfig, Failure> {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let cannot = |e: &dyn std::fmt::Display| {
+        Failure(
+            format!("cannot read the CA certificate {}: {e}", path.display()),
+            1,
+        )
+    };
+    let pem = std::fs::read(path).map_err(|e| cannot(&e))?;
+    let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| cannot(&e))?;
+    if certs.is_empty() {
+        return Err(cannot(&"no certificate in it"));
+    }
+    Ok(TlsConfig::builder()
+        .root_certs(RootCerts::Specific(std::sync::Arc::new(certs)))
+        .build())
 }
 
 /// The request with an `Authorization` header, when there is a token.

@@ -4,6 +4,9 @@
 
 #![cfg(feature = "server")]
 
+#[path = "support/pki.rs"]
+mod pki;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -1224,4 +1227,52 @@ fn the_client_sends_its_token_and_sighup_reloads_the_rules() {
         );
         sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn serve_over_tls_and_the_client_with_its_ca_certificate() {
+    let ours = pki::pki("cli");
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    std::fs::write(path("ca.pem"), &ours.ca).unwrap();
+    std::fs::write(path("server.pem"), &ours.server_cert).unwrap();
+    std::fs::write(path("server.key"), &ours.server_key).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = caskv()
+        .args(["serve", "--addr", &addr, "--tls-cert", &path("server.pem")])
+        .args(["--tls-key", &path("server.key")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let srv = Server {
+        child,
+        addr: format!("https://{addr}"),
+    };
+    let ca = path("ca.pem");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = srv.run(&["kv", "put", "k", "v", "--ca-cert", &ca]);
+        if r.code == Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no TLS server: {}", r.stderr);
+        sleep(Duration::from_millis(50));
+    }
+    let got = srv.run(&["kv", "get", "k", "--ca-cert", &ca]);
+    assert_eq!(
+        (got.code, got.stdout.trim()),
+        (Some(0), "v"),
+        "{}",
+        got.stderr
+    );
+    // Without the CA, the server's certificate is not trusted: exit 1, one line.
+    srv.run(&["kv", "get", "k"]).fails(1, &[]);
+    // A CA file that does not read: exit 1, one line naming it.
+    srv.run(&["kv", "get", "k", "--ca-cert", "/no/such/ca.pem"])
+        .fails(1, &["/no/such/ca.pem"]);
+    // Plain HTTP to the TLS port: refused with the server's 400 (exit 1).
+    let plain = run(caskv().args(["kv", "get", "k", "--addr", &addr]));
+    assert_eq!(plain.code, Some(1), "{}", plain.stderr);
+    assert!(plain.stderr.contains("https"), "{}", plain.stderr);
 }

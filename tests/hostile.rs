@@ -52,6 +52,7 @@ impl Server {
                 header_timeout: HEADER_TIMEOUT,
                 body_timeout: BODY_TIMEOUT,
                 shutdown_grace: Duration::from_secs(1),
+                ..ConnLimits::default()
             },
         )
     }

@@ -11,6 +11,7 @@ mod kv;
 mod limits;
 pub mod metrics;
 mod services;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -186,6 +187,9 @@ pub struct ConnLimits {
     pub body_timeout: Duration,
     /// Time in-flight requests get to finish on shutdown. Default 10 s.
     pub shutdown_grace: Duration,
+    /// TLS for every connection (`None`: plain HTTP). Its handshake must finish within
+    /// `header_timeout`.
+    pub tls: Option<Arc<tls::Tls>>,
 }
 
 impl Default for ConnLimits {
@@ -195,6 +199,7 @@ impl Default for ConnLimits {
             header_timeout: defaults::HEADER_TIMEOUT,
             body_timeout: defaults::BODY_TIMEOUT,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
+            tls: None,
         }
     }
 }
@@ -455,10 +460,36 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let Some(tls) = &conn.tls else {
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+            continue;
+        };
+        // TLS: the handshake runs in the connection's own task (a slow client holds up only
+        // itself), within the header timeout.
+        let (acceptor, http, watcher) = (tls.acceptor(), http.clone(), graceful.watcher());
+        let handshake_timeout = conn.header_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let mut stream = stream;
+            let accepted = tokio::time::timeout(handshake_timeout, async {
+                if tls::answer_plain_http(&mut stream).await {
+                    return None;
+                }
+                acceptor.accept(stream).await.ok()
+            })
+            .await;
+            let Ok(Some(stream)) = accepted else {
+                tracing::debug!(%peer, "TLS handshake failed or timed out");
+                return;
+            };
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -583,8 +614,8 @@ pub async fn run(addr: SocketAddr, state: AppState, conn: ConnLimits) -> std::io
         None => "in memory".to_string(),
     };
     #[cfg(unix)]
-    if state.has_acl() {
-        tokio::spawn(reload_on_hangup(state.clone()));
+    if state.has_acl() || conn.tls.is_some() {
+        tokio::spawn(reload_on_hangup(state.clone(), conn.tls.clone()));
     }
     let server = spawn(listener, state, conn)?;
     tracing::info!(addr = %server.addr(), mode, "caskv serving");
@@ -594,16 +625,22 @@ pub async fn run(addr: SocketAddr, state: AppState, conn: ConnLimits) -> std::io
     Ok(())
 }
 
-/// Re-reads the ACL file on every SIGHUP (a bad file is logged and the old rules stay).
+/// Re-reads the ACL file and the TLS files on every SIGHUP (a bad file is logged and what
+/// was read before stays).
 #[cfg(unix)]
-async fn reload_on_hangup(state: AppState) {
+async fn reload_on_hangup(state: AppState, tls: Option<Arc<tls::Tls>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: the ACL file reloads only by POST /admin/reload");
+        tracing::warn!("cannot listen for SIGHUP: nothing will be reloaded on it");
         return;
     };
     while hangups.recv().await.is_some() {
-        let _ = state.reload_acl();
+        if state.has_acl() {
+            let _ = state.reload_acl();
+        }
+        if let Some(tls) = &tls {
+            let _ = tls.reload();
+        }
     }
 }
 
