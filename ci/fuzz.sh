@@ -13,7 +13,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-60}"
-targets="${FUZZ_TARGETS:-store_model store_concurrent http_request log_recovery}"
+targets="${FUZZ_TARGETS:-store_model store_concurrent http_request http_acl log_recovery}"
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "fuzz: SKIPPED: no nightly toolchain on this machine"
   exit 0

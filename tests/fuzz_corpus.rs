@@ -13,6 +13,9 @@
 
 // The HTTP target needs the server; the store targets run with `--no-default-features` too.
 #[cfg(feature = "server")]
+#[path = "../fuzz/targets/http_acl.rs"]
+mod http_acl;
+#[cfg(feature = "server")]
 #[path = "../fuzz/targets/http_request.rs"]
 mod http_request;
 #[path = "../fuzz/targets/log_recovery.rs"]
@@ -102,6 +105,12 @@ fn store_concurrent_corpus() {
 #[test]
 fn http_request_corpus() {
     replay("http_request", 1, http_request::run);
+}
+
+#[cfg(feature = "server")]
+#[test]
+fn http_acl_corpus() {
+    replay("http_acl", 1, http_acl::run);
 }
 
 #[test]
