@@ -540,3 +540,84 @@ fn an_invalid_acl_file_is_refused_at_start_with_the_reason() {
         .unwrap()
         .contains("cannot read"));
 }
+
+/// Every log line the servers of this test binary write (installed once, for the audit test).
+fn captured_logs() -> &'static std::sync::Mutex<Vec<u8>> {
+    static LOGS: std::sync::OnceLock<&'static std::sync::Mutex<Vec<u8>>> =
+        std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs: &'static std::sync::Mutex<Vec<u8>> = Box::leak(Box::default());
+        struct Sink(&'static std::sync::Mutex<Vec<u8>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || Sink(logs))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+        logs
+    })
+}
+
+#[test]
+fn each_refusal_is_logged_with_the_token_name_and_rule_never_the_token_and_rate_limited() {
+    let logs = captured_logs();
+    let file = AclFile::new(&rules().to_string());
+    let s = serve(&file);
+    denied(
+        call(&s, Some("app-token"), "GET", "/kv/app/secrets/db", None),
+        403,
+    );
+    denied(call(&s, Some("not-a-token"), "GET", "/kv/x", None), 401);
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("/kv/app/secrets/db"))
+        .unwrap_or_else(|| panic!("no audit line for the 403: {text}"));
+    assert!(
+        line.contains("request denied") && line.contains("GET"),
+        "{line}"
+    );
+    assert!(
+        line.contains("token=\"app\"") || line.contains("token=app"),
+        "{line}"
+    );
+    assert!(line.contains("app/secrets/"), "the rule: {line}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("/kv/x") && l.contains("unknown or malformed")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("app-token") && !text.contains("not-a-token"),
+        "a token was logged: {text}"
+    );
+    // A burst of refusals: at most the per-second budget each second (the burst spans a second
+    // boundary at most once in the time it takes).
+    let before = logs.lock().unwrap().len();
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        denied(
+            call(&s, Some("app-token"), "GET", "/kv/app/secrets/burst", None),
+            403,
+        );
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let burst = String::from_utf8_lossy(&logs.lock().unwrap()[before..])
+        .lines()
+        .filter(|l| l.contains("/kv/app/secrets/burst"))
+        .count() as u64;
+    let budget = caskv::server::acl::AUDIT_LINES_PER_SECOND * (seconds + 1);
+    assert!(
+        burst >= 1 && burst <= budget,
+        "{burst} audit lines for 200 refusals in {seconds} s"
+    );
+}

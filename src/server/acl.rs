@@ -23,8 +23,9 @@
 //! - `anonymous` is the rules of requests that carry no token (absent: they may do nothing but
 //!   `/health`); its unmatched keys are denied whatever `default` says.
 //! - A token is given as its `secret`, or as `secret_sha256` (the hex SHA-256 of the secret,
-//!   so the file need not hold it). Either way the server keeps only the digest, and finds a
-//!   presented token by its digest (so the time a lookup takes says nothing about the secret).
+//!   so the file need not hold it). Either way the server keeps only the digest. A presented
+//!   token is hashed, its digest's first 8 bytes pick the candidates, and each candidate's whole
+//!   digest is compared in constant time: how long a lookup takes says nothing about a secret.
 //! - `management: true` may `POST /admin/reload`.
 //!
 //! A token comes in `Authorization: Bearer <token>` or `X-Caskv-Token: <token>`. No token where
@@ -245,13 +246,30 @@ struct TokenFile {
 /// A loaded ACL file: the callers by their token's digest, and the anonymous caller.
 #[derive(Debug)]
 pub struct Acl {
-    tokens: FastMap<[u8; 32], Arc<Caller>>,
+    /// The callers by the first 8 bytes of their token's digest, each with its whole digest.
+    tokens: FastMap<u64, Vec<([u8; 32], Arc<Caller>)>>,
+    /// How many tokens.
+    count: usize,
     anonymous: Arc<Caller>,
 }
 
 /// The SHA-256 of a token.
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// The first 8 bytes of a digest: where its candidates are filed.
+fn bucket(digest: &[u8; 32]) -> u64 {
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(head)
+}
+
+/// Whether two digests are equal, in a time that does not depend on where they differ.
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // black_box: keeps the compiler from turning the fold into an early-exit comparison.
+    std::hint::black_box(diff) == 0
 }
 
 /// 64 hex digits as 32 bytes.
@@ -277,7 +295,8 @@ impl Acl {
     /// Parses and checks an ACL file's text.
     pub fn parse(text: &str) -> Result<Acl, String> {
         let file: File = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let mut tokens = FastMap::default();
+        let mut tokens: FastMap<u64, Vec<([u8; 32], Arc<Caller>)>> = FastMap::default();
+        let mut count = 0;
         let mut names = std::collections::HashSet::new();
         for t in file.tokens {
             if t.name.is_empty() {
@@ -306,9 +325,12 @@ impl Acl {
                 metrics: t.rules.metrics,
                 management: t.management,
             };
-            if tokens.insert(key, Arc::new(caller)).is_some() {
+            let candidates = tokens.entry(bucket(&key)).or_default();
+            if candidates.iter().any(|(d, _)| d == &key) {
                 return Err(format!("token {:?} has the same secret as another", t.name));
             }
+            candidates.push((key, Arc::new(caller)));
+            count += 1;
         }
         let anon = file.anonymous.unwrap_or_default();
         let anonymous = Arc::new(Caller {
@@ -318,25 +340,36 @@ impl Acl {
             metrics: anon.metrics,
             management: false,
         });
-        Ok(Acl { tokens, anonymous })
+        Ok(Acl {
+            tokens,
+            count,
+            anonymous,
+        })
     }
 
     /// The caller a request with `token` (or none) is: `None` for an unknown token.
     pub fn caller(&self, token: Option<&str>) -> Option<Arc<Caller>> {
         match token {
             None => Some(self.anonymous.clone()),
-            Some(t) => self.tokens.get(&digest(t)).cloned(),
+            Some(t) => {
+                let presented = digest(t);
+                let candidates = self.tokens.get(&bucket(&presented))?;
+                candidates
+                    .iter()
+                    .find(|(d, _)| same_digest(d, &presented))
+                    .map(|(_, caller)| caller.clone())
+            }
         }
     }
 
     /// How many tokens the file names.
     pub fn len(&self) -> usize {
-        self.tokens.len()
+        self.count
     }
 
     /// Whether the file names no token.
     pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
+        self.count == 0
     }
 }
 
