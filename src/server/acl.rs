@@ -243,11 +243,14 @@ struct TokenFile {
     management: bool,
 }
 
+/// The callers whose token digests share their first 8 bytes, with their whole digests.
+type Candidates = Vec<([u8; 32], Arc<Caller>)>;
+
 /// A loaded ACL file: the callers by their token's digest, and the anonymous caller.
 #[derive(Debug)]
 pub struct Acl {
     /// The callers by the first 8 bytes of their token's digest, each with its whole digest.
-    tokens: FastMap<u64, Vec<([u8; 32], Arc<Caller>)>>,
+    tokens: FastMap<u64, Candidates>,
     /// How many tokens.
     count: usize,
     anonymous: Arc<Caller>,
@@ -295,7 +298,7 @@ impl Acl {
     /// Parses and checks an ACL file's text.
     pub fn parse(text: &str) -> Result<Acl, String> {
         let file: File = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let mut tokens: FastMap<u64, Vec<([u8; 32], Arc<Caller>)>> = FastMap::default();
+        let mut tokens: FastMap<u64, Candidates> = FastMap::default();
         let mut count = 0;
         let mut names = std::collections::HashSet::new();
         for t in file.tokens {
