@@ -1275,4 +1275,26 @@ fn serve_over_tls_and_the_client_with_its_ca_certificate() {
     let plain = run(caskv().args(["kv", "get", "k", "--addr", &addr]));
     assert_eq!(plain.code, Some(1), "{}", plain.stderr);
     assert!(plain.stderr.contains("https"), "{}", plain.stderr);
+    // SIGHUP re-reads the certificate: a client trusting only the new CA gets in.
+    let next = pki::pki("cli-next");
+    std::fs::write(path("next-ca.pem"), &next.ca).unwrap();
+    std::fs::write(path("server.key"), &next.server_key).unwrap();
+    std::fs::write(path("server.pem"), &next.server_cert).unwrap();
+    signal(&srv.pid(), "-HUP");
+    let next_ca = path("next-ca.pem");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = srv.run(&["kv", "get", "k", "--ca-cert", &next_ca]);
+        if got.code == Some(0) {
+            assert_eq!(got.stdout.trim(), "v");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the certificate: {}",
+            got.stderr
+        );
+        sleep(Duration::from_millis(50));
+    }
+    srv.run(&["kv", "get", "k", "--ca-cert", &ca]).fails(1, &[]);
 }

@@ -85,6 +85,14 @@ fn https(s: &Server, path: &str) -> String {
     format!("https://127.0.0.1:{}{path}", s.addr.port())
 }
 
+/// `GET /health` through `agent`: its status, or the error (a failed handshake).
+fn health(agent: &ureq::Agent, s: &Server) -> Result<u16, ureq::Error> {
+    agent
+        .get(https(s, "/health"))
+        .call()
+        .map(|r| r.status().as_u16())
+}
+
 #[test]
 fn a_tls_server_serves_the_api_and_answers_plain_http_with_a_clear_400() {
     let ours = pki("a");
@@ -109,16 +117,8 @@ fn a_tls_server_serves_the_api_and_answers_plain_http_with_a_clear_400() {
     );
     // A client that does not trust the CA fails its handshake (and the server goes on).
     let stranger = client(&pki("b").ca, None);
-    assert!(stranger.get(https(&s, "/health")).call().is_err());
-    assert_eq!(
-        agent
-            .get(https(&s, "/health"))
-            .call()
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert!(health(&stranger, &s).is_err());
+    assert_eq!(health(&agent, &s).unwrap(), 200);
 }
 
 #[test]
@@ -128,24 +128,17 @@ fn mutual_tls_lets_in_only_clients_with_a_certificate_from_the_ca() {
     let s = serve(Arc::new(Tls::load(files.tls(true)).unwrap()));
     let without = client(&ours.ca, None);
     assert!(
-        without.get(https(&s, "/health")).call().is_err(),
+        health(&without, &s).is_err(),
         "a client without a certificate got in"
     );
     let other = pki("other");
     let wrong = client(&ours.ca, Some((&other.client_cert, &other.client_key)));
     assert!(
-        wrong.get(https(&s, "/health")).call().is_err(),
+        health(&wrong, &s).is_err(),
         "a client certificate from another CA got in"
     );
     let with = client(&ours.ca, Some((&ours.client_cert, &ours.client_key)));
-    assert_eq!(
-        with.get(https(&s, "/health"))
-            .call()
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(health(&with, &s).unwrap(), 200);
 }
 
 #[test]
@@ -155,47 +148,20 @@ fn a_reload_swaps_the_certificate_and_bad_files_keep_the_old_one() {
     let tls = Arc::new(Tls::load(files.tls(false)).unwrap());
     let s = serve(tls.clone());
     let trusts_first = client(&first.ca, None);
-    assert_eq!(
-        trusts_first
-            .get(https(&s, "/health"))
-            .call()
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(health(&trusts_first, &s).unwrap(), 200);
     // A key that does not match the certificate: refused, the old certificate stays.
     let second = pki("second");
     std::fs::write(files.path("server.pem"), &second.server_cert).unwrap();
     let err = tls.reload().unwrap_err();
     assert!(err.contains("do not make a certificate"), "{err}");
     let fresh_first = client(&first.ca, None); // a new connection
-    assert_eq!(
-        fresh_first
-            .get(https(&s, "/health"))
-            .call()
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(health(&fresh_first, &s).unwrap(), 200);
     // The whole new pair: new connections get the new certificate.
     files.write(&second);
     tls.reload().unwrap();
     let trusts_second = client(&second.ca, None);
-    assert_eq!(
-        trusts_second
-            .get(https(&s, "/health"))
-            .call()
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
-    assert!(client(&first.ca, None)
-        .get(https(&s, "/health"))
-        .call()
-        .is_err());
+    assert_eq!(health(&trusts_second, &s).unwrap(), 200);
+    assert!(health(&client(&first.ca, None), &s).is_err());
 }
 
 #[test]
