@@ -26,9 +26,9 @@
 //!   read since it came in moves to `main` (its frequency spent by one), else the entry is
 //!   evicted and its hash remembered by the ghost. From `main`: an entry with frequency left
 //!   loses one and goes round again, else it is evicted. A read the evictor finds (frequency
-//!   spent) is counted in the sketch: reads themselves never touch it. An entry being written (locked, settling, moved by a
-//!   resize) keeps its token at the queue's tail and is passed over. An evicted entry is a
-//!   delete at a fresh index (journaled), as an expiry is.
+//!   spent) is counted in the sketch: reads themselves never touch it. An entry being written
+//!   (locked, settling, moved by a resize) keeps its token at the queue's tail and is passed
+//!   over. An evicted entry is a delete at a fresh index (journaled), as an expiry is.
 //!
 //! # The bound
 //! A shard's weight counts every version made visible by a completed admission, less every
