@@ -1298,3 +1298,18 @@ fn serve_over_tls_and_the_client_with_its_ca_certificate() {
     }
     srv.run(&["kv", "get", "k", "--ca-cert", &ca]).fails(1, &[]);
 }
+
+#[test]
+fn sighup_without_anything_to_reload_leaves_the_server_running() {
+    let srv = Server::start();
+    srv.run(&["kv", "put", "k", "v"]).index();
+    signal(&srv.pid(), "-HUP");
+    sleep(Duration::from_millis(200));
+    let got = srv.run(&["kv", "get", "k"]);
+    assert_eq!(
+        (got.code, got.stdout.trim()),
+        (Some(0), "v"),
+        "{}",
+        got.stderr
+    );
+}

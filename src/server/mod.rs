@@ -613,9 +613,19 @@ pub async fn run(addr: SocketAddr, state: AppState, conn: ConnLimits) -> std::io
         Some(fsync) => format!("persistent, fsync {fsync:?}"),
         None => "in memory".to_string(),
     };
+    // Always: without an ACL file or TLS there is nothing to reload, but a SIGHUP (a reload by
+    // habit, a closed terminal) must not end the server as its default action would.
+    // Registered here, before the server listens, so that no SIGHUP can come before it.
     #[cfg(unix)]
-    if state.has_acl() || conn.tls.is_some() {
-        tokio::spawn(reload_on_hangup(state.clone(), conn.tls.clone()));
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => drop(tokio::spawn(reload_on_hangup(
+            hangups,
+            state.clone(),
+            conn.tls.clone(),
+        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: nothing will be reloaded on it")
+        }
     }
     let server = spawn(listener, state, conn)?;
     tracing::info!(addr = %server.addr(), mode, "caskv serving");
@@ -628,13 +638,15 @@ pub async fn run(addr: SocketAddr, state: AppState, conn: ConnLimits) -> std::io
 /// Re-reads the ACL file and the TLS files on every SIGHUP (a bad file is logged and what
 /// was read before stays).
 #[cfg(unix)]
-async fn reload_on_hangup(state: AppState, tls: Option<Arc<tls::Tls>>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: nothing will be reloaded on it");
-        return;
-    };
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    state: AppState,
+    tls: Option<Arc<tls::Tls>>,
+) {
     while hangups.recv().await.is_some() {
+        if !state.has_acl() && tls.is_none() {
+            tracing::info!("SIGHUP: no ACL file or TLS certificate to reload");
+        }
         if state.has_acl() {
             let _ = state.reload_acl();
         }
