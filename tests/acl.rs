@@ -92,29 +92,11 @@ fn call_with(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(server::CLIENT_TIMEOUT))
-        .build()
-        .into();
-    let mut builder = ureq::http::Request::builder()
-        .method(method)
-        .uri(format!("{}{path}", s.base));
-    if let Some((name, value)) = header {
-        builder = builder.header(name, value);
-    }
-    let mut response = match body {
-        Some(b) => agent.run(
-            builder
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&b).unwrap())
-                .unwrap(),
-        ),
-        None => agent.run(builder.body(()).unwrap()),
-    }
-    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap();
+    let headers: Vec<(&str, &str)> = header.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let bytes = body.map(|b| serde_json::to_vec(&b).unwrap());
+    let (status, text) = s
+        .send_with(method, path, &headers, bytes.as_deref())
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     let value = if text.starts_with('#') {
         Value::String(text) // the metrics' text
     } else {

@@ -140,6 +140,14 @@ impl Caller {
         }
     }
 
+    /// This caller's refusal by `rule` (a 401 if it came without a token, else a 403).
+    fn refuse(&self, rule: String) -> Denied {
+        Denied {
+            anonymous: self.name.is_none(),
+            rule,
+        }
+    }
+
     fn check(
         &self,
         namespace: &str,
@@ -151,13 +159,10 @@ impl Caller {
         if rule.allows(need) {
             return Ok(());
         }
-        Err(Denied {
-            anonymous: self.name.is_none(),
-            rule: match prefix {
-                Some(p) => format!("{namespace} {p:?}"),
-                None => format!("{namespace} default"),
-            },
-        })
+        Err(self.refuse(match prefix {
+            Some(p) => format!("{namespace} {p:?}"),
+            None => format!("{namespace} default"),
+        }))
     }
 
     /// May this caller do `need` to the key `key`?
@@ -165,9 +170,18 @@ impl Caller {
         self.check("kv", &self.kv, key, need)
     }
 
-    /// May this caller read `key` (for filtering listings)?
+    /// May this caller do `need` to every one of `keys` (a batch: refused whole)?
+    pub fn kv_all<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a String>,
+        need: Need,
+    ) -> Result<(), Denied> {
+        keys.into_iter().try_for_each(|k| self.kv(k, need))
+    }
+
+    /// May this caller read `key` (for filtering listings; no refusal is built)?
     pub fn may_read_key(&self, key: &str) -> bool {
-        self.kv(key, Need::Read).is_ok()
+        self.kv.rule(key).0.allows(Need::Read)
     }
 
     /// May this caller do `need` to the service `name`?
@@ -175,31 +189,27 @@ impl Caller {
         self.check("services", &self.services, name, need)
     }
 
-    /// May this caller read the service `name` (for filtering listings)?
+    /// May this caller read the service `name` (for filtering listings; no refusal is built)?
     pub fn may_read_service(&self, name: &str) -> bool {
-        self.service(name, Need::Read).is_ok()
+        self.services.rule(name).0.allows(Need::Read)
     }
 
     /// May this caller read `/metrics`?
     pub fn metrics(&self) -> Result<(), Denied> {
         if self.metrics.allows(Need::Read) {
-            return Ok(());
+            Ok(())
+        } else {
+            Err(self.refuse("metrics".into()))
         }
-        Err(Denied {
-            anonymous: self.name.is_none(),
-            rule: "metrics".into(),
-        })
     }
 
     /// May this caller reload the ACL file?
     pub fn management(&self) -> Result<(), Denied> {
         if self.management {
-            return Ok(());
+            Ok(())
+        } else {
+            Err(self.refuse("management".into()))
         }
-        Err(Denied {
-            anonymous: self.name.is_none(),
-            rule: "management".into(),
-        })
     }
 }
 
@@ -207,16 +217,12 @@ impl Caller {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    #[serde(default = "deny")]
+    #[serde(default)]
     default: Rule,
     #[serde(default)]
     anonymous: Option<Rules>,
     #[serde(default)]
     tokens: Vec<TokenFile>,
-}
-
-fn deny() -> Rule {
-    Rule::Deny
 }
 
 /// The rules of a token, or of anonymous requests.
@@ -227,7 +233,7 @@ struct Rules {
     kv: BTreeMap<String, Rule>,
     #[serde(default)]
     services: BTreeMap<String, Rule>,
-    #[serde(default = "deny")]
+    #[serde(default)]
     metrics: Rule,
 }
 
@@ -389,10 +395,18 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::AppState;
 
-/// The caller of a request, as [`identify`] found it (a handler's extractor). On a server
-/// without an ACL file, every request is [`Caller::unrestricted`].
+/// The caller of a request, as [`identify`] found it (a handler's extractor; its checks are
+/// [`Caller`]'s, whose refusals `?` turns into a 401 or 403). On a server without an ACL file,
+/// every request is [`Caller::unrestricted`].
 #[derive(Clone, Debug)]
 pub struct Who(Arc<Caller>);
+
+impl std::ops::Deref for Who {
+    type Target = Caller;
+    fn deref(&self) -> &Caller {
+        &self.0
+    }
+}
 
 /// The caller of every request of a server without an ACL file.
 fn unrestricted() -> Arc<Caller> {
@@ -410,47 +424,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Who {
             .get::<Who>()
             .cloned()
             .unwrap_or_else(|| Who(unrestricted())))
-    }
-}
-
-impl Who {
-    /// May it do `need` to `key`? (A refusal is a 401 or 403.)
-    pub fn kv(&self, key: &str, need: Need) -> Result<(), ApiError> {
-        self.0.kv(key, need).map_err(ApiError::from)
-    }
-
-    /// May it do `need` to every one of `keys` (a batch: refused whole)?
-    pub fn kv_all<'a>(
-        &self,
-        keys: impl IntoIterator<Item = &'a String>,
-        need: Need,
-    ) -> Result<(), ApiError> {
-        keys.into_iter().try_for_each(|k| self.kv(k, need))
-    }
-
-    /// May it read `key` (listings show only these)?
-    pub fn may_read_key(&self, key: &str) -> bool {
-        self.0.may_read_key(key)
-    }
-
-    /// May it do `need` to the service `name`?
-    pub fn service(&self, name: &str, need: Need) -> Result<(), ApiError> {
-        self.0.service(name, need).map_err(ApiError::from)
-    }
-
-    /// May it read the service `name` (listings show only these)?
-    pub fn may_read_service(&self, name: &str) -> bool {
-        self.0.may_read_service(name)
-    }
-
-    /// May it read `/metrics`?
-    pub fn metrics(&self) -> Result<(), ApiError> {
-        self.0.metrics().map_err(ApiError::from)
-    }
-
-    /// May it reload the ACL file?
-    pub fn management(&self) -> Result<(), ApiError> {
-        self.0.management().map_err(ApiError::from)
     }
 }
 
@@ -517,7 +490,7 @@ pub(crate) async fn identify(
     response
 }
 
-/// The most audit lines logged in one second; the rest of that second's are counted only.
+/// The most audit lines logged in one second; the rest of that second's are dropped.
 pub const AUDIT_LINES_PER_SECOND: u64 = 20;
 
 /// Logs a refusal, rate-limited.

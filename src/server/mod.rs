@@ -279,7 +279,7 @@ async fn health() -> Response {
 
 /// `POST /admin/reload`: reads the ACL file again (a management token only).
 async fn reload(State(state): State<AppState>, who: acl::Who) -> Response {
-    let result = who.management().and_then(|()| {
+    let result = who.management().map_err(ApiError::from).and_then(|()| {
         state
             .reload_acl()
             .map_err(|e| ApiError::BadRequest(format!("the ACL file was not reloaded: {e}")))
@@ -293,8 +293,8 @@ async fn reload(State(state): State<AppState>, who: acl::Who) -> Response {
 }
 
 async fn prometheus(State(state): State<AppState>, who: acl::Who) -> Response {
-    if let Err(e) = who.metrics() {
-        return e.into_response();
+    if let Err(denied) = who.metrics() {
+        return ApiError::from(denied).into_response();
     }
     let stats = state.store.cache_stats().unwrap_or_default();
     let weight = state.store.weight();

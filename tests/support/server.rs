@@ -135,9 +135,23 @@ impl Client {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<(u16, String), ureq::Error> {
-        let builder = ureq::http::Request::builder()
+        self.send_with(method, path, &[], body)
+    }
+
+    /// [`send`](Client::send) with extra headers.
+    pub fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<(u16, String), ureq::Error> {
+        let mut builder = ureq::http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
         let mut response = match body {
             Some(b) => self.agent.run(
                 builder
