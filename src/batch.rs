@@ -590,7 +590,7 @@ where
 
         // Commit: one index, every after stored, then the one flip.
         let deadline = self.engine.deadline(None);
-        let index = self.engine.global_index.next();
+        let index = self.engine.global_index.take();
         let mut writes = 0;
         // By reference: moving the inline vector into the iterator would copy all of it.
         for (i, (op, &(effect, before))) in ops.into_iter().zip(&effects).enumerate() {
@@ -626,7 +626,8 @@ where
         }
         held.txn().commit();
         // Journal while every key is still held: its next writer waits for the release.
-        let ticket = self.engine.journal.as_ref().map(|journal| {
+        let mut ticket = None;
+        if self.engine.journal.is_some() || self.engine.feed.is_some() {
             let mut changed: Vec<(&K, Option<EntryRef<'_, V>>)> = Vec::with_capacity(writes);
             for (i, held_slot) in held.slots.iter().enumerate() {
                 // Relaxed: we stored `after` ourselves on this thread.
@@ -640,11 +641,28 @@ where
                 let entry = unsafe { visible::<K, V>(after, &guard) }.map(EntryRef::of);
                 changed.push((&keyed.key, entry));
             }
-            journal.record(Mutation::Batch {
+            ticket = self.engine.journal.as_ref().map(|journal| {
+                journal.record(Mutation::Batch {
+                    index,
+                    writes: &changed,
+                })
+            });
+            self.engine.changed(index, || Mutation::Batch {
                 index,
                 writes: &changed,
-            })
-        });
+            });
+        } else {
+            self.engine.global_index.skip(index);
+        }
+        for i in 0..held.slots.len() {
+            // Relaxed: we stored `after` ourselves on this thread.
+            let after = held.lock_node(i).after.load(Ordering::Relaxed);
+            if after != held.slots[i].before {
+                // SAFETY: `after` is ours (see the commit loop), live while we hold the lock.
+                let key = unsafe { &(*cell::node_of::<cell::Keyed<K>>(after)).key };
+                self.engine.waiters.wake(key, || self.engine.raw.hash(key));
+            }
+        }
         if let Some(policy) = &self.engine.policy {
             let changes: SmallVec<[(u64, u64); INLINE_KEYS]> = (0..held.slots.len())
                 // Relaxed: we stored `after` ourselves on this thread.

@@ -558,6 +558,37 @@ pub(crate) unsafe fn visible<K, V>(word: u64, guard: &Guard) -> Option<&Record<K
     unsafe { visible(side, guard) }
 }
 
+/// What a reader sees through `word`, with the index of that state: a version's
+/// `modify_index`, a tomb's delete index, 0 for an empty slot (or one a batch claimed and left
+/// absent). Never waits, never writes.
+///
+/// # Safety
+/// As [`classify`].
+pub(crate) unsafe fn seen<K, V>(word: u64, guard: &Guard) -> (u64, Option<&Record<K, V>>) {
+    if address(word) == 0 {
+        return (0, None);
+    }
+    if word & LOCKED != 0 {
+        // SAFETY: as in `visible`: a LOCKED word points to a published `Lock` whose `Txn`
+        // outlives every pin that reached it.
+        let lock = unsafe { &*node_of::<Lock<K>>(word) };
+        // SAFETY: as above.
+        let side = if unsafe { &*lock.txn }.is_committed() {
+            // Relaxed: ordered by the Acquire in `is_committed`.
+            lock.after.load(Ordering::Relaxed)
+        } else {
+            lock.before
+        };
+        // SAFETY: as in `visible`; a lock's sides are never locked, so this recursion is one
+        // level deep.
+        return unsafe { seen(side, guard) };
+    }
+    // SAFETY: records and tombs start with a `Header<K>` (`repr(C)`), live for the caller's pin.
+    let index = unsafe { &*node_of::<Header<K>>(word) }.meta.modify_index;
+    // SAFETY: forwarded from the caller; an unlocked word.
+    (index, unsafe { visible(word, guard) })
+}
+
 /// Whether the node of `word` (not empty) belongs to `key`.
 ///
 /// # Safety

@@ -21,6 +21,11 @@ pub const ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 85
 /// Most operations (keys) in one batch, and keys in one `get_many`.
 pub const MAX_BATCH: usize = 1000;
 
+/// Changes a feed's history keeps ([`HistoryLimits`](crate::HistoryLimits)).
+pub const HISTORY_CHANGES: usize = 100_000;
+/// Bytes of changes a feed's history keeps, as its events weigh them.
+pub const HISTORY_BYTES: usize = 64 << 20;
+
 /// Attempts [`Store::update`](crate::Store::update) makes before it gives up.
 pub const UPDATE_ATTEMPTS: u32 = 10;
 /// The first and the largest pause between `update` attempts (each pause doubles, jittered).

@@ -22,6 +22,7 @@ use crate::journal::{Journal, Mutation, Written};
 use crate::sync::epoch::Guard;
 use crate::sync::{AtomicBool, Backoff, Ordering, StdArc};
 use crate::table::{Claim, Located, Raw, Table};
+use crate::watch::{Observer, Seen, Waiters};
 
 /// What a [`Store`](crate::Store) is made of.
 pub(crate) struct Engine<K, V> {
@@ -37,6 +38,11 @@ pub(crate) struct Engine<K, V> {
     pub(crate) policy: Option<Policy<K, V>>,
     /// Told of every eviction and expiry (see [`crate::cache::Removed`]).
     pub(crate) listener: Option<Listener<K, V>>,
+    /// The change feed this store reports its mutations to (`None`: none of its own; its
+    /// indices are then skipped in the index's feed, if the index has one).
+    pub(crate) feed: Option<StdArc<dyn Observer<K, V>>>,
+    /// The watchers of keys and prefixes, woken by every applied mutation.
+    pub(crate) waiters: Waiters<K>,
 }
 
 /// A store's settings ([`StoreBuilder`](crate::StoreBuilder)).
@@ -183,6 +189,53 @@ where
         }
     }
 
+    /// Hands the mutation applied at `index` to the store's feed; a store without one skips the
+    /// index in its index's feed (if that has one), so the feed never waits for it.
+    #[inline]
+    pub(crate) fn changed<'m>(&self, index: u64, mutation: impl FnOnce() -> Mutation<'m, K, V>)
+    where
+        K: 'm,
+        V: 'm,
+    {
+        match &self.feed {
+            Some(feed) => feed.applied(&mutation()),
+            None => self.global_index.skip(index),
+        }
+    }
+
+    /// The state of `key` as a watch sees it (see [`Seen`]), and the deadline of its version
+    /// (0: none). An expired version found here is first deleted at its own index.
+    pub(crate) fn seen<Q>(&self, key: &Q) -> (Seen<V>, u64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.raw.hash(key);
+        loop {
+            let guard = self.raw.pin();
+            let table = self.raw.table(&guard);
+            let Some(word) = self.raw.find(table, hash, key) else {
+                return (Seen::absent(self.raw.forgotten()), 0);
+            };
+            // SAFETY: `word` was loaded from a slot of a table reached under `guard`.
+            let (index, record) = unsafe { cell::seen::<K, V>(word, &guard) };
+            match record {
+                // Index 0: a slot a batch claimed and left absent, the key never written.
+                None if index == 0 => return (Seen::absent(self.raw.forgotten()), 0),
+                None => return (Seen::absent(index), 0),
+                Some(r) if self.live(r).is_some() => {
+                    return (Seen::present(Entry::of(r)), r.life.deadline())
+                }
+                Some(_) => {
+                    // Expired: delete it at its own index (the write path's look does), then
+                    // look again.
+                    let mut backoff = Backoff::new();
+                    while let Step::Retry = self.observe(hash, key, &guard, &mut backoff) {}
+                }
+            }
+        }
+    }
+
     /// Nowhere yet to keep removals for the listener (see [`Removed`]).
     #[inline]
     pub(crate) fn removed(&self) -> Removed<'_, K, V> {
@@ -234,11 +287,13 @@ where
     ) -> bool {
         let bits = if self.journal.is_some() { UNLOGGED } else { 0 };
         let key = &r.header.keyed.key;
-        let index = self.global_index.next();
+        let index = self.global_index.take();
         let mut tomb = Unpublished::<K, V>::new(cell::EMPTY);
         tomb.word = Tomb::word(cell::tag_of(word), key.clone(), index, bits);
         if slot.replace(word, tomb.word) == Cas::Lost {
-            return false; // `tomb` is freed unpublished; the index is a gap, never reused
+            // `tomb` is freed unpublished; the index is a gap, never reused.
+            self.global_index.skip(index);
+            return false;
         }
         let installed = tomb.publish();
         // SAFETY: the record we replaced is unreachable from the slot now; retired once, by us.
@@ -249,6 +304,8 @@ where
             // nobody waits for this delete's own ticket.
             let _ticket = journal.record(Mutation::Delete { key, index });
         }
+        self.changed(index, || Mutation::Delete { key, index });
+        self.waiters.wake(key, || self.raw.hash(key));
         if let Some(policy) = &self.policy {
             policy.forget(word, r);
             policy.counters.add(match cause {
@@ -471,7 +528,7 @@ where
                 (Some(_), Some(r)) => cache::carried(r.life.hints()),
                 _ => 0,
             };
-            let index = self.global_index.next();
+            let index = self.global_index.take();
             let meta = Meta {
                 modify_index: index,
                 create_index: current.map_or(index, |r| r.header.meta.create_index),
@@ -502,7 +559,9 @@ where
                 slot.replace(word, node.word) == Cas::Won
             };
             if !installed {
-                continue; // look again, decide again, restamp the same record
+                // Look again, decide again, restamp the same record; the index is a gap.
+                self.global_index.skip(index);
+                continue;
             }
             let installed = node.publish();
             // SAFETY: the word we replaced is unreachable from the slot now; retired once, by
@@ -518,6 +577,16 @@ where
                     entry: EntryRef::of(record),
                 })
             });
+            {
+                // SAFETY: `installed` is the record we published, live while we are pinned.
+                let record = unsafe { Raw::<K, V>::record(installed, &guard) };
+                let key = &record.header.keyed.key;
+                self.changed(index, || Mutation::Set {
+                    key,
+                    entry: EntryRef::of(record),
+                });
+                self.waiters.wake(key, || hash);
+            }
             if let Some(policy) = &self.policy {
                 // SAFETY: `installed` is the record we published, live while we are pinned.
                 let new = unsafe { Raw::<K, V>::record(installed, &guard) };
@@ -569,7 +638,7 @@ where
             }
             // The owned key, from the record we replace (live for the pin).
             let key = &current.header.keyed.key;
-            let index = self.global_index.next();
+            let index = self.global_index.take();
             if tomb.word == cell::EMPTY {
                 tomb.word = Tomb::word(cell::hash_tag(hash), key.clone(), index, bits);
             } else {
@@ -582,6 +651,7 @@ where
                 };
             }
             if slot.replace(word, tomb.word) == Cas::Lost {
+                self.global_index.skip(index); // a gap: the tomb is restamped next time
                 continue;
             }
             let installed = tomb.publish();
@@ -591,6 +661,8 @@ where
                 let _settle = Settling::new(slot, installed);
                 journal.record(Mutation::Delete { key, index })
             });
+            self.changed(index, || Mutation::Delete { key, index });
+            self.waiters.wake(key, || hash);
             if let Some(policy) = &self.policy {
                 policy.forget(hash, current);
             }

@@ -3,7 +3,8 @@
 
 use std::sync::OnceLock;
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering, StdArc};
+use crate::watch::Skips;
 
 /// Makes an index durable before it is handed out: a persistent store's reservation of index
 /// ranges in its log, so that no index is handed out twice, not even across a crash.
@@ -36,6 +37,9 @@ pub struct GlobalIndex {
     last: AtomicU64,
     /// A persistent store's reservation; unset for an in-memory counter.
     reserve: OnceLock<Box<dyn Reserve>>,
+    /// The change feed of the stores on this index, if one keeps a history: every index
+    /// handed out must end in it (applied, or skipped).
+    feed: OnceLock<StdArc<dyn Skips>>,
 }
 
 impl std::fmt::Debug for GlobalIndex {
@@ -58,6 +62,7 @@ impl GlobalIndex {
         GlobalIndex {
             last: AtomicU64::new(0),
             reserve: OnceLock::new(),
+            feed: OnceLock::new(),
         }
     }
 
@@ -89,6 +94,7 @@ impl GlobalIndex {
         (high_water < Self::LIMIT).then(|| GlobalIndex {
             last: AtomicU64::new(high_water),
             reserve: OnceLock::new(),
+            feed: OnceLock::new(),
         })
     }
 
@@ -102,11 +108,22 @@ impl GlobalIndex {
         (high_water < Self::RESUME_LIMIT).then(|| GlobalIndex {
             last: AtomicU64::new(high_water),
             reserve: OnceLock::new(),
+            feed: OnceLock::new(),
         })
     }
 
-    /// Takes the next index.
+    /// Takes the next index, for a caller's own use: on an index with a change feed it is
+    /// recorded there as naming no mutation (it is never reused either way).
     pub fn next(&self) -> u64 {
+        let index = self.take();
+        self.skip(index);
+        index
+    }
+
+    /// Takes the next index for a store's mutation, which reports it to the feed itself
+    /// (applied, or [`skip`](GlobalIndex::skip)ped).
+    #[inline]
+    pub(crate) fn take(&self) -> u64 {
         // Relaxed is enough for uniqueness and monotonicity: both follow from the single
         // modification order of this one atomic. Callers that need the index ordered after a
         // cell they loaded get that from the cell's Acquire load, which is sequenced before this.
@@ -117,6 +134,28 @@ impl GlobalIndex {
             reserve.cover(index);
         }
         index
+    }
+
+    /// Records `index` in the feed (if any) as naming no mutation: a write took it and lost
+    /// its CAS, or a store without a feed of its own applied it on an index that has one.
+    #[inline]
+    pub(crate) fn skip(&self, index: u64) {
+        if let Some(feed) = self.feed.get() {
+            feed.skip(index);
+        }
+    }
+
+    /// Attaches `feed` (once): returns whether `feed` is now this index's feed (it already was,
+    /// or none was), and the index it starts after.
+    pub(crate) fn attach_feed(&self, feed: StdArc<dyn Skips>) -> Option<u64> {
+        let attached = self.feed.get_or_init(|| feed.clone());
+        if !std::ptr::addr_eq(StdArc::as_ptr(attached), StdArc::as_ptr(&feed)) {
+            return None;
+        }
+        // Attached while the store is built, before any store on this index writes (the
+        // builder's documented contract): no index is in flight, so every index above the
+        // high-water mark is reported to the feed.
+        Some(self.high_water())
     }
 
     /// Makes every later index durable before it is handed out (a persistent store).

@@ -85,6 +85,7 @@ mod registry;
 mod store;
 mod sync;
 mod table;
+mod watch;
 
 #[cfg(feature = "server")]
 pub mod cli;
@@ -107,6 +108,10 @@ pub use journal::{Journal, Mutation};
 pub use persist::Pending;
 pub use registry::{Registration, Registry, RegistryError, Service, ServiceEntry};
 pub use store::{Pinned, Store, StoreBuilder};
+pub use watch::{
+    Change, Changed, Compacted, Feed, FeedEvent, HistoryLimits, Listing, PrefixWatch, Seen, Watch,
+    WatchTarget,
+};
 
 /// Frees what the calling thread has retired (values replaced or deleted, through any
 /// store), as far as other threads' pins allow, and returns how many retired nodes it still

@@ -16,6 +16,10 @@ use crate::journal::{Journal, Written};
 use crate::sync::epoch::Guard;
 use crate::sync::{AtomicBool, StdArc};
 use crate::table::Raw;
+use crate::watch::{
+    Change, Compacted, Feed, FeedEvent, HistoryLimits, Listing, Observer, PrefixWatch, Reporter,
+    Seen, Skips, Waiters, Watch,
+};
 
 /// A concurrent versioned key-value store. See the [crate docs](crate) for the consistency model.
 ///
@@ -42,7 +46,12 @@ pub struct Store<K, V> {
     pub(crate) engine: Engine<K, V>,
     /// Loads in flight ([`Store::get_or_insert_with`]).
     flights: Flights<K, V>,
+    /// The store's own history ([`StoreBuilder::history`]), read by [`Store::changes`].
+    history: Option<StdArc<Feed<Change<K, V>>>>,
 }
+
+/// A feed as a store reports to it (`Observer`) and as its index does (`Skips`): one object.
+type FeedLink<K, V> = (StdArc<dyn Observer<K, V>>, StdArc<dyn Skips>);
 
 /// Configures a [`Store`].
 ///
@@ -62,6 +71,10 @@ pub struct StoreBuilder<K, V> {
     bound: Option<u64>,
     weigher: Option<Weigher<K, V>>,
     listener: Option<Listener<K, V>>,
+    /// The feed to report to, as the store sees it and as its index does (one object).
+    feed: Option<FeedLink<K, V>>,
+    /// The feed of [`StoreBuilder::history`], kept for [`Store::changes`].
+    history: Option<StdArc<Feed<Change<K, V>>>>,
     /// The store's types, fixed by [`Store::builder`] (`fn` so the builder is `Send` and
     /// `Sync` whatever they are).
     _types: PhantomData<fn() -> (K, V)>,
@@ -75,6 +88,8 @@ impl<K, V> Default for StoreBuilder<K, V> {
             bound: None,
             weigher: None,
             listener: None,
+            feed: None,
+            history: None,
             _types: PhantomData,
         }
     }
@@ -88,6 +103,7 @@ impl<K, V> std::fmt::Debug for StoreBuilder<K, V> {
             .field("bound", &self.bound)
             .field("weighted", &self.weigher.is_some())
             .field("listener", &self.listener.is_some())
+            .field("feed", &self.feed.is_some())
             .finish()
     }
 }
@@ -242,6 +258,75 @@ impl<K, V> StoreBuilder<K, V> {
         self
     }
 
+    /// Keeps a history of the store's committed mutations, read with [`Store::changes`]: gap-
+    /// free and in index order, the last `limits.max_changes` of them (and no more than
+    /// `limits.max_bytes` by [`Change`]'s inline size). Each write then also clones its key and
+    /// value into the history; without it, writes keep nothing.
+    ///
+    /// The store's [`GlobalIndex`] gets this feed: stores that share the index report their
+    /// indices to it too (as gaps, since their changes are not of this type). Build the store
+    /// before any store on the same index writes (see [`build`](StoreBuilder::build)).
+    ///
+    /// ```
+    /// use caskv::{HistoryLimits, Store};
+    /// let store: Store<String, u32> = Store::builder().history(HistoryLimits::default()).build();
+    /// let a = store.set("a".into(), 1);
+    /// store.set("b".into(), 2);
+    /// let after_a = store.changes(a).unwrap();
+    /// assert_eq!(after_a.len(), 1);
+    /// assert_eq!(after_a[0].index(), a + 1);
+    /// ```
+    pub fn history(mut self, limits: HistoryLimits) -> Self
+    where
+        K: Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        let feed = Feed::<Change<K, V>>::new(limits);
+        self = self.feed(feed.clone(), |change| change);
+        self.history = Some(feed);
+        self
+    }
+
+    /// Reports the store's committed mutations to `feed`, each [`Change`] made an `E` by
+    /// `into`. Stores that share the [`GlobalIndex`] may report to the same feed (each with
+    /// its own `into`): one gap-free history of them all, read with [`Feed::read`]. Replaces a
+    /// [`history`](StoreBuilder::history). A store on the index that reports to no feed leaves
+    /// gaps in it (its indices are skipped), never holes.
+    ///
+    /// ```
+    /// use caskv::{Change, Feed, FeedEvent, GlobalIndex, HistoryLimits, Store};
+    /// use std::sync::Arc;
+    /// #[derive(Debug)]
+    /// enum Event { Name(Change<String, String>), Count(Change<String, u64>) }
+    /// impl FeedEvent for Event {
+    ///     fn index(&self) -> u64 { match self { Event::Name(c) => c.index(), Event::Count(c) => c.index() } }
+    ///     fn weight(&self) -> usize { 64 }
+    /// }
+    /// let index = Arc::new(GlobalIndex::new());
+    /// let feed = Feed::<Event>::new(HistoryLimits::default());
+    /// let names: Store<String, String> =
+    ///     Store::builder().global_index(index.clone()).feed(feed.clone(), Event::Name).build();
+    /// let counts: Store<String, u64> =
+    ///     Store::builder().global_index(index).feed(feed.clone(), Event::Count).build();
+    /// names.set("n".into(), "x".into());
+    /// counts.set("c".into(), 1);
+    /// let events = feed.read(0, 10).unwrap();
+    /// assert!(matches!(&*events[0], Event::Name(_)) && matches!(&*events[1], Event::Count(_)));
+    /// ```
+    pub fn feed<E: FeedEvent>(mut self, feed: StdArc<Feed<E>>, into: fn(Change<K, V>) -> E) -> Self
+    where
+        K: Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        let reporter = Reporter {
+            feed: feed.clone(),
+            into,
+        };
+        self.feed = Some((StdArc::new(reporter), feed));
+        self.history = None;
+        self
+    }
+
     /// The clock deadlines are read against. Default [`SystemClock`](crate::SystemClock);
     /// tests drive a [`ManualClock`](crate::ManualClock).
     pub fn clock(mut self, clock: StdArc<dyn crate::Clock>) -> Self {
@@ -250,15 +335,29 @@ impl<K, V> StoreBuilder<K, V> {
     }
 
     /// Builds the store.
+    ///
+    /// # Panics
+    /// With a [`history`](StoreBuilder::history) or a [`feed`](StoreBuilder::feed), if the
+    /// store's [`GlobalIndex`] already has a different feed (an index has at most one). A
+    /// feed starts after the index's high-water mark at this call: build the store before any
+    /// store on the same index writes, or a write in flight may leave the feed waiting for it.
     pub fn build(self) -> Store<K, V>
     where
         K: Hash + Eq + Send + 'static,
         V: Send + 'static,
     {
+        let global_index: StdArc<GlobalIndex> = self.global_index.unwrap_or_default();
+        let feed = self.feed.map(|(observer, skips)| {
+            let Some(start) = global_index.attach_feed(skips.clone()) else {
+                panic!("caskv: this GlobalIndex already has a different feed (one per index)");
+            };
+            skips.start_after(start);
+            observer
+        });
         Store {
             engine: Engine {
                 raw: Raw::with_capacity(self.config.capacity),
-                global_index: self.global_index.unwrap_or_default(),
+                global_index,
                 config: self.config,
                 journal: None,
                 has_deadlines: AtomicBool::new(false),
@@ -270,8 +369,11 @@ impl<K, V> StoreBuilder<K, V> {
                     Policy::new(bound, policy_shards())
                 }),
                 listener: self.listener,
+                feed,
+                waiters: Waiters::new(),
             },
             flights: Flights::new(),
+            history: self.history,
         }
     }
 
@@ -907,6 +1009,124 @@ where
     /// ```
     pub fn purge_expired(&self) -> usize {
         self.engine.purge_expired()
+    }
+
+    /// The key's state with its index (see [`Seen`]): the entry and its `modify_index`, or for
+    /// an absent key the index of the delete that removed it while the store remembers it,
+    /// else the highest delete index the store forgot (0 if it never forgot one). What a blocking read answers with. An expired version found here is deleted
+    /// first, at its own index.
+    ///
+    /// ```
+    /// # use caskv::Store;
+    /// let store: Store<&str, u8> = Store::new();
+    /// store.set("k", 1);
+    /// let deleted = store.delete(&"k").unwrap();
+    /// assert_eq!(store.state("k").index, deleted);
+    /// assert!(store.state("k").entry.is_none());
+    /// assert_eq!(store.state("never").index, 0);
+    /// ```
+    pub fn state<Q>(&self, key: &Q) -> Seen<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.engine.seen(key).0
+    }
+
+    /// The entries under `prefix`, sorted, with the highest index that affected the prefix
+    /// among what the store remembers (versions, and deletes whose tombs the table still
+    /// holds; a delete it forgot counts as the highest forgotten delete index): what a
+    /// blocking listing answers with. Weakly consistent, as
+    /// [`entries`](Store::entries).
+    ///
+    /// ```
+    /// # use caskv::Store;
+    /// let store: Store<String, u8> = Store::new();
+    /// store.set("a/1".into(), 1);
+    /// store.set("b/1".into(), 1);
+    /// let deleted = store.delete("a/1").unwrap();
+    /// let listing = store.listing("a/");
+    /// assert!(listing.entries.is_empty());
+    /// assert_eq!(listing.index, deleted);
+    /// ```
+    pub fn listing(&self, prefix: &str) -> Listing<K, V>
+    where
+        K: AsRef<str>,
+    {
+        let guard = self.engine.raw.pin();
+        // A delete whose tomb a resize dropped may have been under the prefix.
+        let mut index = self.engine.raw.forgotten();
+        let mut entries = Vec::new();
+        self.engine.raw.for_each(&guard, |k, _, word| {
+            if !k.as_ref().starts_with(prefix) {
+                return;
+            }
+            // SAFETY: `word` was loaded from a slot under `guard`.
+            let (at, record) = unsafe { crate::cell::seen::<K, V>(word, &guard) };
+            index = index.max(at);
+            if let Some(r) = record.and_then(|r| self.engine.live(r)) {
+                entries.push((k.clone(), Entry::of(r)));
+            }
+        });
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Listing { index, entries }
+    }
+
+    /// Watches `key` for changes after index `after` (see [`Watch`]).
+    pub fn watch(&self, key: K, after: u64) -> Watch<'_, K, V> {
+        Watch::new(self, key, after)
+    }
+
+    /// Watches every key that starts with `prefix` for changes after index `after` (see
+    /// [`PrefixWatch`]).
+    pub fn watch_prefix(&self, prefix: &str, after: u64) -> PrefixWatch<'_, K, V>
+    where
+        K: AsRef<str>,
+    {
+        PrefixWatch::new(self, prefix, after)
+    }
+
+    /// The watches registered now, and how many times a write woke one, ever.
+    ///
+    /// ```
+    /// # use caskv::Store;
+    /// let store: Store<String, u8> = Store::new();
+    /// let _watch = store.watch("a".into(), 0);
+    /// store.set("b".into(), 1); // nobody watches "b"
+    /// assert_eq!(store.watch_counts(), (1, 0));
+    /// store.set("a".into(), 1);
+    /// assert_eq!(store.watch_counts(), (1, 1));
+    /// ```
+    pub fn watch_counts(&self) -> (usize, u64) {
+        self.engine.waiters.stats()
+    }
+
+    /// The committed mutations with an index above `after`, in index order and without gaps
+    /// (a batch is one [`Change::Batch`] at its one index; expiries and evictions are deletes),
+    /// from the history kept by [`StoreBuilder::history`]. The answer ends at the feed's
+    /// watermark: the highest index below which every index handed out was applied or given
+    /// up, so it is a prefix of the order in which readers see the mutations. An `after` at or
+    /// above the watermark gets an empty answer.
+    ///
+    /// # Errors
+    /// [`Compacted`] when the history no longer holds every change after `after`. A store
+    /// without a history holds none: every `after` below the high-water mark is compacted.
+    pub fn changes(&self, after: u64) -> Result<Vec<StdArc<Change<K, V>>>, Compacted>
+    where
+        K: Sync,
+        V: Sync,
+    {
+        match &self.history {
+            Some(feed) => feed.read(after, usize::MAX),
+            None => {
+                let oldest = self.engine.global_index.high_water();
+                if after < oldest {
+                    Err(Compacted { oldest })
+                } else {
+                    Ok(Vec::new())
+                }
+            }
+        }
     }
 }
 

@@ -54,7 +54,7 @@ use crate::cell::{
     FROZEN, LOCKED, UNLOGGED,
 };
 use crate::sync::epoch::{self, Guard};
-use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Backoff, Ordering};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Backoff, Ordering};
 
 /// The hasher of every store: fast, and seeded per store.
 #[cfg(not(caskv_loom))]
@@ -202,6 +202,9 @@ impl Drop for AbortOnUnwind {
 /// collector. Owns every node reachable from the current table.
 pub(crate) struct Raw<K, V> {
     current: AtomicPtr<Table>,
+    /// The highest delete index among the tombs resizes dropped: the index of the state of a
+    /// key the table has no slot for (its delete, if it had one, is at most this).
+    forgotten: AtomicU64,
     hasher: Hasher,
     #[cfg(caskv_loom)]
     garbage: std::sync::Arc<epoch::Garbage>,
@@ -230,6 +233,7 @@ where
             .max(MIN_CAPACITY);
         Raw {
             current: AtomicPtr::new(Box::into_raw(Table::new(slots))),
+            forgotten: AtomicU64::new(0),
             hasher: Hasher::default(),
             #[cfg(caskv_loom)]
             garbage: Default::default(),
@@ -466,6 +470,7 @@ where
         // helping a resize that can never finish. A panicking `Hash` aborts instead, loudly.
         let _abort = AbortOnUnwind("a key's Hash panicked while the table was being resized");
         let mut moved = 0;
+        let mut dropped = 0;
         for slot in &table.slots[range] {
             let mut backoff = Backoff::new();
             let word = loop {
@@ -488,6 +493,9 @@ where
                 // Not copied, and not freed yet: this table is still current, so threads that
                 // pin from now on can reach the tomb. It is freed with the table's slot array
                 // (`Table::free_with_tombs`), after the table stopped being current.
+                // SAFETY: a tomb's word, loaded under our pin; tombs start with a `Header`.
+                let index = unsafe { (*cell::node_of::<cell::Header<K>>(word)).meta.modify_index };
+                dropped = dropped.max(index);
                 continue;
             }
             // SAFETY: a live record's word, loaded under our pin.
@@ -498,6 +506,10 @@ where
         // Relaxed: published to the next table's users by the Release chain of `copied` and
         // `current`.
         next.counters.claimed.fetch_add(moved, Ordering::Relaxed);
+        if dropped != 0 {
+            // Relaxed: as above (read by those who find no slot in the next table).
+            self.forgotten.fetch_max(dropped, Ordering::Relaxed);
+        }
     }
 
     /// Puts a moved word into the first empty slot of its probe sequence in `next`. Other
@@ -527,6 +539,14 @@ where
         // reach it or the tombs frozen in it; only this thread (the one that completed the
         // copy) retires it, and every one of its slots is frozen.
         unsafe { epoch::retire(guard, old, Table::free_with_tombs::<K>) };
+    }
+
+    /// The highest delete index of a tomb a resize dropped (0: none): the index of an absent
+    /// key's state when the table has no tomb for it. Read after the table was loaded.
+    pub(crate) fn forgotten(&self) -> u64 {
+        // Relaxed: a resize's `fetch_max` happens before the publication of the table that
+        // no longer has the tombs (see the copy), which the caller loaded with Acquire.
+        self.forgotten.load(Ordering::Relaxed)
     }
 
     /// Calls `f` with the key, slot and word of every claimed slot of the current table.

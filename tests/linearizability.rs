@@ -603,6 +603,133 @@ fn histories_with_batches_are_linearizable_as_a_whole_map() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The change feed: every read a gap-free prefix of the index order the checker accepted
+// ---------------------------------------------------------------------------------------------
+
+/// Histories with batches on a store that keeps a history, while a reader follows the feed.
+/// Each round must be linearizable (as above) and, for its feed:
+/// - the final feed holds exactly the indices the operations returned as writes, in increasing
+///   order, each event naming the keys its operation wrote (a batch: the keys it changed);
+/// - every read the reader made during the round is a prefix of the final feed;
+/// - replaying the final feed in order over an empty map gives the store's final contents
+///   (values and both indices): the feed is the order in which the store's state was built.
+#[test]
+fn the_feed_is_a_gap_free_prefix_of_the_index_order() {
+    use caskv::{Change, HistoryLimits};
+    let seed = base_seed();
+    let rounds = rounds() / 4;
+    let (mut ops, mut reads) = (0, 0);
+    for round in 0..rounds {
+        let w = workload(Mode::Map, round);
+        let store: Store<Key, u32> = Store::builder().history(HistoryLimits::default()).build();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (history, snapshots) = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut snapshots = Vec::new();
+                while !done.load(Ordering::SeqCst) {
+                    snapshots.push(store.changes(0).unwrap());
+                }
+                snapshots
+            });
+            let history = record(&store, &w, seed.wrapping_add(round as u64));
+            done.store(true, Ordering::SeqCst);
+            (history, reader.join().unwrap())
+        });
+        if let Err(report) = check_round(&history, Mode::Map, w.keys) {
+            panic!("round {round} (seed {seed}): {report}");
+        }
+        let feed = store.changes(0).unwrap();
+        // Exactly the writes, in index order, each with its keys.
+        let mut wrote: Vec<(u64, Vec<Key>)> = history
+            .iter()
+            .filter_map(|e| match (&e.op.call, &e.op.outcome) {
+                (Call::Batch(ops), Outcome::Wrote(i)) => Some((
+                    *i,
+                    ops.iter()
+                        .filter(|op| !matches!(op, BatchOp::CheckIndex(..)))
+                        .map(BatchOp::key)
+                        .collect(),
+                )),
+                (call, Outcome::Wrote(i)) => Some((*i, vec![call.key().unwrap()])),
+                _ => None,
+            })
+            .collect();
+        wrote.sort();
+        let fed: Vec<(u64, Vec<Key>)> = feed
+            .iter()
+            .map(|c| match &**c {
+                Change::Set { key, entry } => (entry.modify_index, vec![*key]),
+                Change::Delete { key, index } => (*index, vec![*key]),
+                Change::Batch { index, writes } => {
+                    (*index, writes.iter().map(|(k, _)| *k).collect())
+                }
+                other => panic!("an unknown change {other:?}"),
+            })
+            .collect();
+        // A batch's unconditional ops on absent keys and value-CASes that keep a value may
+        // write nothing to a key; compare indices exactly and keys as a subset.
+        assert_eq!(
+            fed.iter().map(|f| f.0).collect::<Vec<_>>(),
+            wrote.iter().map(|w| w.0).collect::<Vec<_>>(),
+            "round {round}: the feed's indices are not the writes'"
+        );
+        for (f, w) in fed.iter().zip(&wrote) {
+            assert!(
+                f.1.iter().all(|k| w.1.contains(k)),
+                "round {round}: index {} fed keys {:?}, the write named {:?}",
+                f.0,
+                f.1,
+                w.1
+            );
+        }
+        // Every read a prefix.
+        for snapshot in &snapshots {
+            assert!(snapshot.len() <= feed.len());
+            assert!(
+                snapshot.iter().zip(feed.iter()).all(|(a, b)| a == b),
+                "round {round}: a read that is not a prefix of the final feed"
+            );
+        }
+        // Replaying the feed builds the store's state.
+        let mut replay: BTreeMap<Key, (u32, u64, u64)> = BTreeMap::new();
+        for change in &feed {
+            match &**change {
+                Change::Set { key, entry } => {
+                    replay.insert(*key, (entry.value, entry.modify_index, entry.create_index));
+                }
+                Change::Delete { key, .. } => {
+                    replay.remove(key);
+                }
+                Change::Batch { writes, .. } => {
+                    for (key, entry) in writes {
+                        match entry {
+                            Some(e) => {
+                                replay.insert(*key, (e.value, e.modify_index, e.create_index))
+                            }
+                            None => replay.remove(key),
+                        };
+                    }
+                }
+                other => panic!("an unknown change {other:?}"),
+            }
+        }
+        let now: BTreeMap<Key, (u32, u64, u64)> = store
+            .entries()
+            .into_iter()
+            .map(|(k, e)| (k, (e.value, e.modify_index, e.create_index)))
+            .collect();
+        assert_eq!(
+            replay, now,
+            "round {round}: replaying the feed differs from the store"
+        );
+        ops += history.len();
+        reads += snapshots.len();
+    }
+    eprintln!("feed: {ops} operations in {rounds} histories, {reads} reads of the feed checked");
+    assert!(ops >= rounds * 36);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Time: an expiry is a delete at its own index
 // ---------------------------------------------------------------------------------------------
 

@@ -56,7 +56,7 @@
 //! `reclaim`, or exits.
 
 mod collector;
-mod fence;
+pub(crate) mod fence;
 
 #[cfg(not(caskv_loom))]
 use collector::Participant;
