@@ -104,6 +104,16 @@ struct ServeArgs {
     /// as it is written. Default: none.
     #[arg(long, env = "CASKV_MAX_MEMORY")]
     max_memory: Option<u64>,
+    /// Changes the feed (`GET /watch`) remembers; a client asking for older ones gets a 410.
+    #[arg(long, env = "CASKV_HISTORY_CHANGES", default_value_t = defaults::HISTORY_CHANGES)]
+    history_changes: usize,
+    /// Bytes of changes (keys and values) the feed remembers.
+    #[arg(long, env = "CASKV_HISTORY_BYTES", default_value_t = defaults::HISTORY_BYTES)]
+    history_bytes: usize,
+    /// How long a change-feed stream waits for a client that reads nothing before it cuts
+    /// the stream with `event: lagged`.
+    #[arg(long, env = "CASKV_WATCH_LAG_TIMEOUT", default_value_t = defaults::WATCH_LAG_TIMEOUT.into())]
+    watch_lag_timeout: humantime::Duration,
     /// Most connections served at once.
     #[arg(long, env = "CASKV_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     max_connections: usize,
@@ -286,6 +296,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         max_batch: args.max_batch,
         max_entries: args.max_entries,
         max_memory: args.max_memory,
+        history: crate::HistoryLimits {
+            max_changes: args.history_changes,
+            max_bytes: args.history_bytes,
+        },
+        watch_lag_timeout: args.watch_lag_timeout.into(),
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {

@@ -23,7 +23,61 @@ use crate::persist::{
     Codec, Durable, FsyncPolicy, Options, Pending, PersistError, RecoveryReport, SnapshotReport,
     MAX_BATCH_BYTES, MAX_ENTRY_BYTES,
 };
-use crate::{Error, GlobalIndex, Op, Registry, RegistryError, Service, StorageError, Store};
+use crate::watch::{Change, Compacted, Feed, FeedEvent};
+use crate::{
+    Error, GlobalIndex, Op, Registration, Registry, RegistryError, Service, StorageError, Store,
+};
+
+/// One committed change of a [`Db`]: of its KV store, or of its service registry, in the one
+/// index order both share ([`Db::changes`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum DbChange<K, V> {
+    /// A change of the KV store.
+    Kv(Change<K, V>),
+    /// A change of the service registry (keyed by service name).
+    Service(Change<String, Arc<Registration>>),
+}
+
+impl<K, V> DbChange<K, V> {
+    /// The index the change was committed at.
+    pub fn index(&self) -> u64 {
+        match self {
+            DbChange::Kv(c) => c.index(),
+            DbChange::Service(c) => c.index(),
+        }
+    }
+}
+
+/// Weighs a change by the encoded size of its keys and values, plus a fixed 64 bytes per item.
+impl<K, V> FeedEvent for DbChange<K, V>
+where
+    K: Codec + Send + Sync + 'static,
+    V: Codec + Send + Sync + 'static,
+{
+    fn index(&self) -> u64 {
+        DbChange::index(self)
+    }
+
+    fn weight(&self) -> usize {
+        fn weigh<K: Codec, V: Codec>(c: &Change<K, V>) -> usize {
+            let item =
+                |k: &K, v: Option<&V>| 64 + k.encoded_len() + v.map_or(0, Codec::encoded_len);
+            match c {
+                Change::Set { key, entry } => item(key, Some(&entry.value)),
+                Change::Delete { key, .. } => item(key, None),
+                Change::Batch { writes, .. } => writes
+                    .iter()
+                    .map(|(k, e)| item(k, e.as_ref().map(|e| &e.value)))
+                    .sum(),
+            }
+        }
+        match self {
+            DbChange::Kv(c) => weigh(c),
+            DbChange::Service(c) => weigh(c),
+        }
+    }
+}
 
 /// A KV store (and optionally a service registry) with one write path for memory and disk.
 ///
@@ -59,6 +113,8 @@ use crate::{Error, GlobalIndex, Op, Registry, RegistryError, Service, StorageErr
 pub struct Db<K, V> {
     store: Arc<Store<K, V>>,
     registry: Option<Arc<Registry>>,
+    /// Every committed change of both, in index order.
+    feed: Arc<Feed<DbChange<K, V>>>,
     /// The data directory: none in memory.
     durable: Option<Durable<K, V>>,
 }
@@ -72,16 +128,24 @@ where
     /// `options` (the rest of them is about the disk).
     pub fn memory(options: Options) -> Self {
         let global_index = Arc::new(GlobalIndex::new());
+        let feed = Feed::new(options.history_limits());
         let store = options
             .bound(Store::builder())
             .global_index(global_index.clone())
             .max_batch(options.batch_bound())
+            .feed(feed.clone(), DbChange::Kv)
             .build();
+        let registry = options.services_ttl().map(|ttl| {
+            let services = Store::builder()
+                .global_index(global_index)
+                .feed(feed.clone(), DbChange::Service)
+                .build();
+            Arc::new(Registry::with_store(services, ttl, None))
+        });
         Db {
             store: Arc::new(store),
-            registry: options
-                .services_ttl()
-                .map(|ttl| Arc::new(Registry::new(global_index, ttl))),
+            registry,
+            feed,
             durable: None,
         }
     }
@@ -97,6 +161,7 @@ where
         Ok(Db {
             store: durable.store().clone(),
             registry: durable.registry().cloned(),
+            feed: durable.feed().clone(),
             durable: Some(durable),
         })
     }
@@ -109,6 +174,34 @@ where
     /// The service registry (for reads and heartbeats), when the options turned it on.
     pub fn registry(&self) -> Option<&Registry> {
         self.registry.as_deref()
+    }
+
+    /// The committed changes of the store and the registry with an index above `after`, in
+    /// index order and without gaps (a batch is one change at its one index; expiries and
+    /// evictions are deletes), at most `max` of them, up to the feed's watermark (every index
+    /// at or below it was applied or given up). A persistent `Db`'s feed starts when it is
+    /// opened.
+    ///
+    /// # Errors
+    /// [`Compacted`] when the history (see [`Options::history`]) no longer holds every change
+    /// after `after`, or `after` is older than the opening of the `Db`.
+    ///
+    /// ```
+    /// use caskv::persist::Options;
+    /// use caskv::{Change, Db, DbChange};
+    /// let db: Db<String, String> = Db::memory(Options::default().services(true));
+    /// let set = db.set("k".into(), "v".into()).unwrap().wait().unwrap();
+    /// let changes = db.changes(0, 10).unwrap();
+    /// assert!(matches!(&*changes[0], DbChange::Kv(Change::Set { key, .. }) if key == "k"));
+    /// assert_eq!(changes[0].index(), set);
+    /// ```
+    pub fn changes(&self, after: u64, max: usize) -> Result<Vec<Arc<DbChange<K, V>>>, Compacted> {
+        self.feed.read(after, max)
+    }
+
+    /// The change feed itself (its watermark and oldest index).
+    pub fn feed(&self) -> &Arc<Feed<DbChange<K, V>>> {
+        &self.feed
     }
 
     /// Shared handles, for a server's read paths.

@@ -26,6 +26,23 @@ pub const HISTORY_CHANGES: usize = 100_000;
 /// Bytes of changes a feed's history keeps, as its events weigh them.
 pub const HISTORY_BYTES: usize = 64 << 20;
 
+/// How long a blocking read waits when it names no `wait` (Consul's default).
+pub const BLOCKING_WAIT: Duration = Duration::from_secs(300);
+/// The longest `wait` a blocking read may ask for (a longer one is cut to it).
+pub const MAX_BLOCKING_WAIT: Duration = Duration::from_secs(600);
+/// How often an idle change-feed stream (`GET /watch`) sends a comment to keep proxies from
+/// closing it.
+pub const WATCH_HEARTBEAT: Duration = Duration::from_secs(15);
+/// Events a change-feed stream may have queued for a slow client before it is cut with an
+/// `event: lagged` (the client resumes from the last index it got).
+pub const WATCH_BUFFER: usize = 1024;
+/// Bytes a change-feed stream may have queued for a slow client (whichever bound comes first).
+pub const WATCH_BUFFER_BYTES: usize = 1 << 20;
+/// How long a change-feed stream waits for its client to make room in a full buffer before
+/// it ends the stream with `event: lagged` (a client that falls behind the history is cut at
+/// once).
+pub const WATCH_LAG_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Attempts [`Store::update`](crate::Store::update) makes before it gives up.
 pub const UPDATE_ATTEMPTS: u32 = 10;
 /// The first and the largest pause between `update` attempts (each pause doubles, jittered).

@@ -99,7 +99,7 @@ pub struct ReadmeDoctests;
 
 pub use batch::Op;
 pub use cache::{CacheStats, RemovalCause};
-pub use db::Db;
+pub use db::{Db, DbChange};
 pub use entry::{Entry, EntryRef};
 pub use error::{Conflict, Error, Expected, StorageError};
 pub use expiry::{Clock, ManualClock, SystemClock};

@@ -1086,6 +1086,15 @@ where
         PrefixWatch::new(self, prefix, after)
     }
 
+    /// A registration that counts writes under `prefix` (for a follower of a change feed).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn wakeups(&self, prefix: &str) -> crate::watch::Wakeups<'_, K, V>
+    where
+        K: AsRef<str>,
+    {
+        crate::watch::Wakeups::new(self, prefix)
+    }
+
     /// The watches registered now, and how many times a write woke one, ever.
     ///
     /// ```

@@ -335,3 +335,17 @@ fn the_feed_under_contention_is_gap_free_and_every_read_is_a_prefix() {
     assert_eq!(fed_set, returned, "the feed and the writes disagree");
     assert!(snapshots.windows(2).all(|w| w[0] <= w[1]));
 }
+
+#[test]
+fn a_batch_that_creates_a_watched_key_wakes_it() {
+    let store: S = Store::new();
+    store.set(k("before"), 0);
+    let mut w = store.watch(k("new"), 1);
+    let batch = store
+        .batch(vec![Op::set(k("new"), 1), Op::set(k("x"), 2)])
+        .unwrap();
+    let seen = w
+        .wait(Duration::from_secs(2))
+        .expect("the batch woke nobody");
+    assert_eq!(seen.index, batch);
+}

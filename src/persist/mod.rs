@@ -108,9 +108,11 @@ pub use log::FsyncPolicy;
 pub use recover::RecoveryReport;
 pub use snapshot::SnapshotReport;
 
+use crate::db::DbChange;
 use crate::error::StorageError;
 use crate::expiry::{self, Clock, SystemClock};
 use crate::journal::Written;
+use crate::watch::{Feed, FeedEvent, HistoryLimits};
 use crate::{GlobalIndex, Registration, Registry, Store, StoreBuilder};
 use journal::LogJournal;
 use log::{CreateSegment, Level, Log};
@@ -134,6 +136,8 @@ pub struct Options {
     max_batch: usize,
     services: bool,
     service_ttl: Duration,
+    /// What the change feed ([`Db::changes`](crate::Db::changes)) keeps.
+    history: HistoryLimits,
     tick: Duration,
     create_segment: CreateSegment,
 }
@@ -154,6 +158,7 @@ impl Default for Options {
             max_batch: crate::defaults::MAX_BATCH,
             services: false,
             service_ttl: crate::defaults::SERVICE_TTL,
+            history: HistoryLimits::default(),
             tick: Duration::from_secs(1),
             create_segment: Arc::new(log::create_file),
         }
@@ -240,6 +245,19 @@ impl Options {
     pub fn max_memory(mut self, bytes: u64) -> Self {
         self.bound = Some(CacheBound::Bytes(bytes));
         self
+    }
+
+    /// What the change feed keeps ([`Db::changes`](crate::Db::changes)). Default
+    /// [`HistoryLimits::default`]: 100,000 changes or 64 MiB, weighing keys and values by their
+    /// encoded length.
+    pub fn history(mut self, limits: HistoryLimits) -> Self {
+        self.history = limits;
+        self
+    }
+
+    /// The change feed's limits.
+    pub(crate) fn history_limits(&self) -> HistoryLimits {
+        self.history
     }
 
     /// Applies the KV store's bound to `builder`.
@@ -418,6 +436,8 @@ pub(crate) struct Durable<K, V> {
 /// What the store, the background thread and the snapshotter share.
 pub(crate) struct Inner<K, V> {
     pub(crate) store: Arc<Store<K, V>>,
+    /// The change feed of the store and the registry.
+    pub(crate) feed: Arc<Feed<DbChange<K, V>>>,
     /// The service registry, when the options turned services on.
     pub(crate) registry: Option<Arc<Registry>>,
     pub(crate) log: Arc<Log>,
@@ -497,10 +517,13 @@ where
         let reservation = Arc::new(Reservation::new(log.clone(), recovered.high_water));
         global_index.set_reserve(Box::new(reservation.clone()));
 
+        // The feed starts after the recovered high-water mark: what came before is compacted.
+        let feed = Feed::new(options.history);
         let store: Store<K, V> = options
             .bound(Store::builder())
             .global_index(global_index.clone())
             .max_batch(options.max_batch)
+            .feed(feed.clone(), DbChange::Kv)
             .build_journaled(Box::new(LogJournal::<K, V>::new(log.clone(), Space::Kv)));
         let now = SystemClock.now_ms();
         for (key, v) in recovered.kv {
@@ -534,6 +557,7 @@ where
                 global_index,
                 &log,
                 ttl,
+                feed.clone(),
             )?)),
             None => None,
         };
@@ -554,6 +578,7 @@ where
         }
         let inner = Arc::new(Inner {
             store: Arc::new(store),
+            feed,
             registry,
             log,
             reservation,
@@ -595,6 +620,11 @@ impl<K, V> Durable<K, V> {
     /// The KV store.
     pub(crate) fn store(&self) -> &Arc<Store<K, V>> {
         &self.inner.store
+    }
+
+    /// The change feed.
+    pub(crate) fn feed(&self) -> &Arc<Feed<DbChange<K, V>>> {
+        &self.inner.feed
     }
 
     /// The service registry, when on.
@@ -642,14 +672,21 @@ impl<K, V> Durable<K, V> {
 /// The recovered registrations, in a registry journaled to `log`'s services space. A restart
 /// grants every registration a fresh TTL: heartbeats are not logged, so the recorded deadline
 /// of a live service may be long past.
-fn restore_services(
+fn restore_services<K, V>(
     recovered: std::collections::HashMap<Vec<u8>, recover::OwnedVersion>,
     global_index: Arc<GlobalIndex>,
     log: &Arc<Log>,
     ttl: Duration,
-) -> Result<Registry, PersistError> {
+    feed: Arc<Feed<DbChange<K, V>>>,
+) -> Result<Registry, PersistError>
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    DbChange<K, V>: FeedEvent,
+{
     let services: Store<String, Arc<Registration>> = Store::builder()
         .global_index(global_index)
+        .feed(feed, DbChange::Service)
         .build_journaled(Box::new(LogJournal::<String, Arc<Registration>>::new(
             log.clone(),
             Space::Services,

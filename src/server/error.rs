@@ -45,6 +45,11 @@ pub enum ApiError {
     Unauthorized(String),
     /// 403: the token's rules deny this request; carries the rule, for the audit log only.
     Forbidden(String),
+    /// 410: the change feed no longer holds the changes after the index asked for.
+    Compacted {
+        /// The oldest index the feed answers from.
+        oldest: u64,
+    },
     /// 503: the data directory's log failed; writes are refused until restart. The detail (a
     /// path, an OS error) goes to the server's log, which recorded the failure when it
     /// happened; the client gets a fixed message.
@@ -259,6 +264,14 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed(message) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": "method not allowed", "message": message}),
+            ),
+            ApiError::Compacted { oldest } => (
+                StatusCode::GONE,
+                json!({
+                    "error": "compacted",
+                    "message": format!("the change history was compacted: the oldest index it answers from is {oldest}; read the state again and follow from its index"),
+                    "oldest": oldest,
+                }),
             ),
             ApiError::Storage(detail) => {
                 // Debug only: the log reported the failure once, at error level, when it

@@ -73,13 +73,42 @@ impl Params {
 
     /// `?metadata=true|false|1|0` (or bare `?metadata`).
     pub fn metadata(&self) -> Result<bool, ApiError> {
-        match self.0.get("metadata").map(String::as_str) {
+        self.flag("metadata")
+    }
+
+    /// `?recurse=true|false|1|0` (or bare `?recurse`).
+    pub fn recurse(&self) -> Result<bool, ApiError> {
+        self.flag("recurse")
+    }
+
+    fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.0.get(name).map(String::as_str) {
             None | Some("false") | Some("0") => Ok(false),
             Some("true") | Some("1") | Some("") => Ok(true),
             Some(v) => Err(ApiError::BadRequest(format!(
-                "invalid metadata '{v}': expected true or false"
+                "invalid {name} '{v}': expected true or false"
             ))),
         }
+    }
+
+    /// `?index=N&wait=D` of a blocking read: `None` without an index or with `index=0` (a
+    /// plain read). `wait` is a duration with its unit ("30s", "5m", "300000ms", "1m30s"),
+    /// defaults to 5 min and is capped at 10 min; a malformed one is a 400 even without an
+    /// index.
+    pub fn blocking(&self) -> Result<Option<super::watch::Blocking>, ApiError> {
+        let wait = match self.0.get("wait") {
+            None => crate::defaults::BLOCKING_WAIT,
+            Some(text) => super::watch::parse_wait(text)?,
+        };
+        let index = match self.0.get("index") {
+            None => return Ok(None),
+            Some(v) => v.parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "invalid index '{v}': expected a non-negative integer"
+                ))
+            })?,
+        };
+        Ok((index != 0).then_some(super::watch::Blocking { index, wait }))
     }
 }
 

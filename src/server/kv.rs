@@ -13,9 +13,11 @@ use super::acl::{Need, Who};
 use super::error::ApiError;
 use super::extract::{JsonBody, KeyPath, Params};
 use super::metrics::Op as Metric;
+use super::watch::{hold, metered_at, Blocking};
 use super::{acknowledged, metered, AppState};
 use crate::defaults::MAX_TTL;
 use crate::{Entry, Op};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// `PUT /kv/{key}` body.
 #[derive(Deserialize)]
@@ -52,7 +54,7 @@ fn rfc3339_millis(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t.min(last)).to_string()
 }
 
-fn entry_json(key: &str, e: &Entry<String>, metadata: bool) -> Value {
+pub(crate) fn entry_json(key: &str, e: &Entry<String>, metadata: bool) -> Value {
     if metadata {
         let mut v = json!({
             "key": key,
@@ -71,22 +73,45 @@ fn entry_json(key: &str, e: &Entry<String>, metadata: bool) -> Value {
 }
 
 /// `GET /kv/` and `GET /kv`: the sorted keys, `?prefix=` filters; only the keys the caller
-/// may read.
+/// may read. Blocking with `?index=&wait=`; `X-Caskv-Index` is the prefix's index.
 pub async fn list(
     State(state): State<AppState>,
     who: Who,
     params: Result<Params, ApiError>,
 ) -> Response {
-    metered(&state, Metric::KvList, async {
+    let index = AtomicU64::new(0);
+    metered_at(&state, Metric::KvList, &index, async {
         let params = params?;
-        let mut keys = match params.0.get("prefix") {
-            Some(p) => state.store.keys_with_prefix(p),
-            None => state.store.keys(),
-        };
-        keys.retain(|k| who.may_read_key(k));
+        let blocking = params.blocking()?;
+        let prefix = params.0.get("prefix").map_or("", String::as_str);
+        let listing = listing(&state, prefix, blocking).await;
+        // Relaxed: read back by `metered_at` on this task.
+        index.store(listing.index, Ordering::Relaxed);
+        let keys: Vec<String> = listing
+            .entries
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| who.may_read_key(k))
+            .collect();
         Ok(Json(keys).into_response())
     })
     .await
+}
+
+/// The entries under `prefix`, after holding a blocking read until the prefix's index passes
+/// the one asked for.
+async fn listing(
+    state: &AppState,
+    prefix: &str,
+    blocking: Option<Blocking>,
+) -> crate::Listing<String, String> {
+    if let Some(b) = blocking.map(|b| b.clamped(state)) {
+        if state.store.listing(prefix).index <= b.index {
+            let mut watch = state.store.watch_prefix(prefix, b.index);
+            hold(state, &b, watch.changed()).await;
+        }
+    }
+    state.store.listing(prefix)
 }
 
 /// `PUT /kv/` and `DELETE /kv/`: a write needs a key.
@@ -102,20 +127,50 @@ pub async fn empty_key(State(state): State<AppState>, method: axum::http::Method
     .await
 }
 
-/// `GET /kv/{key}` (`?metadata=true`).
+/// `GET /kv/{key}` (`?metadata=true`); `?recurse=true`: the entries under the key as a
+/// prefix. Blocking with `?index=&wait=`; `X-Caskv-Index` is the key's (or prefix's) index.
 pub async fn get(
     State(state): State<AppState>,
     who: Who,
     key: Result<KeyPath, ApiError>,
     params: Result<Params, ApiError>,
 ) -> Response {
-    metered(&state, Metric::KvGet, async {
+    let index = AtomicU64::new(0);
+    metered_at(&state, Metric::KvGet, &index, async {
         let KeyPath(key) = key?;
+        let params = params?;
+        let metadata = params.metadata()?;
+        let blocking = params.blocking()?;
+        if params.recurse()? {
+            let listing = listing(&state, &key, blocking).await;
+            // Relaxed: read back by `metered_at` on this task.
+            index.store(listing.index, Ordering::Relaxed);
+            let entries: Vec<Value> = listing
+                .entries
+                .iter()
+                .filter(|(k, _)| who.may_read_key(k))
+                .map(|(k, e)| entry_json(k, e, metadata))
+                .collect();
+            return Ok(Json(entries).into_response());
+        }
         who.kv(&key, Need::Read)?;
-        let metadata = params?.metadata()?;
+        if let Some(b) = blocking.map(|b| b.clamped(&state)) {
+            if state.store.state(key.as_str()).index <= b.index {
+                let mut watch = state.store.watch(key.clone(), b.index);
+                hold(&state, &b, watch.changed()).await;
+            }
+        }
         match state.store.get(key.as_str()) {
-            Some(e) => Ok(Json(entry_json(&key, &e, metadata)).into_response()),
-            None => Err(ApiError::KeyNotFound(key)),
+            Some(e) => {
+                // Relaxed: as above.
+                index.store(e.modify_index, Ordering::Relaxed);
+                Ok(Json(entry_json(&key, &e, metadata)).into_response())
+            }
+            None => {
+                // Relaxed: as above.
+                index.store(state.store.state(key.as_str()).index, Ordering::Relaxed);
+                Err(ApiError::KeyNotFound(key))
+            }
         }
     })
     .await
@@ -246,7 +301,8 @@ pub async fn batch_get(
     who: Who,
     body: Result<JsonBody<KeysBody>, ApiError>,
 ) -> Response {
-    metered(&state, Metric::BatchGet, async {
+    let index = AtomicU64::new(0);
+    metered_at(&state, Metric::BatchGet, &index, async {
         let JsonBody(body) = body?;
         check_keys(&state, body.keys.iter())?;
         who.kv_all(&body.keys, Need::Read)?;
@@ -256,7 +312,12 @@ pub async fn batch_get(
             .map_err(|e| ApiError::from_store(e, "key"))?;
         let mut found = Map::new();
         let mut not_found = Vec::new();
+        let mut highest = 0;
         for (key, entry) in body.keys.iter().zip(read) {
+            highest = highest.max(match &entry {
+                Some(e) => e.modify_index,
+                None => state.store.state(key.as_str()).index,
+            });
             match entry {
                 Some(e) => {
                     found.insert(
@@ -268,6 +329,8 @@ pub async fn batch_get(
                 None => {}
             }
         }
+        // Relaxed: read back by `metered_at` on this task.
+        index.store(highest, Ordering::Relaxed);
         Ok(Json(json!({"found": found, "not_found": not_found})).into_response())
     })
     .await

@@ -21,6 +21,11 @@ pub struct Limits {
     /// Most bytes of keys and values (as the log encodes them) the KV store holds: beyond it,
     /// writes evict others. Default none. With `max_entries` too, this one applies.
     pub max_memory: Option<u64>,
+    /// What the change feed (`GET /watch`) remembers. Default 100,000 changes or 64 MiB.
+    pub history: crate::HistoryLimits,
+    /// How long a change-feed stream waits for a client that takes nothing while its buffer is
+    /// full, before it ends the stream with `event: lagged`. Default 5 s.
+    pub watch_lag_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -32,6 +37,8 @@ impl Default for Limits {
             max_batch: defaults::MAX_BATCH,
             max_entries: None,
             max_memory: None,
+            history: crate::HistoryLimits::default(),
+            watch_lag_timeout: defaults::WATCH_LAG_TIMEOUT,
         }
     }
 }

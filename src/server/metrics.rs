@@ -47,10 +47,12 @@ pub enum Op {
     ServiceGet,
     /// `GET /services`.
     ServiceList,
+    /// `GET /watch` (the change feed; counted when the stream starts or is refused).
+    Watch,
 }
 
 impl Op {
-    const ALL: [Op; 14] = [
+    const ALL: [Op; 15] = [
         Op::KvGet,
         Op::KvSet,
         Op::KvDelete,
@@ -65,6 +67,7 @@ impl Op {
         Op::Heartbeat,
         Op::ServiceGet,
         Op::ServiceList,
+        Op::Watch,
     ];
 
     /// The metric family and the `operation` label.
@@ -86,6 +89,7 @@ impl Op {
             Op::Heartbeat => (SVC, "heartbeat"),
             Op::ServiceGet => (SVC, "get"),
             Op::ServiceList => (SVC, "list"),
+            Op::Watch => (KV, "watch"),
         }
     }
 }

@@ -12,6 +12,7 @@ mod limits;
 pub mod metrics;
 mod services;
 pub mod tls;
+pub mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -65,6 +66,8 @@ pub struct Shared {
     db: Db<String, String>,
     /// The access rules and the file they came from (`None`: every request may do anything).
     acl: Option<AclSource>,
+    /// Set when the server begins to shut down: blocking reads answer, feed streams end.
+    pub(crate) closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// An ACL file and the table last read from it.
@@ -102,6 +105,7 @@ impl AppState {
             limits,
             db,
             acl: None,
+            closing: tokio::sync::watch::Sender::new(false),
         }))
     }
 
@@ -155,7 +159,8 @@ fn db_options(limits: &Limits, service_ttl: Duration) -> Options {
     let options = Options::default()
         .max_batch(limits.max_batch)
         .services(true)
-        .service_ttl(service_ttl);
+        .service_ttl(service_ttl)
+        .history(limits.history);
     match (limits.max_memory, limits.max_entries) {
         (Some(bytes), _) => options.max_memory(bytes),
         (None, Some(n)) => options.max_entries(n),
@@ -258,6 +263,7 @@ pub fn router(state: AppState, body_timeout: Duration) -> Router {
         )
         .route("/heartbeat/{name}", put(services::heartbeat))
         .route("/admin/reload", post(reload))
+        .route("/watch", get(watch::feed))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         // Layers run outermost (last added) first: find who is calling (401 for an unknown
@@ -588,11 +594,14 @@ pub fn spawn(listener: TcpListener, state: AppState, conn: ConnLimits) -> std::i
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let reaper = tokio::spawn(reap(state.clone()));
+    let closing = state.closing.clone();
     let app = router(state, conn.body_timeout);
     let task = tokio::spawn(async move {
         serve(listener, app, conn, async {
-            // A send or the handle's drop: either way, stop.
+            // A send or the handle's drop: either way, stop; held reads answer now and feed
+            // streams end, so the graceful shutdown does not wait out their waits.
             let _ = stopped.await;
+            closing.send_replace(true);
         })
         .await;
         reaper.abort();

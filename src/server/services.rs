@@ -12,8 +12,10 @@ use super::acl::{Need, Who};
 use super::error::ApiError;
 use super::extract::{JsonBody, KeyPath, Params};
 use super::metrics::Op as Metric;
+use super::watch::{hold, metered_at};
 use super::{acknowledged, metered, AppState};
 use crate::{Service, ServiceEntry};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A registration body: the service plus an optional `cas`.
 #[derive(Deserialize)]
@@ -75,8 +77,22 @@ pub async fn register(
 
 /// `GET /services` and `GET /services/`: live services, sorted by name; only those the caller
 /// may read.
-pub async fn list(State(state): State<AppState>, who: Who) -> Response {
-    metered(&state, Metric::ServiceList, async {
+pub async fn list(
+    State(state): State<AppState>,
+    who: Who,
+    params: Result<Params, ApiError>,
+) -> Response {
+    let index = AtomicU64::new(0);
+    metered_at(&state, Metric::ServiceList, &index, async {
+        let store = state.registry.store();
+        if let Some(b) = params?.blocking()?.map(|b| b.clamped(&state)) {
+            if store.listing("").index <= b.index {
+                let mut watch = store.watch_prefix("", b.index);
+                hold(&state, &b, watch.changed()).await;
+            }
+        }
+        // Relaxed: read back by `metered_at` on this task.
+        index.store(store.listing("").index, Ordering::Relaxed);
         let services: Vec<Service> = state
             .registry
             .list()
@@ -96,10 +112,21 @@ pub async fn get(
     name: Result<KeyPath, ApiError>,
     params: Result<Params, ApiError>,
 ) -> Response {
-    metered(&state, Metric::ServiceGet, async {
+    let index = AtomicU64::new(0);
+    metered_at(&state, Metric::ServiceGet, &index, async {
         let KeyPath(name) = name?;
         who.service(&name, Need::Read)?;
-        let metadata = params?.metadata()?;
+        let params = params?;
+        let metadata = params.metadata()?;
+        let store = state.registry.store();
+        if let Some(b) = params.blocking()?.map(|b| b.clamped(&state)) {
+            if store.state(name.as_str()).index <= b.index {
+                let mut watch = store.watch(name.clone(), b.index);
+                hold(&state, &b, watch.changed()).await;
+            }
+        }
+        // Relaxed: read back by `metered_at` on this task.
+        index.store(store.state(name.as_str()).index, Ordering::Relaxed);
         let entry = state
             .registry
             .get(&name)

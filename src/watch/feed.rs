@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
-use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering, StdArc};
+use crate::sync::{Mutex, MutexGuard, StdArc};
 
 /// How much a [`Feed`] remembers: the last `max_changes` events, and no more than `max_bytes`
 /// of them by their [`FeedEvent::weight`]. Defaults: 100,000 changes, 64 MiB.
@@ -144,17 +144,12 @@ struct Log<E> {
 pub struct Feed<E> {
     stripes: Box<[Stripe<E>]>,
     log: Mutex<Log<E>>,
-    /// The watermark, for readers that only want to know how far the feed is (published by
-    /// the `Release` store in `advance`).
-    watermark: AtomicU64,
     limits: HistoryLimits,
 }
 
 impl<E> fmt::Debug for Feed<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Feed")
-            // Acquire: as `watermark()`.
-            .field("watermark", &self.watermark.load(Ordering::Acquire))
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
@@ -182,7 +177,6 @@ impl<E: FeedEvent> Feed<E> {
                 floor: 0,
                 started: false,
             }),
-            watermark: AtomicU64::new(0),
             limits,
         })
     }
@@ -197,19 +191,21 @@ impl<E: FeedEvent> Feed<E> {
         log.started = true;
         log.next = high_water + 1;
         log.floor = high_water;
-        // Release: pairs with `watermark()`'s Acquire.
-        self.watermark.store(high_water, Ordering::Release);
     }
 
-    /// The highest index up to which the feed is complete (as of its last advance).
+    /// The highest index up to which the feed is complete (advanced first: every index at or
+    /// below it was applied or given up, and its changes are in the history or compacted).
     pub fn watermark(&self) -> u64 {
-        // Acquire: what the advance that stored it emitted is visible with it.
-        self.watermark.load(Ordering::Acquire)
+        let mut log = self.lock_log();
+        self.advance(&mut log);
+        log.next - 1
     }
 
-    /// The smallest `after` the feed still answers (see [`Compacted`]).
+    /// The smallest `after` the feed still answers (see [`Compacted`]; advanced first).
     pub fn oldest(&self) -> u64 {
-        self.lock_log().floor
+        let mut log = self.lock_log();
+        self.advance(&mut log);
+        log.floor
     }
 
     /// Reports a committed mutation (`Some`) or a skipped index (`None`).
@@ -275,8 +271,6 @@ impl<E: FeedEvent> Feed<E> {
             log.bytes -= oldest.weight();
             log.floor = oldest.index();
         }
-        // Release: pairs with `watermark()`'s Acquire.
-        self.watermark.store(log.next - 1, Ordering::Release);
     }
 
     fn lock_log(&self) -> MutexGuard<'_, Log<E>> {

@@ -20,6 +20,7 @@ mod watcher;
 pub(crate) use feed::Skips;
 pub use feed::{Compacted, Feed, FeedEvent, HistoryLimits};
 pub(crate) use waiters::{Signal, Waiters};
+pub(crate) use watcher::Wakeups;
 pub use watcher::{Changed, Listing, PrefixWatch, Seen, Watch, WatchTarget};
 
 use crate::entry::Entry;

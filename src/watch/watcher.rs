@@ -359,3 +359,66 @@ impl<W: WatchTarget> Future for Changed<'_, W> {
         self.watch.poll_change(cx)
     }
 }
+
+/// A registration under a prefix that only counts wake-ups and never looks at the state: what
+/// a follower of the change feed sleeps on between two reads of the feed (a prefix watch would
+/// list the prefix at every wake-up).
+pub(crate) struct Wakeups<'s, K, V>
+where
+    K: Hash + Eq + Ord + Clone + Send + AsRef<str> + 'static,
+    V: Clone + Send + 'static,
+{
+    store: &'s Store<K, V>,
+    prefix: String,
+    signal: StdArc<Signal>,
+    seen: u64,
+}
+
+impl<'s, K, V> Wakeups<'s, K, V>
+where
+    K: Hash + Eq + Ord + Clone + Send + AsRef<str> + 'static,
+    V: Clone + Send + 'static,
+{
+    pub(crate) fn new(store: &'s Store<K, V>, prefix: &str) -> Self {
+        let signal = Signal::new();
+        store
+            .engine
+            .waiters
+            .add_prefix(prefix, &signal, |k: &K| k.as_ref());
+        let seen = signal.arm(None);
+        Wakeups {
+            store,
+            prefix: prefix.to_owned(),
+            signal,
+            seen,
+        }
+    }
+
+    /// Resolves once a write under the prefix was made after the previous wake-up (or after
+    /// the registration).
+    pub(crate) async fn next(&mut self) {
+        std::future::poll_fn(|cx| {
+            let count = self.signal.arm(Some(cx.waker()));
+            if count != self.seen {
+                self.seen = count;
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+impl<K, V> Drop for Wakeups<'_, K, V>
+where
+    K: Hash + Eq + Ord + Clone + Send + AsRef<str> + 'static,
+    V: Clone + Send + 'static,
+{
+    fn drop(&mut self) {
+        self.store
+            .engine
+            .waiters
+            .remove_prefix(&self.prefix, &self.signal);
+    }
+}
