@@ -203,6 +203,19 @@ enum KvCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Print each change of a key as it happens, one JSON object per line, until interrupted
+    /// or until the server ends the stream.
+    Watch {
+        key: String,
+        /// Watch every key starting with KEY, not KEY alone.
+        #[arg(long)]
+        prefix: bool,
+        /// Start after index N (changes since then first); default: only changes from now on.
+        #[arg(long, value_name = "N")]
+        after: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -406,21 +419,60 @@ fn encode_query(value: &str) -> String {
     encode_path(value).replace('/', "%2F")
 }
 
-/// Sends one request and returns the JSON body of a 2xx, or the one-line failure.
-fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
-    let base = if remote.addr.starts_with("http://") || remote.addr.starts_with("https://") {
+/// The server's base URL: `--addr` as given when it is a URL, else `http://` before it.
+fn base_url(remote: &Remote) -> String {
+    if remote.addr.starts_with("http://") || remote.addr.starts_with("https://") {
         remote.addr.trim_end_matches('/').to_string()
     } else {
         format!("http://{}", remote.addr)
-    };
-    let url = format!("{base}{path}");
+    }
+}
+
+/// An agent for `remote` (its `--ca-cert`, if any) that hands back every status as a response.
+/// `global` bounds a whole call, body included; without it (a stream, read for as long as it
+/// lasts) the connect and the wait for the response head are still bounded.
+fn agent(remote: &Remote, global: Option<Duration>) -> Result<ureq::Agent, Failure> {
     let mut config = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)));
+        .timeout_global(global);
+    if global.is_none() {
+        config = config
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_recv_response(Some(CALL_TIMEOUT));
+    }
     if let Some(path) = &remote.ca_cert {
         config = config.tls_config(trusting(path)?);
     }
-    let agent: ureq::Agent = config.build().into();
+    Ok(config.build().into())
+}
+
+/// The longest a plain call may take, and a stream may wait for its response head.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a connection (TCP and TLS) may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The failure for a non-2xx answer: the server's `message` (else the status and body) and
+/// the exit code of its status.
+fn http_failure(status: u16, body: &Value) -> Failure {
+    let message = body
+        .get("message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("HTTP {status}: {body}"));
+    let code = match status {
+        401 | 403 => EXIT_DENIED,
+        404 => EXIT_NOT_FOUND,
+        409 => EXIT_CONFLICT,
+        _ => 1,
+    };
+    Failure(message, code)
+}
+
+/// Sends one request and returns the JSON body of a 2xx, or the one-line failure.
+fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+    let base = base_url(remote);
+    let url = format!("{base}{path}");
+    let agent = agent(remote, Some(CALL_TIMEOUT))?;
     let bearer = remote.token.as_ref().map(|t| format!("Bearer {t}"));
     let sent = match (method, body) {
         ("GET", _) => with_token(agent.get(&url), &bearer).call(),
@@ -440,18 +492,7 @@ fn call(remote: &Remote, method: &str, path: &str, body: Option<Value>) -> Resul
     if (200..300).contains(&status) {
         return Ok(json);
     }
-    let message = json
-        .get("message")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("HTTP {status}: {json}"));
-    let code = match status {
-        401 | 403 => EXIT_DENIED,
-        404 => EXIT_NOT_FOUND,
-        409 => EXIT_CONFLICT,
-        _ => 1,
-    };
-    Err(Failure(message, code))
+    Err(http_failure(status, &json))
 }
 
 /// A TLS configuration that trusts the CA certificates in the PEM file `path` (and no other).
@@ -573,7 +614,216 @@ fn kv(cmd: KvCommand) -> Outcome {
                 .unwrap_or_default();
             Ok(keys.join("\n"))
         }
+        KvCommand::Watch {
+            key,
+            prefix,
+            after,
+            remote,
+        } => watch(&key, prefix, after, &remote),
     }
+}
+
+/// `caskv kv watch`: follows `GET /watch?prefix=KEY[&after=N]` (server-sent events) and prints
+/// each KV change as one JSON line, flushed at once: every change under the prefix with
+/// `prefix`, else only those of `key` (a batch's item for it with the batch's `index` added).
+/// Service events are skipped; `event: lagged` reconnects from its `last_index`. Ends with
+/// nothing more to print when the server ends the stream or stdout is closed.
+fn watch(key: &str, prefix: bool, after: Option<u64>, remote: &Remote) -> Outcome {
+    if key.is_empty() && !prefix {
+        return Err(Failure(
+            "the key is empty (to watch every key: caskv kv watch '' --prefix)".into(),
+            2,
+        ));
+    }
+    let base = base_url(remote);
+    let agent = agent(remote, None)?;
+    let bearer = remote.token.as_ref().map(|t| format!("Bearer {t}"));
+    let mut out = std::io::stdout().lock();
+    let mut after = after;
+    loop {
+        let mut url = format!("{base}/watch?prefix={}", encode_query(key));
+        if let Some(n) = after {
+            url.push_str(&format!("&after={n}"));
+        }
+        let response = with_token(agent.get(&url), &bearer)
+            .header("accept", "text/event-stream")
+            .call()
+            .map_err(|e| Failure(format!("cannot reach {base}: {e}"), 1))?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let text = response
+                .into_body()
+                .read_to_string()
+                .map_err(|e| Failure(format!("cannot read the response from {base}: {e}"), 1))?;
+            let json: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            return Err(http_failure(status, &json));
+        }
+        let streams = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !streams {
+            return Err(Failure(
+                format!("{base}/watch did not answer with an event stream"),
+                1,
+            ));
+        }
+        let broke =
+            |e: &dyn std::fmt::Display| Failure(format!("the stream from {base} broke: {e}"), 1);
+        let mut reader = std::io::BufReader::new(response.into_body().into_reader());
+        let mut sse = Sse::default();
+        let mut line = Vec::new();
+        let resume = loop {
+            line.clear();
+            if std::io::BufRead::read_until(&mut reader, b'\n', &mut line).map_err(|e| broke(&e))?
+                == 0
+            {
+                break None; // the server ended the stream
+            }
+            let text = std::str::from_utf8(&line).map_err(|e| broke(&e))?;
+            let Some(event) = sse.line(text) else {
+                continue;
+            };
+            match event.kind.as_str() {
+                "" | "message" => {
+                    for printed in printable(&event.data, key, prefix)? {
+                        match emit(&mut out, &printed) {
+                            Ok(()) => {}
+                            // A reader that went away (`caskv kv watch … | head -1`): done.
+                            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                                return Ok(String::new())
+                            }
+                            Err(e) => {
+                                return Err(Failure(format!("cannot write to stdout: {e}"), 1))
+                            }
+                        }
+                    }
+                }
+                "lagged" => break Some(resume_index(&event)?),
+                _ => {} // `service`, and whatever a later server adds
+            }
+        };
+        match resume {
+            None => return Ok(String::new()),
+            Some(n) => after = Some(n),
+        }
+    }
+}
+
+/// Writes one line and flushes it (scripts read it as it comes).
+fn emit(out: &mut impl std::io::Write, line: &str) -> std::io::Result<()> {
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
+/// One server-sent event: its `event:` type (empty for none), `id:` and `data:`.
+#[derive(Debug, Default, PartialEq)]
+struct SseEvent {
+    kind: String,
+    id: Option<String>,
+    data: String,
+}
+
+/// Builds server-sent events from a stream's lines (the parts of the format caskv sends:
+/// `event`, `id`, `data`, comments; other fields are ignored).
+#[derive(Debug, Default)]
+struct Sse {
+    pending: SseEvent,
+    has_data: bool,
+}
+
+impl Sse {
+    /// Takes one line (with or without its line ending); a blank line ends the event, which is
+    /// returned when it had data.
+    fn line(&mut self, line: &str) -> Option<SseEvent> {
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            let event = std::mem::take(&mut self.pending);
+            return std::mem::take(&mut self.has_data).then_some(event);
+        }
+        if line.starts_with(':') {
+            return None; // a comment: the server's heartbeat
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => self.pending.kind = value.to_string(),
+            "id" => self.pending.id = Some(value.to_string()),
+            "data" => {
+                if self.has_data {
+                    self.pending.data.push('\n');
+                }
+                self.pending.data.push_str(value);
+                self.has_data = true;
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+/// The index to resume from after `event: lagged`: its data's `last_index`, else its `id`.
+fn resume_index(event: &SseEvent) -> Result<u64, Failure> {
+    serde_json::from_str::<Value>(&event.data)
+        .ok()
+        .and_then(|v| v.get("last_index").and_then(Value::as_u64))
+        .or_else(|| event.id.as_deref().and_then(|id| id.trim().parse().ok()))
+        .ok_or_else(|| {
+            Failure(
+                format!(
+                    "the server cut the stream without an index to resume from: {}",
+                    event.data
+                ),
+                1,
+            )
+        })
+}
+
+/// The lines to print for a KV event's `data`: the object as is when watching a prefix, or
+/// when it is a change of `key`; for a batch watched by key, each of `key`'s items with the
+/// batch's `index` added; nothing for other keys.
+fn printable(data: &str, key: &str, prefix: bool) -> Result<Vec<String>, Failure> {
+    let value: Value = serde_json::from_str(data)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| {
+            Failure(
+                format!("the server sent an event that is not a JSON object: {data}"),
+                1,
+            )
+        })?;
+    // One line each: the data as sent, unless it came on several `data:` lines.
+    let as_is = || {
+        if data.contains('\n') {
+            value.to_string()
+        } else {
+            data.to_string()
+        }
+    };
+    if prefix {
+        return Ok(vec![as_is()]);
+    }
+    if let Some(items) = value.get("items").and_then(Value::as_array) {
+        let index = value.get("index").cloned().unwrap_or(Value::Null);
+        return Ok(items
+            .iter()
+            .filter(|item| item.get("key").and_then(Value::as_str) == Some(key))
+            .filter_map(Value::as_object)
+            .map(|item| {
+                let mut line = serde_json::Map::new();
+                line.insert("index".into(), index.clone());
+                line.extend(item.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Value::Object(line).to_string()
+            })
+            .collect());
+    }
+    Ok(if value.get("key").and_then(Value::as_str) == Some(key) {
+        vec![as_is()]
+    } else {
+        Vec::new()
+    })
 }
 
 fn service(cmd: ServiceCommand) -> Outcome {
@@ -689,6 +939,87 @@ mod tests {
     }
 
     #[test]
+    fn query_values_escape_everything_but_unreserved_characters() {
+        assert_eq!(
+            encode_query("a b&c=d/é+?#"),
+            "a%20b%26c%3Dd%2F%C3%A9%2B%3F%23"
+        );
+        assert_eq!(encode_query("Az09-._~"), "Az09-._~");
+    }
+
+    /// Feeds `text` to an [`Sse`] line by line; returns the events it completed.
+    fn events(text: &str) -> Vec<SseEvent> {
+        let mut sse = Sse::default();
+        text.split_inclusive('\n')
+            .filter_map(|line| sse.line(line))
+            .collect()
+    }
+
+    #[test]
+    fn server_sent_events_parse_with_types_ids_comments_and_crlf() {
+        let got = events(
+            ": heartbeat\n\nid: 5\ndata: {\"a\":1}\n\nid: 6\nevent: service\r\ndata:{}\r\n\r\n\
+             id: 7\nevent: lagged\ndata: x\ndata: y\n\nid: 8\ndata: cut off",
+        );
+        let event = |kind: &str, id: &str, data: &str| SseEvent {
+            kind: kind.into(),
+            id: Some(id.into()),
+            data: data.into(),
+        };
+        assert_eq!(
+            got,
+            [
+                event("", "5", "{\"a\":1}"),
+                event("service", "6", "{}"),
+                event("lagged", "7", "x\ny"),
+            ]
+        );
+    }
+
+    #[test]
+    fn lagged_resumes_from_its_last_index_else_its_id() {
+        let lagged = |id: Option<&str>, data: &str| SseEvent {
+            kind: "lagged".into(),
+            id: id.map(str::to_string),
+            data: data.into(),
+        };
+        let at = |e: SseEvent| resume_index(&e).map_err(|Failure(line, _)| line);
+        assert_eq!(
+            at(lagged(Some("3"), r#"{"last_index":9,"message":"m"}"#)),
+            Ok(9)
+        );
+        assert_eq!(at(lagged(Some("3"), "not json")), Ok(3));
+        assert!(at(lagged(None, "{}")).is_err());
+    }
+
+    #[test]
+    fn a_key_watch_prints_its_own_changes_and_its_batch_items() {
+        let print = |data: &str, key: &str, prefix: bool| {
+            printable(data, key, prefix).map_err(|Failure(line, _)| line)
+        };
+        let set = r#"{"index":5,"op":"set","key":"a","value":"1","flags":0}"#;
+        let other = r#"{"index":6,"op":"delete","key":"ab"}"#;
+        let batch = r#"{"index":7,"op":"batch","items":[{"op":"set","key":"ab","value":"x"},{"op":"delete","key":"a"}]}"#;
+        assert_eq!(print(set, "a", false), Ok(vec![set.to_string()]));
+        assert_eq!(print(other, "a", false), Ok(vec![]));
+        assert_eq!(
+            print(batch, "a", false),
+            Ok(vec![r#"{"index":7,"key":"a","op":"delete"}"#.to_string()])
+        );
+        // A prefix watch prints every object as sent.
+        for data in [set, other, batch] {
+            assert_eq!(print(data, "a", true), Ok(vec![data.to_string()]));
+        }
+        // Data over two lines still prints as one.
+        assert_eq!(
+            print("{\"index\":1,\n\"key\":\"a\"}", "a", true),
+            Ok(vec![r#"{"index":1,"key":"a"}"#.to_string()])
+        );
+        assert!(print("[1]", "a", true).is_err());
+        assert!(print("not json", "a", false).is_err());
+    }
+
+    #[test]
     fn the_command_line_parses() {
         Cli::try_parse_from([
             "caskv",
@@ -718,5 +1049,19 @@ mod tests {
         ])
         .unwrap();
         assert!(Cli::try_parse_from(["caskv", "kv", "put", "k", "v", "--cas", "abc"]).is_err());
+        let Cli {
+            command:
+                Command::Kv(KvCommand::Watch {
+                    key, prefix, after, ..
+                }),
+        } = Cli::try_parse_from([
+            "caskv", "kv", "watch", "config/", "--prefix", "--after", "7",
+        ])
+        .unwrap()
+        else {
+            panic!("`caskv kv watch` did not parse as watch");
+        };
+        assert_eq!((key.as_str(), prefix, after), ("config/", true, Some(7)));
+        assert!(Cli::try_parse_from(["caskv", "kv", "watch", "k", "--after", "-1"]).is_err());
     }
 }

@@ -79,6 +79,19 @@ impl<V> Entry<V> {
     }
 }
 
+impl<V> Entry<V> {
+    /// This entry with its value mapped by `f` (a recovered registration into its `Arc`).
+    pub(crate) fn map_value<W>(self, f: impl FnOnce(V) -> W) -> Entry<W> {
+        Entry {
+            value: f(self.value),
+            flags: self.flags,
+            modify_index: self.modify_index,
+            create_index: self.create_index,
+            deadline: self.deadline,
+        }
+    }
+}
+
 impl<V: Clone> Entry<V> {
     #[inline]
     pub(crate) fn of<K>(r: &Record<K, V>) -> Self {

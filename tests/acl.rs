@@ -603,3 +603,55 @@ fn each_refusal_is_logged_with_the_token_name_and_rule_never_the_token_and_rate_
         "{burst} audit lines for 200 refusals in {seconds} s"
     );
 }
+
+/// The change feed under an ACL file: an anonymous caller may follow only a prefix the rules
+/// let anyone read (else a 401), and a token's stream leaves out the keys it may not read.
+#[test]
+fn the_change_feed_is_refused_or_filtered_by_the_rules() {
+    let acl = AclFile::new(&rules().to_string());
+    let s = Server::spawn(
+        in_memory().with_acl_file(&acl.path()).unwrap(),
+        ConnLimits::default(),
+    );
+    let anonymous = s.send("GET", "/watch?after=0", None).unwrap();
+    assert_eq!(anonymous.0, 401, "{}", anonymous.1);
+    // Written past the rules, straight through the server's write path.
+    let write = |key: &str| {
+        s.state
+            .db()
+            .set(key.to_string(), "v".to_string())
+            .unwrap()
+            .wait()
+            .unwrap();
+    };
+    write("app/a");
+    write("app/secrets/pw");
+    write("app/b");
+    // The app token reads everything but app/secrets/.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut stream = agent
+        .get(format!("{}/watch?after=0", s.base))
+        .header("Authorization", "Bearer app-token")
+        .call()
+        .unwrap()
+        .into_body()
+        .into_reader();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while seen.matches("data: ").count() < 2 {
+        let n = std::io::Read::read(&mut stream, &mut buf).unwrap();
+        assert!(n > 0, "the stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        seen.contains("\"key\":\"app/a\"") && seen.contains("\"key\":\"app/b\""),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("secrets"),
+        "a denied key was streamed: {seen}"
+    );
+}

@@ -1313,3 +1313,441 @@ fn sighup_without_anything_to_reload_leaves_the_server_running() {
         got.stderr
     );
 }
+
+/// A running `caskv kv watch …`: its stdout lines arrive on a channel (read by a thread, so a
+/// test can wait for one with a timeout); killed (and reaped) on drop.
+struct Watcher {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Watcher {
+    /// Starts `caskv kv watch args… --addr addr`.
+    fn start(addr: &str, args: &[&str]) -> Watcher {
+        Watcher::spawn(
+            caskv()
+                .args(["kv", "watch"])
+                .args(args)
+                .args(["--addr", addr]),
+        )
+    }
+
+    /// Starts `cmd` (a `caskv kv watch …`).
+    fn spawn(cmd: &mut Command) -> Watcher {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn caskv kv watch");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Watcher { child, lines }
+    }
+
+    /// The next line, within 10 s, parsed as JSON (each line must be exactly one object).
+    fn next(&mut self) -> Value {
+        match self.lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("watch printed {line:?}, not JSON: {e}"));
+                assert!(v.is_object(), "watch printed {line:?}, not an object");
+                v
+            }
+            Err(_) => panic!("no line from the watch within 10 s: {}", self.stderr_now()),
+        }
+    }
+
+    /// Kills the watch and returns what it wrote on stderr (for failure messages).
+    fn stderr_now(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut err = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = stderr.read_to_string(&mut err);
+        }
+        format!("stderr {err:?}")
+    }
+
+    /// Writes with `write` (which returns the write's index) until the watch prints one of
+    /// them, then reads past every line up to the last one: from then on it is connected and
+    /// has printed everything before. `write` must touch what the watch prints.
+    fn connect(&mut self, mut write: impl FnMut() -> u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = write();
+        let mut seen = loop {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                break serde_json::from_str::<Value>(&line)
+                    .unwrap_or_else(|e| panic!("watch printed {line:?}, not JSON: {e}"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the watch never connected: {}",
+                self.stderr_now()
+            );
+            last = write();
+        };
+        while seen["index"].as_u64() != Some(last) {
+            seen = self.next();
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// One `POST path` with a JSON body over a raw connection; returns the status and the JSON body.
+fn post_json(addr: &str, path: &str, body: &Value) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let body = body.to_string();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line in {head:?}"));
+    (status, serde_json::from_str(body).expect("a JSON body"))
+}
+
+/// Runs `cmd`, which must exit within 10 s (it is killed otherwise).
+fn run_bounded(cmd: &mut Command) -> Run {
+    let args = format!("{:?}", cmd.get_args().collect::<Vec<_>>());
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn caskv");
+    if wait_timeout(&mut child, Duration::from_secs(10)).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{args} did not exit within 10 s");
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("output");
+    Run {
+        args,
+        code: status.code(),
+        stdout: String::from_utf8(stdout).expect("utf-8 stdout"),
+        stderr: String::from_utf8(stderr).expect("utf-8 stderr"),
+    }
+}
+
+#[test]
+fn kv_watch_key_prints_its_sets_deletes_and_batch_items_only() {
+    let srv = Server::start();
+    srv.run(&["kv", "put", "ab", "before"]).index();
+    let mut watch = Watcher::start(&srv.addr, &["a"]);
+    watch.connect(|| srv.run(&["kv", "put", "a", "ping"]).index());
+
+    let set = srv.run(&["kv", "put", "a", "1", "--flags", "3"]).index();
+    srv.run(&["kv", "put", "ab", "x"]).index(); // same prefix, another key: not printed
+    let created = watch.next();
+    assert_eq!(created["index"], set, "{created}");
+    assert_eq!(created["op"], "set");
+    assert_eq!(created["key"], "a");
+    assert_eq!(created["value"], "1");
+    assert_eq!(created["flags"], 3);
+    assert_eq!(created["modify_index"], set);
+
+    let deleted = srv.run(&["kv", "delete", "a"]).index();
+    assert_eq!(
+        watch.next(),
+        json!({"index": deleted, "op": "delete", "key": "a"})
+    );
+
+    let (status, batch) = post_json(
+        &srv.addr,
+        "/batch/kv/set",
+        &json!({"items": {"a": "2", "ab": "y", "b": "z"}}),
+    );
+    assert_eq!(status, 200, "{batch}");
+    let at = batch["modify_index"].as_u64().expect("the batch's index");
+    let item = watch.next();
+    assert_eq!(item["index"], at, "the batch's index is added: {item}");
+    assert_eq!(item["op"], "set");
+    assert_eq!(item["key"], "a");
+    assert_eq!(item["value"], "2");
+    assert_eq!(item["modify_index"], at);
+
+    // Nothing was printed for "ab" or "b": the next line is the next write of "a".
+    srv.run(&["kv", "put", "ab", "again"]).index();
+    let last = srv.run(&["kv", "put", "a", "3"]).index();
+    let next = watch.next();
+    assert_eq!(
+        (&next["index"], &next["value"]),
+        (&json!(last), &json!("3"))
+    );
+}
+
+#[test]
+fn kv_watch_prefix_prints_every_key_under_it_in_index_order() {
+    let mut srv = Server::start();
+    let mut watch = Watcher::start(&srv.addr, &["config/", "--prefix"]);
+    watch.connect(|| srv.run(&["kv", "put", "config/ping", "p"]).index());
+
+    let host = srv.run(&["kv", "put", "config/db host", "h"]).index();
+    srv.run(&["kv", "put", "other/x", "1"]).index();
+    let port = srv.run(&["kv", "put", "config/db/port", "5432"]).index();
+    let gone = srv.run(&["kv", "delete", "config/db host"]).index();
+    let (status, batch) = post_json(
+        &srv.addr,
+        "/batch/kv/set",
+        &json!({"items": {"config/a": "1", "config/b": "2", "other/y": "3"}}),
+    );
+    assert_eq!(status, 200, "{batch}");
+    let at = batch["modify_index"].as_u64().expect("the batch's index");
+
+    let first = watch.next();
+    assert_eq!(
+        (
+            &first["index"],
+            &first["op"],
+            &first["key"],
+            &first["value"]
+        ),
+        (
+            &json!(host),
+            &json!("set"),
+            &json!("config/db host"),
+            &json!("h")
+        )
+    );
+    let second = watch.next();
+    assert_eq!(
+        (&second["index"], &second["key"], &second["value"]),
+        (&json!(port), &json!("config/db/port"), &json!("5432"))
+    );
+    assert_eq!(
+        watch.next(),
+        json!({"index": gone, "op": "delete", "key": "config/db host"})
+    );
+    // A batch prints as the server sent it: one object, its items filtered to the prefix.
+    let batched = watch.next();
+    assert_eq!(
+        (&batched["index"], &batched["op"]),
+        (&json!(at), &json!("batch"))
+    );
+    let keys: Vec<&str> = batched["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|item| item["key"].as_str())
+        .collect();
+    assert_eq!(keys, ["config/a", "config/b"], "{batched}");
+
+    // The server ends the stream when it shuts down: the watch exits 0.
+    signal(&srv.pid(), "-TERM");
+    let status = wait_timeout(&mut watch.child, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the watch outlived the server: {}", watch.stderr_now()));
+    assert_eq!(status.code(), Some(0), "{}", watch.stderr_now());
+    let _ = wait_timeout(&mut srv.child, Duration::from_secs(10));
+}
+
+#[test]
+fn kv_watch_after_replays_and_a_compacted_index_exits_1() {
+    let srv = Server::start_with(&["--history-changes", "2"]);
+    let mut indices = Vec::new();
+    for n in 1..=5 {
+        let key = format!("k{n}");
+        indices.push(srv.run(&["kv", "put", &key, "v"]).index());
+    }
+    // An index still in the history: the changes after it print at once.
+    let mut watch = Watcher::start(&srv.addr, &["k5", "--after", &indices[3].to_string()]);
+    let replayed = watch.next();
+    assert_eq!(
+        (&replayed["index"], &replayed["key"]),
+        (&json!(indices[4]), &json!("k5"))
+    );
+    drop(watch);
+
+    // Index 1 is gone from a two-change history: the server's 410 message, exit 1.
+    let r = run_bounded(caskv().args(["kv", "watch", "k1", "--after", "1", "--addr", &srv.addr]));
+    let line = r.fails(1, &["compacted", "oldest index"]);
+    assert!(!line.contains("HTTP 410"), "the server's message: {line}");
+}
+
+#[test]
+fn kv_watch_sends_its_token_and_an_unknown_one_exits_5() {
+    let acl = TempAcl::new(
+        r#"{"tokens": [
+            {"name": "admin", "secret": "admin-token", "kv": {"": "write"}},
+            {"name": "reader", "secret": "reader-token", "kv": {"app/": "read"}}
+        ]}"#,
+    );
+    let srv = Server::start_with(&["--acl-file", &acl.path()]);
+    let put = |key: &str| {
+        srv.run(&["kv", "put", key, "v", "--token", "admin-token"])
+            .index()
+    };
+    // The token from the environment: the stream shows what it may read.
+    let mut watch = Watcher::spawn(
+        caskv()
+            .args(["kv", "watch", "", "--prefix", "--addr", &srv.addr])
+            .env("CASKV_TOKEN", "reader-token"),
+    );
+    watch.connect(|| put("app/ping"));
+    put("other/hidden");
+    let shown = put("app/shown");
+    let next = watch.next();
+    assert_eq!(
+        (&next["index"], &next["key"]),
+        (&json!(shown), &json!("app/shown"))
+    );
+    // A token the server does not know: its 401, exit 5, one line.
+    run_bounded(caskv().args([
+        "kv", "watch", "app/x", "--token", "nope", "--addr", &srv.addr,
+    ]))
+    .fails(5, &["token"]);
+}
+
+/// A fake server for one test: answers each of `responses` to one connection in turn (then
+/// closes it) and sends back every request head it read.
+fn fake_server(responses: Vec<String>) -> (String, std::sync::mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap().to_string();
+    listener.set_nonblocking(true).unwrap();
+    let (tx, heads) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for response in responses {
+            let mut stream = loop {
+                match listener.accept() {
+                    Ok((stream, _)) => break stream,
+                    Err(_) if Instant::now() < deadline => sleep(Duration::from_millis(10)),
+                    Err(_) => return,
+                }
+            };
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read_exact(&mut byte).is_ok() {
+                head.push(byte[0]);
+            }
+            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    (addr, heads)
+}
+
+#[test]
+fn kv_watch_resumes_after_lagged_and_skips_services_and_heartbeats() {
+    let stream = |body: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{body}"
+        )
+    };
+    let first = stream(concat!(
+        ": heartbeat\n\n",
+        "id: 4\ndata: {\"index\":4,\"op\":\"set\",\"key\":\"a b&c/dé\",\"value\":\"1\"}\n\n",
+        "id: 5\nevent: service\ndata: {\"index\":5,\"op\":\"register\",\"name\":\"web\"}\n\n",
+        "id: 6\ndata: {\"index\":6,\"op\":\"delete\",\"key\":\"a b&c/dé2\"}\n\n",
+        "id: 6\nevent: lagged\ndata: {\"last_index\":6,\"message\":\"behind\"}\n\n",
+    ));
+    // CRLF line endings, as the format allows.
+    let second = stream(
+        "id: 9\r\ndata: {\"index\":9,\"op\":\"batch\",\"items\":[{\"op\":\"delete\",\"key\":\"a b&c/dé\"}]}\r\n\r\n",
+    );
+    let (addr, heads) = fake_server(vec![first, second]);
+    let r =
+        run_bounded(caskv().args(["kv", "watch", "a b&c/dé", "--token", "t0k", "--addr", &addr]));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.stderr, "");
+    assert_eq!(
+        r.stdout,
+        concat!(
+            "{\"index\":4,\"op\":\"set\",\"key\":\"a b&c/dé\",\"value\":\"1\"}\n",
+            "{\"index\":9,\"key\":\"a b&c/dé\",\"op\":\"delete\"}\n",
+        )
+    );
+    let heads: Vec<String> = heads.try_iter().collect();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert!(
+        heads[0].starts_with("GET /watch?prefix=a%20b%26c%2Fd%C3%A9 HTTP/1.1\r\n"),
+        "{:?}",
+        heads[0]
+    );
+    assert!(
+        heads[1].starts_with("GET /watch?prefix=a%20b%26c%2Fd%C3%A9&after=6 HTTP/1.1\r\n"),
+        "{:?}",
+        heads[1]
+    );
+    for head in &heads {
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("authorization: bearer t0k\r\n"),
+            "{head:?}"
+        );
+    }
+}
+
+#[test]
+fn kv_watch_exits_0_when_its_reader_goes_away() {
+    let srv = Server::start();
+    srv.run(&["kv", "put", "k", "0"]).index();
+    let mut child = caskv()
+        .args(["kv", "watch", "k", "--after", "0", "--addr", &srv.addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut first = String::new();
+    {
+        use std::io::BufRead;
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        stdout.read_line(&mut first).expect("a line");
+    } // the reader is gone: the next line the watch prints meets a closed pipe
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the watch kept running with nobody reading");
+        }
+        srv.run(&["kv", "put", "k", "more"]).index();
+        sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&first).expect("JSON")["value"],
+        "0"
+    );
+    assert_eq!((status.code(), stderr.as_str()), (Some(0), ""));
+}

@@ -427,3 +427,59 @@ fn shutdown_answers_held_reads_and_ends_feed_streams() {
         started.elapsed()
     );
 }
+
+#[test]
+fn the_feed_resumes_from_the_log_after_a_restart_or_answers_410() {
+    use caskv::persist::FsyncPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let open = |limits: Limits| {
+        let state = AppState::open(
+            dir.path(),
+            FsyncPolicy::Always,
+            limits,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        Server::spawn(state, ConnLimits::default())
+    };
+    let (a, b, c);
+    {
+        let mut s = open(Limits::default());
+        a = put(&s, "k1", "1");
+        b = put(&s, "k2", "2");
+        c = s.delete("/kv/k1").1["modify_index"].as_u64().unwrap();
+        let (_, batch) = s.post("/batch/kv/set", json!({"items": {"x": "1", "y": "2"}}));
+        assert_eq!(batch["modify_index"], c + 1);
+        s.stop();
+    }
+    {
+        let mut s = open(Limits::default());
+        // A client that had seen `a` resumes: b, the delete, the batch, then what comes next.
+        let mut stream = Stream::open(&s, "/watch", Some(a)).unwrap();
+        let e = stream.next().unwrap();
+        assert_eq!(
+            (e.id, e.data["op"].as_str(), e.data["key"].as_str()),
+            (Some(b), Some("set"), Some("k2"))
+        );
+        let e = stream.next().unwrap();
+        assert_eq!((e.id, e.data["op"].as_str()), (Some(c), Some("delete")));
+        let e = stream.next().unwrap();
+        assert_eq!((e.id, e.data["op"].as_str()), (Some(c + 1), Some("batch")));
+        let d = put(&s, "k3", "3");
+        assert_eq!(stream.next().unwrap().id, Some(d));
+        s.stop();
+    }
+    {
+        // Reopened with a history of one change: the index is gone, a 410.
+        let limits = Limits {
+            history: HistoryLimits {
+                max_changes: 1,
+                ..HistoryLimits::default()
+            },
+            ..Limits::default()
+        };
+        let s = open(limits);
+        let (status, body) = Stream::open(&s, "/watch", Some(a)).err().unwrap();
+        assert_eq!((status, body["error"].as_str()), (410, Some("compacted")));
+    }
+}

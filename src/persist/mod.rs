@@ -109,10 +109,11 @@ pub use recover::RecoveryReport;
 pub use snapshot::SnapshotReport;
 
 use crate::db::DbChange;
+use crate::entry::Entry;
 use crate::error::StorageError;
 use crate::expiry::{self, Clock, SystemClock};
 use crate::journal::Written;
-use crate::watch::{Feed, FeedEvent, HistoryLimits};
+use crate::watch::{Change, Feed, FeedEvent, HistoryLimits};
 use crate::{GlobalIndex, Registration, Registry, Store, StoreBuilder};
 use journal::LogJournal;
 use log::{CreateSegment, Level, Log};
@@ -485,7 +486,7 @@ where
             Err(std::fs::TryLockError::Error(e)) => return Err(PersistError::io(&lock_path)(e)),
         }
 
-        let recovered = recover::recover(&dir)?;
+        let mut recovered = recover::recover(&dir)?;
         // Refused before anything is written to the directory (not even a new segment).
         if options.services_ttl().is_none() && !recovered.services.is_empty() {
             return Err(PersistError::ServicesOff {
@@ -517,8 +518,11 @@ where
         let reservation = Arc::new(Reservation::new(log.clone(), recovered.high_water));
         global_index.set_reserve(Box::new(reservation.clone()));
 
-        // The feed starts after the recovered high-water mark: what came before is compacted.
+        // The feed resumes from the log: the changes the segments after the snapshot hold
+        // (older ones are compacted), every index up to the high-water mark final.
         let feed = Feed::new(options.history);
+        let logged = logged_changes::<K, V>(std::mem::take(&mut recovered.logged))?;
+        feed.resume(recovered.logged_after, logged, recovered.high_water);
         let store: Store<K, V> = options
             .bound(Store::builder())
             .global_index(global_index.clone())
@@ -667,6 +671,72 @@ impl<K, V> Durable<K, V> {
             self.inner.log.clone(),
         )
     }
+}
+
+/// The logged mutations as the feed's changes: one write is a set or a delete, several a batch
+/// (a batch that wrote one key reads back as a single set or delete).
+fn logged_changes<K: Codec, V: Codec>(
+    logged: Vec<recover::LoggedWrites>,
+) -> Result<Vec<DbChange<K, V>>, PersistError> {
+    fn decoded<K: Codec, V: Codec>(
+        index: u64,
+        writes: Vec<(Vec<u8>, Option<recover::OwnedVersion>)>,
+    ) -> Result<Change<K, V>, PersistError> {
+        let mut items = Vec::with_capacity(writes.len());
+        for (key, version) in writes {
+            let key = K::decode(&key).map_err(|source| PersistError::Decode {
+                what: "key",
+                source,
+            })?;
+            let entry = match version {
+                None => None,
+                Some(v) => Some(Entry::new(
+                    V::decode(&v.value).map_err(|source| PersistError::Decode {
+                        what: "value",
+                        source,
+                    })?,
+                    v.flags,
+                    v.modify_index,
+                    v.create_index,
+                    v.deadline,
+                )),
+            };
+            items.push((key, entry));
+        }
+        Ok(match (items.len(), items.pop()) {
+            (1, Some((key, Some(entry)))) => Change::Set { key, entry },
+            (1, Some((key, None))) => Change::Delete { key, index },
+            (_, last) => {
+                items.extend(last);
+                Change::Batch {
+                    index,
+                    writes: items,
+                }
+            }
+        })
+    }
+    logged
+        .into_iter()
+        .map(|l| match l.space {
+            Space::Kv => decoded::<K, V>(l.index, l.writes).map(DbChange::Kv),
+            Space::Services => decoded::<String, Registration>(l.index, l.writes).map(|c| {
+                DbChange::Service(match c {
+                    Change::Set { key, entry } => Change::Set {
+                        key,
+                        entry: entry.map_value(Arc::new),
+                    },
+                    Change::Delete { key, index } => Change::Delete { key, index },
+                    Change::Batch { index, writes } => Change::Batch {
+                        index,
+                        writes: writes
+                            .into_iter()
+                            .map(|(k, e)| (k, e.map(|e| e.map_value(Arc::new))))
+                            .collect(),
+                    },
+                })
+            }),
+        })
+        .collect()
 }
 
 /// The recovered registrations, in a registry journaled to `log`'s services space. A restart

@@ -35,11 +35,26 @@ pub(crate) struct OwnedVersion {
     pub(crate) deadline: u64,
 }
 
+/// One logged mutation, as the log segments replayed after the snapshot hold it: what the
+/// change feed resumes from after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LoggedWrites {
+    pub(crate) space: Space,
+    pub(crate) index: u64,
+    /// Each key written, with its version (`None`: deleted).
+    pub(crate) writes: Vec<(Vec<u8>, Option<OwnedVersion>)>,
+}
+
 /// What recovery found: the state of each space and the index to resume above.
 #[derive(Debug, Default)]
 pub(crate) struct Recovered {
     pub(crate) kv: HashMap<Vec<u8>, OwnedVersion>,
     pub(crate) services: HashMap<Vec<u8>, OwnedVersion>,
+    /// The mutations of the replayed log segments, in log order (not index order).
+    pub(crate) logged: Vec<LoggedWrites>,
+    /// Every mutation with an index above this is in `logged`: the snapshot's high-water mark
+    /// (0 without a snapshot: the log is whole).
+    pub(crate) logged_after: u64,
     /// Every index ever handed out is at or below this.
     pub(crate) high_water: u64,
     /// The highest segment number present (0 when there is none).
@@ -253,6 +268,7 @@ fn load_snapshot(path: &Path, seq: u64, out: &mut Recovered) -> Result<(), Persi
         match record {
             Record::SnapshotHead { high_water } if i == 0 => {
                 out.high_water = out.high_water.max(high_water);
+                out.logged_after = high_water;
             }
             Record::SnapshotEnd { entries: n } if i + 1 == scan.records.len() => {
                 if n != entries {
@@ -320,6 +336,32 @@ fn replay_segment(
             record::decode(payload).map_err(|e| corrupt(path, offset(*at), e.to_string()))?;
         if let Record::Synced { through } = record {
             synced_through = synced_through.max(through);
+        }
+        if let Record::Writes {
+            space,
+            index,
+            writes,
+        } = &record
+        {
+            out.logged.push(LoggedWrites {
+                space: *space,
+                index: *index,
+                writes: writes
+                    .iter()
+                    .map(|(key, version)| {
+                        (
+                            key.to_vec(),
+                            version.as_ref().map(|v| OwnedVersion {
+                                value: v.value.to_vec(),
+                                flags: v.flags,
+                                modify_index: v.modify_index,
+                                create_index: v.create_index,
+                                deadline: v.deadline,
+                            }),
+                        )
+                    })
+                    .collect(),
+            });
         }
         out.apply(record)
             .map_err(|r| corrupt(path, offset(*at), r))?;

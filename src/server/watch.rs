@@ -28,7 +28,7 @@ use hyper::body::Frame;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::acl::Who;
+use super::acl::{Need, Who};
 use super::error::ApiError;
 use super::extract::Params;
 use super::kv::entry_json;
@@ -204,6 +204,12 @@ pub async fn feed(
         let prefix = params.0.get("prefix").cloned().unwrap_or_default();
         if !prefix.is_empty() {
             state.limits.check_key(&prefix)?;
+        }
+        if who.name.is_none() {
+            // An anonymous caller on a server with an ACL file is refused (a 401: a token is
+            // needed) unless the rules let anyone read the prefix; a token's stream is
+            // filtered to what it may read.
+            who.kv(&prefix, Need::Read)?;
         }
         let index = |name: &str, text: &str| {
             text.trim().parse::<u64>().map_err(|_| {

@@ -193,6 +193,24 @@ impl<E: FeedEvent> Feed<E> {
         log.floor = high_water;
     }
 
+    /// Starts the feed after `after` with `events` (the changes above it, in any order)
+    /// already committed, every index up to `high_water` final: a persistent store's feed
+    /// after a restart, resumed from its log. A later [`start_after`](Feed::start_after)
+    /// changes nothing.
+    pub(crate) fn resume(&self, after: u64, mut events: Vec<E>, high_water: u64) {
+        let mut log = self.lock_log();
+        log.started = true;
+        log.floor = after;
+        log.next = high_water.max(after) + 1;
+        events.retain(|e| e.index() > after);
+        events.sort_unstable_by_key(E::index);
+        for event in events {
+            log.bytes += event.weight();
+            log.events.push_back(StdArc::new(event));
+        }
+        self.advance(&mut log);
+    }
+
     /// The highest index up to which the feed is complete (advanced first: every index at or
     /// below it was applied or given up, and its changes are in the history or compacted).
     pub fn watermark(&self) -> u64 {
