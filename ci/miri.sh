@@ -33,5 +33,10 @@ for seed in $seeds; do
   MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-permissive-provenance -Zmiri-ignore-leaks -Zmiri-disable-isolation -Zmiri-seed=$seed" \
     CASKV_LIN_ROUNDS=2 cargo +nightly miri test --no-default-features --test linearizability -- \
     hand_written single_key_operations_are_linearizable histories_with_batches
+  # Watches and the change feed: registration, wake-ups, the future, the feed's history.
+  MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-permissive-provenance -Zmiri-ignore-leaks -Zmiri-disable-isolation -Zmiri-seed=$seed" \
+    cargo +nightly miri test --no-default-features --test watch -- \
+    a_write_wakes_only deletes_and_batches a_prefix_watch the_changed_future \
+    the_feed_holds a_compacted a_batch_that_creates
 done
-echo "miri: core unit tests and the linearizability checker passed with seeds: $seeds"
+echo "miri: core unit tests, the linearizability checker and the watch tests passed with seeds: $seeds"

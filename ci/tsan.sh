@@ -19,10 +19,10 @@ export RUSTDOCFLAGS="$RUSTFLAGS"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/tsan}"
 export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/ci/tsan.supp}"
 echo "tsan: building std with ThreadSanitizer for $target (first run takes minutes)"
-cargo +nightly test -Zbuild-std --target "$target" --no-default-features --lib --test stress -- --test-threads 2
+cargo +nightly test -Zbuild-std --target "$target" --no-default-features --lib --test stress --test watch -- --test-threads 2
 rc=$?
 if [ "$rc" -ne 0 ]; then
   echo "tsan: FAILED (exit $rc; 66 means a data race was reported)"
   exit "$rc"
 fi
-echo "tsan: stress tests and core unit tests passed with no race reported"
+echo "tsan: stress tests, watch tests and core unit tests passed with no race reported"

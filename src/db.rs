@@ -179,12 +179,12 @@ where
     /// The committed changes of the store and the registry with an index above `after`, in
     /// index order and without gaps (a batch is one change at its one index; expiries and
     /// evictions are deletes), at most `max` of them, up to the feed's watermark (every index
-    /// at or below it was applied or given up). A persistent `Db`'s feed starts when it is
-    /// opened.
+    /// at or below it was applied or given up). A persistent `Db`'s feed resumes, when it is
+    /// opened, from the log segments after its last snapshot.
     ///
     /// # Errors
     /// [`Compacted`] when the history (see [`Options::history`]) no longer holds every change
-    /// after `after`, or `after` is older than the opening of the `Db`.
+    /// after `after` (or, on disk, `after` is older than the last snapshot).
     ///
     /// ```
     /// use caskv::persist::Options;

@@ -349,3 +349,22 @@ fn a_batch_that_creates_a_watched_key_wakes_it() {
         .expect("the batch woke nobody");
     assert_eq!(seen.index, batch);
 }
+
+/// A write under the prefix that took an index at or below the one the watch waits past (as a
+/// write to another key that took a lower index and landed later does) still answers it.
+#[test]
+fn a_prefix_watch_answers_a_write_that_lands_under_an_index_already_seen() {
+    let store: S = Store::new();
+    store.set(k("app/a"), 1);
+    let mut w = store.watch_prefix("app/", 1_000);
+    assert!(w.wait(Duration::from_millis(5)).is_none());
+    let x = store.set(k("app/x"), 2);
+    let listing = w.wait(LONG).expect("a write under the prefix answers");
+    assert!(x < 1_000);
+    assert_eq!(listing.entries.len(), 2);
+    assert_eq!(w.after(), 1_000, "after never goes back");
+    assert!(
+        w.wait(Duration::from_millis(5)).is_none(),
+        "answered twice for one write"
+    );
+}

@@ -353,6 +353,9 @@ fn a_compacted_index_is_a_410_naming_the_oldest() {
     assert_eq!(status, 410);
     assert_eq!(body["error"], "compacted");
     assert_eq!(body["oldest"], 7);
+    // An index the server never handed out: the same answer.
+    let (status, body) = Stream::open(&s, "/watch?after=1000", None).err().unwrap();
+    assert_eq!((status, body["oldest"].as_u64()), (410, Some(7)));
     let mut from_oldest = Stream::open(&s, "/watch?after=7", None).unwrap();
     assert_eq!(from_oldest.next().unwrap().id, Some(8));
 }

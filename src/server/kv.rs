@@ -111,7 +111,20 @@ async fn listing(
             hold(state, &b, watch.changed()).await;
         }
     }
-    state.store.listing(prefix)
+    settled(state, || state.store.listing(prefix))
+}
+
+/// A listing whose index is at most the feed's watermark (read before the scan): every write
+/// at or below it is in the listing, so a client that blocks on that index misses no write
+/// under the prefix that took a lower index and landed later.
+pub(crate) fn settled<V>(
+    state: &AppState,
+    list: impl FnOnce() -> crate::Listing<String, V>,
+) -> crate::Listing<String, V> {
+    let watermark = state.db().feed().watermark();
+    let mut listing = list();
+    listing.index = listing.index.min(watermark);
+    listing
 }
 
 /// `PUT /kv/` and `DELETE /kv/`: a write needs a key.

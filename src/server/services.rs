@@ -92,7 +92,8 @@ pub async fn list(
             }
         }
         // Relaxed: read back by `metered_at` on this task.
-        index.store(store.listing("").index, Ordering::Relaxed);
+        let listing = super::kv::settled(&state, || store.listing(""));
+        index.store(listing.index, Ordering::Relaxed);
         let services: Vec<Service> = state
             .registry
             .list()

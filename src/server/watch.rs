@@ -231,7 +231,10 @@ pub async fn feed(
             },
         };
         let oldest = feed.oldest();
-        if after < oldest {
+        // An index this server never handed out (a client of an in-memory server that
+        // restarted, or a guess) names no change it could follow: the same answer as an old
+        // one, read the state again.
+        if after < oldest || after > state.store.global_index().high_water() {
             return Err(ApiError::Compacted { oldest });
         }
         let (outbox, events) = Outbox::new(state.limits.watch_lag_timeout);
@@ -261,6 +264,7 @@ async fn follow(state: AppState, who: Who, prefix: String, mut after: u64, tx: O
     // The highest index handed out when a write last woke us: the feed must reach it before
     // we sleep again (a write of another prefix, or a lost CAS, below it wakes nobody).
     let mut target = 0;
+    let mut heartbeat = tokio::time::Instant::now() + defaults::WATCH_HEARTBEAT;
     loop {
         let events = match feed.read(after, READ) {
             Ok(events) => events,
@@ -270,7 +274,7 @@ async fn follow(state: AppState, who: Who, prefix: String, mut after: u64, tx: O
         for event in events {
             if let Some(frame) = render(&event, &prefix, &who) {
                 match tx.send(frame).await {
-                    Ok(()) => {}
+                    Ok(()) => heartbeat = tokio::time::Instant::now() + defaults::WATCH_HEARTBEAT,
                     Err(Refused::Lagging) => return lagged(&tx, after).await,
                     Err(Refused::Gone) => return,
                 }
@@ -296,9 +300,9 @@ async fn follow(state: AppState, who: Who, prefix: String, mut after: u64, tx: O
         tokio::select! {
             () = kv.next() => target = state.store.global_index().high_water(),
             () = services_next => target = state.store.global_index().high_water(),
-            () = tokio::time::sleep(defaults::WATCH_HEARTBEAT) => {
+            () = tokio::time::sleep_until(heartbeat) => {
                 match tx.send(Bytes::from_static(b": heartbeat\n\n")).await {
-                    Ok(()) => {}
+                    Ok(()) => heartbeat = tokio::time::Instant::now() + defaults::WATCH_HEARTBEAT,
                     Err(Refused::Lagging) => return lagged(&tx, after).await,
                     Err(Refused::Gone) => return,
                 }

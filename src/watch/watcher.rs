@@ -179,8 +179,11 @@ where
 }
 
 /// Waits for any key under a prefix to change ([`Store::watch_prefix`]): resolves once the
-/// prefix's [`Listing`] has an index above `after` (a set, a delete, a batch, an expiry or an
-/// eviction under the prefix), and moves `after` to it. Only writes under the prefix wake it.
+/// prefix's [`Listing`] has an index above `after`, or once a write under the prefix (a set, a
+/// delete, a batch, an expiry or an eviction) was made after the watch was registered or last
+/// answered, and moves `after` to the listing's index. Only writes under the prefix wake it.
+/// (The second case matters: writes to different keys land in any order, so one can land
+/// under an index already seen; its listing then answers with an unchanged index.)
 ///
 /// # Example
 /// ```
@@ -204,6 +207,8 @@ where
     prefix: String,
     after: u64,
     signal: StdArc<Signal>,
+    /// The signal's count at the last answer (0: none yet; the signal is new).
+    answered: u64,
 }
 
 impl<'s, K, V> PrefixWatch<'s, K, V>
@@ -222,6 +227,7 @@ where
             prefix: prefix.to_owned(),
             after,
             signal,
+            answered: 0,
         }
     }
 
@@ -230,10 +236,15 @@ where
         self.after
     }
 
-    fn look(&mut self) -> Option<Listing<K, V>> {
+    /// The listing, if its index passed `after` or a write under the prefix was made since
+    /// the last answer (`notified`: the signal's count, taken before this look). The second
+    /// case catches a write that took a lower index than one already seen and landed later
+    /// (writes to different keys land in any order).
+    fn look(&mut self, notified: u64) -> Option<Listing<K, V>> {
         let listing = self.store.listing(&self.prefix);
-        (listing.index > self.after).then(|| {
-            self.after = listing.index;
+        (listing.index > self.after || notified != self.answered).then(|| {
+            self.after = self.after.max(listing.index);
+            self.answered = notified;
             listing
         })
     }
@@ -243,11 +254,12 @@ where
         let until = Instant::now().checked_add(timeout);
         loop {
             let notified = self.signal.arm(None);
-            if let Some(listing) = self.look() {
+            if let Some(listing) = self.look(notified) {
                 return Some(listing);
             }
             if !self.signal.wait_past(notified, until) {
-                return self.look();
+                let notified = self.signal.arm(None);
+                return self.look(notified);
             }
         }
     }
@@ -299,9 +311,9 @@ mod sealed {
 
 /// The waker is kept before the look: a write after the look wakes it, one before it is what
 /// the look sees (see `waiters.rs`).
-fn poll_with<T>(signal: &Signal, cx: &Context<'_>, look: impl FnOnce() -> Option<T>) -> Poll<T> {
-    signal.arm(Some(cx.waker()));
-    match look() {
+fn poll_with<T>(signal: &Signal, cx: &Context<'_>, look: impl FnOnce(u64) -> Option<T>) -> Poll<T> {
+    let notified = signal.arm(Some(cx.waker()));
+    match look(notified) {
         Some(out) => Poll::Ready(out),
         None => Poll::Pending,
     }
@@ -322,7 +334,7 @@ where
     type Output = Seen<V>;
     fn poll_change(&mut self, cx: &mut Context<'_>) -> Poll<Seen<V>> {
         let signal = self.signal.clone();
-        poll_with(&signal, cx, || self.look().ok())
+        poll_with(&signal, cx, |_| self.look().ok())
     }
 }
 
@@ -341,7 +353,7 @@ where
     type Output = Listing<K, V>;
     fn poll_change(&mut self, cx: &mut Context<'_>) -> Poll<Listing<K, V>> {
         let signal = self.signal.clone();
-        poll_with(&signal, cx, || self.look())
+        poll_with(&signal, cx, |notified| self.look(notified))
     }
 }
 
