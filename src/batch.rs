@@ -654,13 +654,17 @@ where
         } else {
             self.engine.global_index.skip(index);
         }
-        for i in 0..held.slots.len() {
-            // Relaxed: we stored `after` ourselves on this thread.
-            let after = held.lock_node(i).after.load(Ordering::Relaxed);
-            if after != held.slots[i].before {
-                // SAFETY: `after` is ours (see the commit loop), live while we hold the lock.
-                let key = unsafe { &(*cell::node_of::<cell::Keyed<K>>(after)).key };
-                self.engine.waiters.wake(key, || self.engine.raw.hash(key));
+        // One check for the whole batch (its writes are all visible since the flip).
+        if self.engine.waiters.anyone() {
+            for i in 0..held.slots.len() {
+                // Relaxed: we stored `after` ourselves on this thread.
+                let after = held.lock_node(i).after.load(Ordering::Relaxed);
+                if after != held.slots[i].before {
+                    // SAFETY: `after` is ours (see the commit loop), live while we hold the lock.
+                    let key = unsafe { &(*cell::node_of::<cell::Keyed<K>>(after)).key };
+                    let hash = self.engine.raw.hash(key);
+                    self.engine.waiters.wake_registered(hash, key);
+                }
             }
         }
         if let Some(policy) = &self.engine.policy {

@@ -84,7 +84,7 @@ pub async fn list(
         let params = params?;
         let blocking = params.blocking()?;
         let prefix = params.0.get("prefix").map_or("", String::as_str);
-        let listing = listing(&state, prefix, blocking).await;
+        let listing = listing(&state, &state.store, prefix, blocking).await;
         // Relaxed: read back by `metered_at` on this task.
         index.store(listing.index, Ordering::Relaxed);
         let keys: Vec<String> = listing
@@ -98,31 +98,24 @@ pub async fn list(
     .await
 }
 
-/// The entries under `prefix`, after holding a blocking read until the prefix's index passes
-/// the one asked for.
-async fn listing(
+/// The entries of `store` under `prefix`, after holding a blocking read until the prefix's
+/// index passes the one asked for; the index clamped to the feed's watermark read before the
+/// scan (every write at or below it is in the listing, so a client that blocks on that index
+/// misses no write under the prefix that took a lower index and landed later).
+pub(crate) async fn listing<V: Clone + Send + 'static>(
     state: &AppState,
+    store: &crate::Store<String, V>,
     prefix: &str,
     blocking: Option<Blocking>,
-) -> crate::Listing<String, String> {
+) -> crate::Listing<String, V> {
     if let Some(b) = blocking.map(|b| b.clamped(state)) {
-        if state.store.listing(prefix).index <= b.index {
-            let mut watch = state.store.watch_prefix(prefix, b.index);
+        if store.listing(prefix).index <= b.index {
+            let mut watch = store.watch_prefix(prefix, b.index);
             hold(state, &b, watch.changed()).await;
         }
     }
-    settled(state, || state.store.listing(prefix))
-}
-
-/// A listing whose index is at most the feed's watermark (read before the scan): every write
-/// at or below it is in the listing, so a client that blocks on that index misses no write
-/// under the prefix that took a lower index and landed later.
-pub(crate) fn settled<V>(
-    state: &AppState,
-    list: impl FnOnce() -> crate::Listing<String, V>,
-) -> crate::Listing<String, V> {
     let watermark = state.db().feed().watermark();
-    let mut listing = list();
+    let mut listing = store.listing(prefix);
     listing.index = listing.index.min(watermark);
     listing
 }
@@ -155,7 +148,7 @@ pub async fn get(
         let metadata = params.metadata()?;
         let blocking = params.blocking()?;
         if params.recurse()? {
-            let listing = listing(&state, &key, blocking).await;
+            let listing = listing(&state, &state.store, &key, blocking).await;
             // Relaxed: read back by `metered_at` on this task.
             index.store(listing.index, Ordering::Relaxed);
             let entries: Vec<Value> = listing

@@ -84,15 +84,9 @@ pub async fn list(
 ) -> Response {
     let index = AtomicU64::new(0);
     metered_at(&state, Metric::ServiceList, &index, async {
-        let store = state.registry.store();
-        if let Some(b) = params?.blocking()?.map(|b| b.clamped(&state)) {
-            if store.listing("").index <= b.index {
-                let mut watch = store.watch_prefix("", b.index);
-                hold(&state, &b, watch.changed()).await;
-            }
-        }
+        let blocking = params?.blocking()?;
+        let listing = super::kv::listing(&state, state.registry.store(), "", blocking).await;
         // Relaxed: read back by `metered_at` on this task.
-        let listing = super::kv::settled(&state, || store.listing(""));
         index.store(listing.index, Ordering::Relaxed);
         let services: Vec<Service> = state
             .registry

@@ -272,16 +272,26 @@ impl<K> Waiters<K> {
     /// contain it.
     #[inline]
     pub(crate) fn wake(&self, key: &K, hash: impl FnOnce() -> u64) {
-        crate::epoch::fence::light();
-        // Relaxed: ordered against registrations by the fences (module docs).
-        if self.registered.load(Ordering::Relaxed) != 0 {
+        if self.anyone() {
             self.wake_registered(hash(), key);
         }
     }
 
+    /// The writer's check, after its mutations are visible: whether anyone is registered (a
+    /// batch makes it once for all its keys, then wakes each with
+    /// [`wake_registered`](Self::wake_registered)).
+    #[inline]
+    pub(crate) fn anyone(&self) -> bool {
+        crate::epoch::fence::light();
+        // Relaxed: ordered against registrations by the fences (module docs).
+        self.registered.load(Ordering::Relaxed) != 0
+    }
+
+    /// Wakes the watchers of `key` (hash `hash`) and of prefixes that contain it; after
+    /// [`anyone`](Self::anyone) said someone is registered.
     #[cold]
     #[inline(never)]
-    fn wake_registered(&self, hash: u64, key: &K) {
+    pub(crate) fn wake_registered(&self, hash: u64, key: &K) {
         let mut woken = 0;
         // Relaxed: ordered against registrations by the fences, as `registered`.
         let bucket_watched = self

@@ -203,12 +203,9 @@ where
     K: Hash + Eq + Ord + Clone + Send + AsRef<str> + 'static,
     V: Clone + Send + 'static,
 {
-    store: &'s Store<K, V>,
-    prefix: String,
+    /// The registration; its count of wake-ups is the one at the last answer.
+    wakeups: Wakeups<'s, K, V>,
     after: u64,
-    signal: StdArc<Signal>,
-    /// The signal's count at the last answer (0: none yet; the signal is new).
-    answered: u64,
 }
 
 impl<'s, K, V> PrefixWatch<'s, K, V>
@@ -217,17 +214,9 @@ where
     V: Clone + Send + 'static,
 {
     pub(crate) fn new(store: &'s Store<K, V>, prefix: &str, after: u64) -> Self {
-        let signal = Signal::new();
-        store
-            .engine
-            .waiters
-            .add_prefix(prefix, &signal, |k: &K| k.as_ref());
         PrefixWatch {
-            store,
-            prefix: prefix.to_owned(),
+            wakeups: Wakeups::new(store, prefix),
             after,
-            signal,
-            answered: 0,
         }
     }
 
@@ -241,10 +230,11 @@ where
     /// case catches a write that took a lower index than one already seen and landed later
     /// (writes to different keys land in any order).
     fn look(&mut self, notified: u64) -> Option<Listing<K, V>> {
-        let listing = self.store.listing(&self.prefix);
-        (listing.index > self.after || notified != self.answered).then(|| {
+        let w = &mut self.wakeups;
+        let listing = w.store.listing(&w.prefix);
+        (listing.index > self.after || notified != w.seen).then(|| {
             self.after = self.after.max(listing.index);
-            self.answered = notified;
+            w.seen = notified;
             listing
         })
     }
@@ -253,12 +243,12 @@ where
     pub fn wait(&mut self, timeout: Duration) -> Option<Listing<K, V>> {
         let until = Instant::now().checked_add(timeout);
         loop {
-            let notified = self.signal.arm(None);
+            let notified = self.wakeups.signal.arm(None);
             if let Some(listing) = self.look(notified) {
                 return Some(listing);
             }
-            if !self.signal.wait_past(notified, until) {
-                let notified = self.signal.arm(None);
+            if !self.wakeups.signal.wait_past(notified, until) {
+                let notified = self.wakeups.signal.arm(None);
                 return self.look(notified);
             }
         }
@@ -271,19 +261,6 @@ where
     }
 }
 
-impl<K, V> Drop for PrefixWatch<'_, K, V>
-where
-    K: Hash + Eq + Ord + Clone + Send + AsRef<str> + 'static,
-    V: Clone + Send + 'static,
-{
-    fn drop(&mut self) {
-        self.store
-            .engine
-            .waiters
-            .remove_prefix(&self.prefix, &self.signal);
-    }
-}
-
 impl<K, V> std::fmt::Debug for PrefixWatch<'_, K, V>
 where
     K: Hash + Eq + Ord + Clone + Send + AsRef<str> + 'static,
@@ -291,7 +268,7 @@ where
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PrefixWatch")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.wakeups.prefix)
             .field("after", &self.after)
             .finish_non_exhaustive()
     }
@@ -352,7 +329,7 @@ where
 {
     type Output = Listing<K, V>;
     fn poll_change(&mut self, cx: &mut Context<'_>) -> Poll<Listing<K, V>> {
-        let signal = self.signal.clone();
+        let signal = self.wakeups.signal.clone();
         poll_with(&signal, cx, |notified| self.look(notified))
     }
 }
@@ -372,9 +349,9 @@ impl<W: WatchTarget> Future for Changed<'_, W> {
     }
 }
 
-/// A registration under a prefix that only counts wake-ups and never looks at the state: what
-/// a follower of the change feed sleeps on between two reads of the feed (a prefix watch would
-/// list the prefix at every wake-up).
+/// A registration under a prefix that counts wake-ups and never looks at the state: what a
+/// follower of the change feed sleeps on between two reads of the feed, and what a
+/// [`PrefixWatch`] is made of (it lists the prefix at each wake-up). Dropping it deregisters.
 pub(crate) struct Wakeups<'s, K, V>
 where
     K: Hash + Eq + Ord + Clone + Send + AsRef<str> + 'static,
@@ -383,6 +360,8 @@ where
     store: &'s Store<K, V>,
     prefix: String,
     signal: StdArc<Signal>,
+    /// The signal's count when the owner last acted on it (0: never; the signal is new, so
+    /// any write after the registration counts).
     seen: u64,
 }
 
@@ -397,12 +376,11 @@ where
             .engine
             .waiters
             .add_prefix(prefix, &signal, |k: &K| k.as_ref());
-        let seen = signal.arm(None);
         Wakeups {
             store,
             prefix: prefix.to_owned(),
             signal,
-            seen,
+            seen: 0,
         }
     }
 
