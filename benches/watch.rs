@@ -70,7 +70,7 @@ fn writers(dur: Duration, rounds: usize) {
         let (mut none, mut watched) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             none.push(set_rate(&store, threads, KEYS, dur));
-            let watches: Vec<_> = (KEYS..KEYS + WATCHES).map(|k| store.watch(k, 0)).collect();
+            let watches: Vec<_> = (KEYS..KEYS + WATCHES).map(|k| store.watch(&k, 0)).collect();
             watched.push(set_rate(&store, threads, KEYS, dur));
             drop(watches);
         }

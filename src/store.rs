@@ -1072,9 +1072,14 @@ where
         Listing { index, entries }
     }
 
-    /// Watches `key` for changes after index `after` (see [`Watch`]).
-    pub fn watch(&self, key: K, after: u64) -> Watch<'_, K, V> {
-        Watch::new(self, key, after)
+    /// Watches `key` for changes after index `after` (see [`Watch`]); the watch keeps an
+    /// owned copy of the key to look at it again.
+    pub fn watch<Q>(&self, key: &Q, after: u64) -> Watch<'_, K, V>
+    where
+        K: Borrow<Q>,
+        Q: ToOwned<Owned = K> + ?Sized,
+    {
+        Watch::new(self, key.to_owned(), after)
     }
 
     /// Watches every key that starts with `prefix` for changes after index `after` (see
@@ -1100,7 +1105,7 @@ where
     /// ```
     /// # use caskv::Store;
     /// let store: Store<String, u8> = Store::new();
-    /// let _watch = store.watch("a".into(), 0);
+    /// let _watch = store.watch("a", 0);
     /// store.set("b".into(), 1); // nobody watches "b"
     /// assert_eq!(store.watch_counts(), (1, 0));
     /// store.set("a".into(), 1);

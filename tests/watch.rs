@@ -28,7 +28,7 @@ const LONG: Duration = Duration::from_secs(20);
 #[test]
 fn a_write_wakes_only_its_keys_watchers() {
     let store: S = Store::new();
-    let mut watched = store.watch(k("a"), 0);
+    let mut watched = store.watch("a", 0);
     for i in 0..100 {
         store.set(format!("other/{i}"), i);
     }
@@ -57,11 +57,11 @@ fn a_watch_answers_at_once_when_the_state_is_already_newer() {
     let store: S = Store::new();
     let first = store.set(k("a"), 1);
     let second = store.set(k("a"), 2);
-    let mut w = store.watch(k("a"), first);
+    let mut w = store.watch("a", first);
     let seen = w.wait(Duration::ZERO).unwrap();
     assert_eq!(seen.index, second);
     // A key never written: index 0, absent; after 0 it waits.
-    let mut never = store.watch(k("never"), 0);
+    let mut never = store.watch("never", 0);
     assert!(never.wait(Duration::from_millis(1)).is_none());
 }
 
@@ -69,8 +69,8 @@ fn a_watch_answers_at_once_when_the_state_is_already_newer() {
 fn deletes_and_batches_wake_watchers_with_the_new_state() {
     let store: S = Store::new();
     let set = store.set(k("a"), 1);
-    let mut a = store.watch(k("a"), set);
-    let mut b = store.watch(k("b"), 0);
+    let mut a = store.watch("a", set);
+    let mut b = store.watch("b", 0);
     let deleted = store.delete("a").unwrap();
     let seen = a.wait(LONG).unwrap();
     assert_eq!((seen.index, seen.entry), (deleted, None));
@@ -105,7 +105,7 @@ fn a_prefix_watch_wakes_for_keys_under_it_only() {
     assert_eq!((listing.index, listing.entries.len()), (gone, 0));
     // A key watch and a prefix watch of the same key are both woken; "" watches everything.
     let mut all = store.watch_prefix("", listing.index);
-    let mut key = store.watch(k("app/y"), 0);
+    let mut key = store.watch("app/y", 0);
     let y = store.set(k("app/y"), 2);
     assert_eq!(app.wait(LONG).unwrap().index, y);
     assert_eq!(all.wait(LONG).unwrap().index, y);
@@ -121,7 +121,7 @@ fn a_prefix_watch_wakes_for_keys_under_it_only() {
 fn an_expiry_is_a_change_that_a_blocking_wait_makes_itself() {
     let store: S = Store::new();
     let set = store.set_with_ttl(k("t"), 1, Duration::from_millis(30));
-    let mut w = store.watch(k("t"), set);
+    let mut w = store.watch("t", set);
     let started = Instant::now();
     let seen = w.wait(LONG).expect("the expiry answers");
     assert!(seen.entry.is_none());
@@ -133,7 +133,7 @@ fn an_expiry_is_a_change_that_a_blocking_wait_makes_itself() {
 fn an_eviction_wakes_the_evicted_keys_watcher() {
     let store: Store<String, u32> = Store::builder().max_entries(1).build();
     let first = store.set(k("a"), 1);
-    let mut w = store.watch(k("a"), first);
+    let mut w = store.watch("a", first);
     for i in 0..50 {
         store.set(format!("b{i}"), i);
     }
@@ -151,7 +151,7 @@ impl Wake for Flag {
 #[test]
 fn the_changed_future_needs_no_runtime_and_wakes_its_waker() {
     let store: S = Store::new();
-    let mut w = store.watch(k("a"), 0);
+    let mut w = store.watch("a", 0);
     let flag = Arc::new(Flag(AtomicBool::new(false)));
     let waker = Waker::from(flag.clone());
     let mut cx = Context::from_waker(&waker);
@@ -183,7 +183,7 @@ fn a_watch_racing_a_write_never_misses_it() {
         let before = store.set(key.clone(), 0);
         thread::scope(|s| {
             let writer = s.spawn(|| store.set(key.clone(), 1));
-            let mut w = store.watch(key.clone(), before);
+            let mut w = store.watch(key.as_str(), before);
             let seen = w.wait(LONG).expect("a watch missed a write");
             let written = writer.join().unwrap();
             assert_eq!(seen.index, written);
@@ -340,7 +340,7 @@ fn the_feed_under_contention_is_gap_free_and_every_read_is_a_prefix() {
 fn a_batch_that_creates_a_watched_key_wakes_it() {
     let store: S = Store::new();
     store.set(k("before"), 0);
-    let mut w = store.watch(k("new"), 1);
+    let mut w = store.watch("new", 1);
     let batch = store
         .batch(vec![Op::set(k("new"), 1), Op::set(k("x"), 2)])
         .unwrap();

@@ -35,7 +35,7 @@ fn a_key_watch_racing_a_write_sees_it_or_is_woken() {
             let store = store.clone();
             thread::spawn(move || store.set("k", 1))
         };
-        let mut watch = store.watch("k", 0);
+        let mut watch = store.watch(&"k", 0);
         let seen = watch
             .wait(LONG)
             .expect("a timed wait is untimed under loom");
@@ -69,7 +69,7 @@ fn a_prefix_watch_racing_a_write_under_it_sees_it_or_is_woken() {
 fn a_write_to_another_key_wakes_nobody() {
     model(|| {
         let store: Arc<S> = Arc::new(Store::new());
-        let watch = store.watch("a", 0);
+        let watch = store.watch(&"a", 0);
         let writer = {
             let store = store.clone();
             thread::spawn(move || {

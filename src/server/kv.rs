@@ -162,7 +162,7 @@ pub async fn get(
         who.kv(&key, Need::Read)?;
         if let Some(b) = blocking.map(|b| b.clamped(&state)) {
             if state.store.state(key.as_str()).index <= b.index {
-                let mut watch = state.store.watch(key.clone(), b.index);
+                let mut watch = state.store.watch(key.as_str(), b.index);
                 hold(&state, &b, watch.changed()).await;
             }
         }

@@ -116,7 +116,7 @@ pub async fn get(
         let store = state.registry.store();
         if let Some(b) = params.blocking()?.map(|b| b.clamped(&state)) {
             if store.state(name.as_str()).index <= b.index {
-                let mut watch = store.watch(name.clone(), b.index);
+                let mut watch = store.watch(name.as_str(), b.index);
                 hold(&state, &b, watch.changed()).await;
             }
         }

@@ -66,7 +66,7 @@ pub struct Listing<K, V> {
 /// use std::time::Duration;
 /// let store: Store<String, u32> = Store::new();
 /// let first = store.set("k".to_string(), 1);
-/// let mut watch = store.watch("k".to_string(), first);
+/// let mut watch = store.watch("k", first);
 /// assert!(watch.wait(Duration::from_millis(10)).is_none()); // nothing changed
 /// std::thread::scope(|s| {
 ///     s.spawn(|| store.set("k".to_string(), 2));
@@ -386,6 +386,7 @@ where
 
     /// Resolves once a write under the prefix was made after the previous wake-up (or after
     /// the registration).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) async fn next(&mut self) {
         std::future::poll_fn(|cx| {
             let count = self.signal.arm(Some(cx.waker()));
