@@ -108,14 +108,17 @@ pub(crate) async fn listing<V: Clone + Send + 'static>(
     prefix: &str,
     blocking: Option<Blocking>,
 ) -> crate::Listing<String, V> {
+    let mut watermark = state.db().feed().watermark();
+    let mut listing = store.listing(prefix);
     if let Some(b) = blocking.map(|b| b.clamped(state)) {
-        if store.listing(prefix).index <= b.index {
+        if listing.index <= b.index {
             let mut watch = store.watch_prefix(prefix, b.index);
             hold(state, &b, watch.changed()).await;
+            // Scanned again only after a hold: a read that need not wait scans once.
+            watermark = state.db().feed().watermark();
+            listing = store.listing(prefix);
         }
     }
-    let watermark = state.db().feed().watermark();
-    let mut listing = store.listing(prefix);
     listing.index = listing.index.min(watermark);
     listing
 }
