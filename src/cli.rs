@@ -114,6 +114,12 @@ struct ServeArgs {
     /// the stream with `event: lagged`.
     #[arg(long, env = "CASKV_WATCH_LAG_TIMEOUT", default_value_t = defaults::WATCH_LAG_TIMEOUT.into())]
     watch_lag_timeout: humantime::Duration,
+    /// Most operations in one Consul transaction (`PUT /v1/txn`); more is a 413.
+    #[arg(long, env = "CASKV_MAX_TXN_OPS", default_value_t = defaults::MAX_TXN_OPS)]
+    max_txn_ops: usize,
+    /// The shortest TTL a Consul session may ask for (Consul's own is 10s).
+    #[arg(long, env = "CASKV_MIN_SESSION_TTL", default_value_t = defaults::MIN_SESSION_TTL.into())]
+    min_session_ttl: humantime::Duration,
     /// Most connections served at once.
     #[arg(long, env = "CASKV_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     max_connections: usize,
@@ -314,6 +320,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             max_bytes: args.history_bytes,
         },
         watch_lag_timeout: args.watch_lag_timeout.into(),
+        max_txn_ops: args.max_txn_ops,
+        min_session_ttl: args.min_session_ttl.into(),
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {

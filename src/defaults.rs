@@ -43,6 +43,12 @@ pub const WATCH_BUFFER_BYTES: usize = 1 << 20;
 /// once).
 pub const WATCH_LAG_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most operations in one Consul transaction (`PUT /v1/txn`): Consul's own limit since 1.14.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// The shortest TTL a Consul session may ask for: Consul's own minimum.
+pub const MIN_SESSION_TTL: Duration = Duration::from_secs(10);
+
 /// Attempts [`Store::update`](crate::Store::update) makes before it gives up.
 pub const UPDATE_ATTEMPTS: u32 = 10;
 /// The first and the largest pause between `update` attempts (each pause doubles, jittered).

@@ -619,7 +619,7 @@ fn the_change_feed_is_refused_or_filtered_by_the_rules() {
     let write = |key: &str| {
         s.state
             .db()
-            .set(key.to_string(), "v".to_string())
+            .set(key.to_string(), "v".into())
             .unwrap()
             .wait()
             .unwrap();

@@ -1543,5 +1543,5 @@ fn graceful_shutdown_finishes_in_flight_requests_then_refuses() {
         .store
         .get("slow")
         .expect("the in-flight write landed");
-    assert_eq!(entry.value.as_str(), "finished");
+    assert_eq!(entry.value.as_str(), Some("finished"));
 }

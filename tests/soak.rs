@@ -384,7 +384,7 @@ fn soak() {
             .expect("a counter vanished");
         assert_eq!(
             stored.value.as_str(),
-            n.to_string(),
+            Some(n.to_string().as_str()),
             "counter/{c}: lost update ({n} successful increments)"
         );
         for (i, &(value, _)) in incs.iter().enumerate() {

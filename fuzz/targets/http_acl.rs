@@ -19,7 +19,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use axum::body::Body;
 use axum::http::{header, Method, Request};
 use axum::Router;
-use caskv::server::{router, AppState, Limits};
+use caskv::server::{router, AppState, KvValue, Limits};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -266,7 +266,10 @@ impl Harness {
             .store
             .entries()
             .into_iter()
-            .map(|(k, e)| (k, e.value, e.modify_index))
+            .map(|(k, e)| {
+                let text = String::from_utf8_lossy(e.value.as_bytes()).into_owned();
+                (k, text, e.modify_index)
+            })
             .collect();
         entries.sort();
         (entries, self.state.store.global_index().high_water())
@@ -302,7 +305,9 @@ pub fn run(data: &[u8]) {
     };
     // Some keys and services to read, list and refuse.
     for k in ["app/a", "app/secrets/x", "other/y", "public/p", "zz"] {
-        h.state.store.set(k.to_string(), "seed".to_string());
+        h.state
+            .store
+            .set(k.to_string(), KvValue::text("seed".to_string()));
     }
     for req in &input.requests {
         check(&h, req);

@@ -468,7 +468,7 @@ fn entries(state: &AppState) -> Vec<(String, ModelEntry)> {
             (
                 k,
                 ModelEntry {
-                    value: e.value.clone(),
+                    value: String::from_utf8_lossy(e.value.as_bytes()).into_owned(),
                     flags: e.flags,
                     modify_index: e.modify_index,
                     create_index: e.create_index,

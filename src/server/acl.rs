@@ -28,7 +28,8 @@
 //!   digest is compared in constant time: how long a lookup takes says nothing about a secret.
 //! - `management: true` may `POST /admin/reload`.
 //!
-//! A token comes in `Authorization: Bearer <token>` or `X-Caskv-Token: <token>`. No token where
+//! A token comes in `Authorization: Bearer <token>`, `X-Caskv-Token: <token>` or (for Consul
+//! clients) `X-Consul-Token: <token>`. No token where
 //! one is needed, or an unknown one: 401. A token whose rules deny: 403. Neither response names
 //! the token or says whether the key exists.
 
@@ -200,6 +201,17 @@ impl Caller {
             Ok(())
         } else {
             Err(self.refuse("metrics".into()))
+        }
+    }
+
+    /// May this caller create, renew, destroy and read Consul sessions? Any caller with a token
+    /// may (what a session can lock is checked key by key on the acquire); an anonymous one
+    /// only where its default KV rule allows writing.
+    pub fn session(&self) -> Result<(), Denied> {
+        if self.name.is_some() || self.kv.otherwise.allows(Need::Write) {
+            Ok(())
+        } else {
+            Err(self.refuse("session".into()))
         }
     }
 
@@ -427,7 +439,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Who {
     }
 }
 
-/// The token a request carries: `Authorization: Bearer <token>`, else `X-Caskv-Token`.
+/// The token a request carries: `Authorization: Bearer <token>`, else `X-Caskv-Token`, else
+/// `X-Consul-Token`.
 /// `Err` for a header that is there but unusable (not text, not a bearer token, empty).
 fn token(headers: &HeaderMap) -> Result<Option<&str>, ()> {
     if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
@@ -438,7 +451,10 @@ fn token(headers: &HeaderMap) -> Result<Option<&str>, ()> {
         }
         return Ok(Some(token.trim()));
     }
-    match headers.get("x-caskv-token") {
+    match headers
+        .get("x-caskv-token")
+        .or_else(|| headers.get("x-consul-token"))
+    {
         None => Ok(None),
         Some(value) => match value.to_str() {
             Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim())),

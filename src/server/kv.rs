@@ -10,9 +10,11 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::acl::{Need, Who};
+use super::consul::is_internal;
 use super::error::ApiError;
 use super::extract::{JsonBody, KeyPath, Params};
 use super::metrics::Op as Metric;
+use super::value::KvValue;
 use super::watch::{hold, metered_at, Blocking};
 use super::{acknowledged, metered, AppState};
 use crate::defaults::MAX_TTL;
@@ -54,21 +56,30 @@ fn rfc3339_millis(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t.min(last)).to_string()
 }
 
-pub(crate) fn entry_json(key: &str, e: &Entry<String>, metadata: bool) -> Value {
+pub(crate) fn entry_json(key: &str, e: &Entry<KvValue>, metadata: bool) -> Value {
+    let mut v = json!({"key": key});
+    put_value(&mut v, &e.value);
     if metadata {
-        let mut v = json!({
-            "key": key,
-            "value": *e.value,
-            "modify_index": e.modify_index,
-            "create_index": e.create_index,
-            "flags": e.flags,
-        });
+        v["modify_index"] = json!(e.modify_index);
+        v["create_index"] = json!(e.create_index);
+        v["flags"] = json!(e.flags);
         if let Some(at) = e.expires_at() {
             v["expires_at"] = json!(rfc3339_millis(at));
         }
-        v
-    } else {
-        json!({"key": key, "value": *e.value})
+    }
+    v
+}
+
+/// Puts `value` into the JSON object `v`: as `"value"` when it is text (every value the native
+/// API wrote), else as `"value_base64"` (bytes a Consul client wrote that are not UTF-8).
+pub(crate) fn put_value(v: &mut Value, value: &KvValue) {
+    match value.as_str() {
+        Some(text) => v["value"] = json!(text),
+        None => {
+            use base64::Engine;
+            v["value_base64"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(value.as_bytes()));
+        }
     }
 }
 
@@ -91,7 +102,7 @@ pub async fn list(
             .entries
             .into_iter()
             .map(|(k, _)| k)
-            .filter(|k| who.may_read_key(k))
+            .filter(|k| !is_internal(k) && who.may_read_key(k))
             .collect();
         Ok(Json(keys).into_response())
     })
@@ -157,7 +168,7 @@ pub async fn get(
             let entries: Vec<Value> = listing
                 .entries
                 .iter()
-                .filter(|(k, _)| who.may_read_key(k))
+                .filter(|(k, _)| !is_internal(k) && who.may_read_key(k))
                 .map(|(k, e)| entry_json(k, e, metadata))
                 .collect();
             return Ok(Json(entries).into_response());
@@ -196,11 +207,15 @@ pub async fn put(
         let KeyPath(key) = key?;
         who.kv(&key, Need::Write)?;
         let JsonBody(body) = body?;
-        state.limits.check_value(&key, &body.value)?;
+        state.limits.check_value(&key, body.value.len())?;
         let ttl = parse_ttl(body.ttl.as_deref())?;
-        let write = state
-            .db()
-            .put(key.clone(), body.value, body.cas, body.flags, ttl);
+        let write = state.db().put(
+            key.clone(),
+            KvValue::text(body.value),
+            body.cas,
+            body.flags,
+            ttl,
+        );
         let index = acknowledged(write, "key").await?;
         Ok(Json(json!({"message": "key set", "key": key, "modify_index": index})).into_response())
     })
@@ -329,10 +344,9 @@ pub async fn batch_get(
             });
             match entry {
                 Some(e) => {
-                    found.insert(
-                        key.clone(),
-                        json!({"value": *e.value, "modify_index": e.modify_index, "create_index": e.create_index, "flags": e.flags}),
-                    );
+                    let mut v = json!({"modify_index": e.modify_index, "create_index": e.create_index, "flags": e.flags});
+                    put_value(&mut v, &e.value);
+                    found.insert(key.clone(), v);
                 }
                 None if !not_found.contains(key) => not_found.push(key.clone()),
                 None => {}
@@ -352,7 +366,7 @@ fn keys_response(message: &str, mut keys: Vec<String>, index: u64) -> Response {
         .into_response()
 }
 
-async fn run_batch(state: &AppState, ops: Vec<Op<String, String>>) -> Result<u64, ApiError> {
+async fn run_batch(state: &AppState, ops: Vec<Op<String, KvValue>>) -> Result<u64, ApiError> {
     acknowledged(state.db().batch(ops), "key").await
 }
 
@@ -367,10 +381,14 @@ pub async fn batch_set(
         check_keys(&state, body.items.keys())?;
         who.kv_all(body.items.keys(), Need::Write)?;
         for (k, v) in &body.items {
-            state.limits.check_value(k, v)?;
+            state.limits.check_value(k, v.len())?;
         }
         let keys: Vec<String> = body.items.keys().cloned().collect();
-        let ops = body.items.into_iter().map(|(k, v)| Op::set(k, v)).collect();
+        let ops = body
+            .items
+            .into_iter()
+            .map(|(k, v)| Op::set(k, KvValue::text(v)))
+            .collect();
         let index = run_batch(&state, ops).await?;
         Ok(keys_response("keys set", keys, index))
     })
@@ -406,10 +424,10 @@ pub async fn batch_set_cas(
         who.kv_all(body.items.keys(), Need::Write)?;
         let mut ops = Vec::with_capacity(body.items.len());
         for (k, v) in &body.items {
-            state.limits.check_value(k, v)?;
+            state.limits.check_value(k, v.len())?;
             ops.push(Op::set_cas(
                 k.clone(),
-                v.clone(),
+                KvValue::text(v.clone()),
                 expected_for(&body.expected_indices, k)?,
             ));
         }

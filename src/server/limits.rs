@@ -26,6 +26,10 @@ pub struct Limits {
     /// How long a change-feed stream waits for a client that takes nothing while its buffer is
     /// full, before it ends the stream with `event: lagged`. Default 5 s.
     pub watch_lag_timeout: std::time::Duration,
+    /// Most operations in one Consul transaction (`PUT /v1/txn`). Default 128, as Consul's.
+    pub max_txn_ops: usize,
+    /// The shortest TTL a Consul session may ask for. Default 10 s, as Consul's.
+    pub min_session_ttl: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -39,6 +43,8 @@ impl Default for Limits {
             max_memory: None,
             history: crate::HistoryLimits::default(),
             watch_lag_timeout: defaults::WATCH_LAG_TIMEOUT,
+            max_txn_ops: defaults::MAX_TXN_OPS,
+            min_session_ttl: defaults::MIN_SESSION_TTL,
         }
     }
 }
@@ -87,12 +93,11 @@ impl Limits {
     }
 
     /// A value is at most `max_value_bytes` bytes.
-    pub fn check_value(&self, key: &str, value: &str) -> Result<(), ApiError> {
-        if value.len() > self.max_value_bytes {
+    pub fn check_value(&self, key: &str, len: usize) -> Result<(), ApiError> {
+        if len > self.max_value_bytes {
             return Err(ApiError::TooLarge(format!(
                 "the value of '{key}' is {} bytes, over the limit of {}",
-                value.len(),
-                self.max_value_bytes
+                len, self.max_value_bytes
             )));
         }
         Ok(())

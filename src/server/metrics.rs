@@ -49,10 +49,22 @@ pub enum Op {
     ServiceList,
     /// `GET /watch` (the change feed; counted when the stream starts or is refused).
     Watch,
+    /// `GET /v1/kv/{key}` (Consul).
+    ConsulKvGet,
+    /// `PUT /v1/kv/{key}` (Consul).
+    ConsulKvPut,
+    /// `DELETE /v1/kv/{key}` (Consul).
+    ConsulKvDelete,
+    /// `PUT /v1/txn` (Consul).
+    ConsulTxn,
+    /// `/v1/session/…` (Consul).
+    ConsulSession,
+    /// `/v1/agent/…`, `/v1/catalog/…`, `/v1/health/…` (Consul).
+    ConsulService,
 }
 
 impl Op {
-    const ALL: [Op; 15] = [
+    const ALL: [Op; 21] = [
         Op::KvGet,
         Op::KvSet,
         Op::KvDelete,
@@ -68,12 +80,19 @@ impl Op {
         Op::ServiceGet,
         Op::ServiceList,
         Op::Watch,
+        Op::ConsulKvGet,
+        Op::ConsulKvPut,
+        Op::ConsulKvDelete,
+        Op::ConsulTxn,
+        Op::ConsulSession,
+        Op::ConsulService,
     ];
 
     /// The metric family and the `operation` label.
     fn names(self) -> (&'static str, &'static str) {
         const KV: &str = "kv_operations_total";
         const SVC: &str = "service_operations_total";
+        const CONSUL: &str = "consul_operations_total";
         match self {
             Op::KvGet => (KV, "get"),
             Op::KvSet => (KV, "set"),
@@ -90,6 +109,12 @@ impl Op {
             Op::ServiceGet => (SVC, "get"),
             Op::ServiceList => (SVC, "list"),
             Op::Watch => (KV, "watch"),
+            Op::ConsulKvGet => (CONSUL, "kv_get"),
+            Op::ConsulKvPut => (CONSUL, "kv_put"),
+            Op::ConsulKvDelete => (CONSUL, "kv_delete"),
+            Op::ConsulTxn => (CONSUL, "txn"),
+            Op::ConsulSession => (CONSUL, "session"),
+            Op::ConsulService => (CONSUL, "service"),
         }
     }
 }
@@ -215,7 +240,11 @@ impl Metrics {
     /// Renders the Prometheus text exposition format, with the given gauges appended.
     pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
         let mut out = String::with_capacity(16 * 1024);
-        for family in ["kv_operations_total", "service_operations_total"] {
+        for family in [
+            "kv_operations_total",
+            "service_operations_total",
+            "consul_operations_total",
+        ] {
             let _ = writeln!(out, "# HELP {family} Operations by type and outcome.");
             let _ = writeln!(out, "# TYPE {family} counter");
             for op in Op::ALL.iter().filter(|op| op.names().0 == family) {
@@ -240,6 +269,8 @@ impl Metrics {
             let (family, label) = op.names();
             let kind = if family.starts_with("kv") {
                 "kv"
+            } else if family.starts_with("consul") {
+                "consul"
             } else {
                 "service"
             };

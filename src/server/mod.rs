@@ -5,6 +5,7 @@
 //! timer installed), a body timeout, and graceful shutdown that lets in-flight requests finish.
 
 pub mod acl;
+mod consul;
 mod error;
 mod extract;
 mod kv;
@@ -12,6 +13,7 @@ mod limits;
 pub mod metrics;
 mod services;
 pub mod tls;
+mod value;
 pub mod watch;
 
 use std::future::Future;
@@ -37,6 +39,7 @@ pub use acl::Acl;
 pub use error::ApiError;
 pub use limits::Limits;
 use metrics::{Metrics, Op as Metric, Status};
+pub use value::{KvValue, SessionId};
 
 use crate::persist::{FsyncPolicy, Options, Pending, PersistError};
 use crate::{defaults, Db, Error, Registry, Store};
@@ -55,7 +58,7 @@ impl std::ops::Deref for AppState {
 /// What [`AppState`] shares.
 pub struct Shared {
     /// The KV store, for reads (writes go through [`AppState::db`]).
-    pub store: Arc<Store<String, String>>,
+    pub store: Arc<Store<String, KvValue>>,
     /// The service registry (sharing the store's global index), for reads and heartbeats.
     pub registry: Arc<Registry>,
     /// Operation counters and latency histograms.
@@ -63,11 +66,13 @@ pub struct Shared {
     /// Size bounds.
     pub limits: Limits,
     /// The one write path, in memory or on disk.
-    db: Db<String, String>,
+    db: Db<String, KvValue>,
     /// The access rules and the file they came from (`None`: every request may do anything).
     acl: Option<AclSource>,
     /// Set when the server begins to shut down: blocking reads answer, feed streams end.
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
+    /// Consul sessions' deadlines and lock-delays (their records live in the store).
+    pub(crate) sessions: consul::Sessions,
 }
 
 /// An ACL file and the table last read from it.
@@ -95,9 +100,10 @@ impl AppState {
     }
 
     /// A state serving `db`, which [`db_options`] opened (services on).
-    fn serving(db: Db<String, String>, limits: Limits) -> Self {
+    fn serving(db: Db<String, KvValue>, limits: Limits) -> Self {
         let (store, registry) = db.handles();
         let registry = registry.expect("the server's Db is opened with services on (db_options)");
+        let sessions = consul::Sessions::load(&store, limits.min_session_ttl);
         AppState(Arc::new(Shared {
             store,
             registry,
@@ -106,6 +112,7 @@ impl AppState {
             db,
             acl: None,
             closing: tokio::sync::watch::Sender::new(false),
+            sessions,
         }))
     }
 
@@ -149,7 +156,7 @@ impl AppState {
     }
 
     /// The write path every handler writes through.
-    pub fn db(&self) -> &Db<String, String> {
+    pub fn db(&self) -> &Db<String, KvValue> {
         &self.db
     }
 }
@@ -264,6 +271,7 @@ pub fn router(state: AppState, body_timeout: Duration) -> Router {
         .route("/heartbeat/{name}", put(services::heartbeat))
         .route("/admin/reload", post(reload))
         .route("/watch", get(watch::feed))
+        .merge(consul::routes(state.clone()))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         // Layers run outermost (last added) first: find who is calling (401 for an unknown
@@ -594,6 +602,7 @@ pub fn spawn(listener: TcpListener, state: AppState, conn: ConnLimits) -> std::i
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let reaper = tokio::spawn(reap(state.clone()));
+    let sessions = tokio::spawn(consul::reap_sessions(state.clone()));
     let closing = state.closing.clone();
     let app = router(state, conn.body_timeout);
     let task = tokio::spawn(async move {
@@ -605,7 +614,9 @@ pub fn spawn(listener: TcpListener, state: AppState, conn: ConnLimits) -> std::i
         })
         .await;
         reaper.abort();
+        sessions.abort();
         let _ = reaper.await;
+        let _ = sessions.await;
     });
     Ok(Running {
         addr,

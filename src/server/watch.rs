@@ -29,10 +29,12 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::acl::{Need, Who};
+use super::consul::is_internal;
 use super::error::ApiError;
 use super::extract::Params;
 use super::kv::entry_json;
 use super::metrics::Op as Metric;
+use super::value::KvValue;
 use super::{metered, AppState};
 use crate::defaults;
 use crate::watch::Compacted;
@@ -328,11 +330,11 @@ async fn lagged(tx: &Outbox, last: u64) {
 }
 
 /// One SSE frame for `event`, or `None` when nothing of it is under `prefix` and readable.
-fn render(event: &DbChange<String, String>, prefix: &str, who: &Who) -> Option<Bytes> {
+fn render(event: &DbChange<String, KvValue>, prefix: &str, who: &Who) -> Option<Bytes> {
     let index = event.index();
     let (kind, data) = match event {
         DbChange::Kv(change) => {
-            let visible = |k: &str| k.starts_with(prefix) && who.may_read_key(k);
+            let visible = |k: &str| k.starts_with(prefix) && !is_internal(k) && who.may_read_key(k);
             let data = match change {
                 Change::Set { key, entry } if visible(key) => {
                     let mut v = entry_json(key, entry, true);
