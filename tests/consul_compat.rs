@@ -669,3 +669,54 @@ fn eight_clients_incrementing_one_key_with_cas_lose_no_update() {
         (8 * per_client).to_string().as_bytes()
     );
 }
+
+#[test]
+fn no_lock_outlives_a_session_destroyed_while_it_acquires() {
+    for round in 0..5 {
+        let s = start();
+        let id = create_session(&s, json!({"LockDelay": "0s"}));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let base = s.base.clone();
+                let id = id.clone();
+                std::thread::spawn(move || {
+                    let c = server::Client::new(&base);
+                    let mut acquired = 0;
+                    for i in 0..200 {
+                        let key = format!("/v1/kv/race/{t}/{}", i % 8);
+                        let (status, ok) = c
+                            .send("PUT", &format!("{key}?acquire={id}"), Some(b"v"))
+                            .unwrap();
+                        match (status, ok.as_str()) {
+                            (200, "true") => acquired += 1,
+                            (200, "false") => {}
+                            // The session is gone: every later acquire is refused too.
+                            (500, _) => break,
+                            other => panic!("acquire: {other:?}"),
+                        }
+                        if i % 3 == 0 {
+                            c.send("PUT", &format!("{key}?release={id}"), Some(b"r"))
+                                .unwrap();
+                        }
+                    }
+                    acquired
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20 * (round + 1)));
+        assert_eq!(put(&s, &format!("/v1/session/destroy/{id}"), b"").json(), json!(true));
+        for t in threads {
+            t.join().unwrap();
+        }
+        let held: Vec<(String, Option<String>)> = s
+            .state
+            .store
+            .listing("race/")
+            .entries
+            .into_iter()
+            .map(|(k, e)| (k, e.value.session().map(|s| s.to_string())))
+            .filter(|(_, session)| session.is_some())
+            .collect();
+        assert!(held.is_empty(), "round {round}: locks of a destroyed session: {held:?}");
+    }
+}

@@ -315,8 +315,8 @@ async fn prometheus(State(state): State<AppState>, who: acl::Who) -> Response {
     let gauges = [
         (
             "kv_entries",
-            "Keys present in the KV store.",
-            state.store.len() as u64,
+            "Keys present in the KV store (Consul session records left out).",
+            state.store.len().saturating_sub(state.sessions.count()) as u64,
         ),
         (
             "caskv_cache_entries",

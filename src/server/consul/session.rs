@@ -229,6 +229,12 @@ impl Sessions {
         }
     }
 
+    /// How many sessions are live (their records are keys of the store that the `kv_entries`
+    /// gauge leaves out).
+    pub(crate) fn count(&self) -> usize {
+        self.live().len()
+    }
+
     /// The sessions whose TTL ran out by `now`.
     fn expired(&self, now: Instant) -> Vec<SessionId> {
         self.live()
