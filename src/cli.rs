@@ -120,6 +120,9 @@ struct ServeArgs {
     /// The shortest TTL a Consul session may ask for (Consul's own is 10s).
     #[arg(long, env = "CASKV_MIN_SESSION_TTL", default_value_t = defaults::MIN_SESSION_TTL.into())]
     min_session_ttl: humantime::Duration,
+    /// Threads that serve requests. Default: one per core the process may run on.
+    #[arg(long, env = "CASKV_WORKERS")]
+    workers: Option<std::num::NonZeroUsize>,
     /// Most connections served at once.
     #[arg(long, env = "CASKV_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     max_connections: usize,
@@ -307,6 +310,8 @@ fn serve(args: ServeArgs) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: `caskv serve 2>file` gets plain lines.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let limits = Limits {
         max_key_bytes: args.max_key_bytes,
@@ -370,10 +375,11 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(workers.get());
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("caskv: cannot start the runtime: {e}");

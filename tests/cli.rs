@@ -1751,3 +1751,41 @@ fn kv_watch_exits_0_when_its_reader_goes_away() {
     );
     assert_eq!((status.code(), stderr.as_str()), (Some(0), ""));
 }
+
+#[test]
+fn serve_logs_plain_lines_without_colour_escapes_when_stderr_is_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = caskv()
+        .args(["serve", "--addr", &addr, "--workers", "2"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn caskv serve");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !health_ok(&addr) {
+        assert!(
+            Instant::now() < deadline,
+            "caskv serve did not become healthy"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "caskv serve exited");
+        sleep(Duration::from_millis(25));
+    }
+    // The line is logged once the server listens; give it a moment past the first answer.
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("caskv serving") || Instant::now() > deadline {
+            break text;
+        }
+        sleep(Duration::from_millis(25));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("caskv serving"), "{text:?}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour escapes in a log file: {text:?}"
+    );
+}

@@ -511,6 +511,29 @@ fn an_expired_or_destroyed_session_releases_or_deletes_what_it_holds() {
         400
     );
     assert_eq!(put(&s, "/v1/session/create", b"{").status, 400);
+    // Member names in any case, as Consul's decoder reads them (py-consul sends lowercase).
+    let lower = create_session(
+        &s,
+        json!({"name": "py", "ttl": "10s", "behavior": "delete", "lockdelay": "1s"}),
+    );
+    let info = get(&s, &format!("/v1/session/info/{lower}")).json();
+    assert_eq!(
+        (
+            &info[0]["Name"],
+            &info[0]["TTL"],
+            &info[0]["Behavior"],
+            &info[0]["LockDelay"]
+        ),
+        (
+            &json!("py"),
+            &json!("10s"),
+            &json!("delete"),
+            &json!(1_000_000_000u64)
+        )
+    );
+    let ops = json!([{"kv": {"verb": "set", "key": "lowercase", "value": b64(b"ok")}}]);
+    assert_eq!(put(&s, "/v1/txn", ops.to_string().as_bytes()).status, 200);
+    assert_eq!(get(&s, "/v1/kv/lowercase?raw").body, b"ok");
 
     let ttl = create_session(&s, json!({"TTL": "1s", "LockDelay": 0}));
     assert!(kv_put(&s, &format!("leader?acquire={ttl}"), b"me"));
@@ -704,7 +727,10 @@ fn no_lock_outlives_a_session_destroyed_while_it_acquires() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(20 * (round + 1)));
-        assert_eq!(put(&s, &format!("/v1/session/destroy/{id}"), b"").json(), json!(true));
+        assert_eq!(
+            put(&s, &format!("/v1/session/destroy/{id}"), b"").json(),
+            json!(true)
+        );
         for t in threads {
             t.join().unwrap();
         }
@@ -717,6 +743,9 @@ fn no_lock_outlives_a_session_destroyed_while_it_acquires() {
             .map(|(k, e)| (k, e.value.session().map(|s| s.to_string())))
             .filter(|(_, session)| session.is_some())
             .collect();
-        assert!(held.is_empty(), "round {round}: locks of a destroyed session: {held:?}");
+        assert!(
+            held.is_empty(),
+            "round {round}: locks of a destroyed session: {held:?}"
+        );
     }
 }

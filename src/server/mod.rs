@@ -450,10 +450,13 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     // half_close: a client that shuts down its write side after a complete request still gets
     // its response (hyper's default treats the half-close as an abort).
+    // pipeline_flush: the answers to requests a client pipelined in one read go out in one
+    // write, in order, instead of one write each.
     http.timer(TokioTimer::new())
         .header_read_timeout(conn.header_timeout)
         .keep_alive(true)
-        .half_close(true);
+        .half_close(true)
+        .pipeline_flush(true);
     tokio::pin!(shutdown);
     loop {
         // Wait for a free connection slot before accepting: excess clients queue in the backlog.

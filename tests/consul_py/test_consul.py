@@ -12,10 +12,10 @@ test is printed after it. The last line is `N passed, N failed`; the exit code i
 test failed, erred or was skipped, or if none ran.
 
 Every call below is py-consul's public API as its source (consul/api/*.py, version pinned in
-requirements.txt) defines it. Two places go one level lower, still through py-consul's own HTTP
-transport and response callbacks: `Session.create` asserts 10 <= ttl <= 86400 on the client, so a
-session with a 2 s TTL is created with the body `create` itself would send (`_create_session`);
-and the transaction failure is checked both through the client's exception and on the wire.
+requirements.txt) defines it, with one exception: `Session.create` asserts 10 <= ttl <= 86400 on
+the client, so the session with a 2 s TTL is created with the very body `create` would send,
+through py-consul's own HTTP transport and response callback (`_create_session`). A failed
+transaction's 409 body is read from the ClientError py-consul raises ("409 <body>").
 """
 
 from __future__ import annotations
@@ -746,6 +746,28 @@ class StatusTest(ServerTest):
         self.assertEqual(len(peers), 1)
         self.assertIsInstance(peers[0], str)
         self.assertTrue(peers[0])
+
+
+class ReadmeExampleTest(ServerTest):
+    """README's "Using Consul clients" example, run as it is written (only the port differs)."""
+
+    def test_the_readme_example_runs(self):
+        readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")
+        with open(readme, encoding="utf-8") as f:
+            text = f.read()
+        marker = "<!-- consul-example"
+        self.assertIn(marker, text, "README lost its Consul example marker")
+        after = text[text.index(marker):]
+        start = after.index("```python\n") + len("```python\n")
+        code = after[start:after.index("```", start)]
+        self.assertIn("port=8500", code)
+        code = code.replace("port=8500", f"port={self.server.port}")
+        exec(compile(code, "README.md (consul example)", "exec"), {"__name__": "readme_example"})
+        # What the example left behind.
+        index, entry = self.c.kv.get("config/db")
+        self.assertEqual(entry["Value"], b"replica")
+        index, entry = self.c.kv.get("service/leader")
+        self.assertIsNone(entry.get("Session"))
 
 
 class _Result(unittest.TextTestResult):

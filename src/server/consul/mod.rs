@@ -210,6 +210,26 @@ pub(crate) fn present(params: &super::extract::Params, name: &str) -> bool {
     params.0.contains_key(name)
 }
 
+/// Parses a JSON object the way Consul's Go decoder matches struct fields: whatever the case of
+/// its member names (py-consul sends `{"name", "ttl", "lockdelay"}`, the Go client `{"Name",
+/// "TTL", "LockDelay"}`). The top level's names are lowercased before `T`, whose fields are
+/// named in lowercase, reads them; nested objects (user maps such as `Meta`) keep their names.
+pub(crate) fn from_json_any_case<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, serde_json::Error> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)?;
+    let value = match value {
+        serde_json::Value::Object(members) => serde_json::Value::Object(
+            members
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+        ),
+        other => other,
+    };
+    serde_json::from_value(value)
+}
+
 /// `GET /v1/status/leader`: this node.
 async fn leader() -> Response {
     json(&PEER)

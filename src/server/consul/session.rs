@@ -31,7 +31,7 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{at_index, is_internal, json, metered, Failure, INTERNAL, NODE};
+use super::{at_index, from_json_any_case, is_internal, json, metered, Failure, INTERNAL, NODE};
 use crate::server::acl::Who;
 use crate::server::extract::Params;
 use crate::server::kv::listing;
@@ -245,9 +245,10 @@ impl Sessions {
     }
 }
 
-/// `PUT /v1/session/create` body (every field optional).
+/// `PUT /v1/session/create` body (every field optional; names in any case, as Consul reads
+/// them: [`from_json_any_case`]).
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "lowercase")]
 struct CreateBody {
     #[serde(default)]
     name: String,
@@ -255,11 +256,11 @@ struct CreateBody {
     node: Option<String>,
     /// A duration string ("15s") or a number: seconds below 1000, else nanoseconds (Consul's
     /// rule for clients that send a Go `time.Duration`).
-    #[serde(default)]
+    #[serde(default, rename = "lockdelay")]
     lock_delay: Option<Value>,
     #[serde(default)]
     behavior: Option<String>,
-    #[serde(default, rename = "TTL")]
+    #[serde(default)]
     ttl: Option<String>,
 }
 
@@ -295,7 +296,7 @@ pub(super) async fn create(State(state): State<AppState>, who: Who, body: Bytes)
         let body: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
             CreateBody::default()
         } else {
-            serde_json::from_slice(&body)
+            from_json_any_case(&body)
                 .map_err(|e| Failure::bad_request(format!("Request decode failed: {e}")))?
         };
         let ttl = match body.ttl.as_deref().filter(|t| !t.is_empty()) {

@@ -38,11 +38,11 @@ use crate::{Entry, Op};
 /// How many times a transaction runs again after a key it read changed before its commit.
 const ATTEMPTS: usize = 64;
 
-/// One operation of the request body.
+/// One operation of the request body (member names in any case, as Consul's decoder reads
+/// them: [`lowercased`]).
 #[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "lowercase")]
 struct TxnOp {
-    #[serde(rename = "KV")]
     kv: Option<KvOp>,
     node: Option<serde_json::Value>,
     service: Option<serde_json::Value>,
@@ -50,7 +50,7 @@ struct TxnOp {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "lowercase")]
 struct KvOp {
     verb: String,
     #[serde(default)]
@@ -207,6 +207,8 @@ struct Shown {
 pub(super) async fn txn(State(state): State<AppState>, who: Who, body: Bytes) -> Response {
     metered(&state, Metric::ConsulTxn, async {
         let ops: Vec<TxnOp> = serde_json::from_slice(&body)
+            .map(lowercased)
+            .and_then(serde_json::from_value)
             .map_err(|e| Failure::bad_request(format!("Failed to parse body: {e}")))?;
         let max = state.limits.max_txn_ops;
         if ops.len() > max {
@@ -230,6 +232,27 @@ pub(super) async fn txn(State(state): State<AppState>, who: Who, body: Bytes) ->
         )))
     })
     .await
+}
+
+/// The body with the member names of each operation and of the object in it lowercased
+/// (Consul matches them whatever their case); values are left as they are.
+fn lowercased(body: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    fn lower(v: Value, depth: usize) -> Value {
+        match v {
+            Value::Object(members) if depth > 0 => Value::Object(
+                members
+                    .into_iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), lower(v, depth - 1)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+    match body {
+        Value::Array(ops) => Value::Array(ops.into_iter().map(|op| lower(op, 2)).collect()),
+        other => other,
+    }
 }
 
 /// Checks each operation's shape, bounds and the caller's rights.
