@@ -749,3 +749,39 @@ fn no_lock_outlives_a_session_destroyed_while_it_acquires() {
         );
     }
 }
+
+#[test]
+fn agent_services_outlive_the_service_ttl_and_a_restart_until_deregistered() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        AppState::open(
+            dir.path(),
+            FsyncPolicy::Always,
+            Limits::default(),
+            Duration::from_secs(1),
+        )
+        .expect("open the data directory")
+    };
+    let register = json!({"Name": "web", "ID": "web-1", "Address": "10.0.0.1", "Port": 80,
+                          "Tags": ["v1"], "Check": {"TTL": "30s", "Status": "passing"}});
+    {
+        let mut s = Server::spawn(open(), ConnLimits::default());
+        let r = put(&s, "/v1/agent/service/register", register.to_string().as_bytes());
+        assert_eq!(r.status, 200, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(get(&s, "/v1/agent/services").json().get("web-1").is_some());
+        s.stop();
+    }
+    let s = Server::spawn(open(), ConnLimits::default());
+    // No request touches the agent endpoints for longer than the registry's TTL.
+    std::thread::sleep(Duration::from_millis(2500));
+    let services = get(&s, "/v1/agent/services").json();
+    assert_eq!(services["web-1"]["Service"], "web", "{services}");
+    assert_eq!(services["web-1"]["Tags"], json!(["v1"]));
+    let healthy = get(&s, "/v1/health/service/web?passing").json();
+    assert_eq!(healthy.as_array().unwrap().len(), 1, "{healthy}");
+    assert_eq!(get(&s, "/v1/catalog/services").json()["web"], json!(["v1"]));
+    let r = put(&s, "/v1/agent/service/deregister/web-1", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&s, "/v1/agent/services").json(), json!({}));
+}

@@ -606,6 +606,7 @@ pub fn spawn(listener: TcpListener, state: AppState, conn: ConnLimits) -> std::i
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let reaper = tokio::spawn(reap(state.clone()));
     let sessions = tokio::spawn(consul::reap_sessions(state.clone()));
+    consul::keep_agent_services(&state);
     let closing = state.closing.clone();
     let app = router(state, conn.body_timeout);
     let task = tokio::spawn(async move {

@@ -1,4 +1,4 @@
-//! The agent, catalog and health service endpoints, on the service [`Registry`].
+//! The agent, catalog and health service endpoints, on the service [`Registry`](crate::Registry).
 //!
 //! caskv is a single node (named [`NODE`], in datacenter `dc1`), so its agent, its catalog and
 //! its health view are one set of services: the registry's. A service registered through
@@ -31,11 +31,11 @@
 //! # Keeping agent services registered
 //! The registry expires an entry after `--service-ttl` without a heartbeat; Consul's agent keeps
 //! a service until it is deregistered. The keeper renews every registration made through the
-//! agent API before it would expire. It is one task per server state, started by the first
-//! request to any endpoint of this module (and [`keep`] may be called at start-up), and it ends
-//! when the state is dropped or the server shuts down. After a restart, recovered registrations
-//! get a fresh `--service-ttl`; one that no `/v1/agent`, `/v1/catalog` or `/v1/health` request
-//! touches within that time (that is, before the keeper starts) expires.
+//! agent API before it would expire. It is one task per server state, started with the server
+//! ([`crate::server::spawn`] calls [`keep`]; a router driven without it starts one at the first
+//! request to an endpoint of this module), and it ends when the state is dropped or the server
+//! shuts down. After a restart, recovered registrations get a fresh `--service-ttl` and the
+//! keeper renews them from then on.
 //!
 //! # Indices
 //! Reads answer with `X-Consul-Index` = the registry's index (every registration,
@@ -60,7 +60,7 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{at_index, json, metered, present, Failure, NODE};
+use super::{at_index, json, metered, Failure, NODE};
 use crate::server::acl::{Need, Who};
 use crate::server::extract::Params;
 use crate::server::kv::listing;
@@ -70,7 +70,7 @@ use crate::server::{ApiError, AppState, Shared};
 use crate::{defaults, Service, ServiceEntry};
 
 /// The reserved metadata key holding the Consul service name.
-pub(crate) const NAME_KEY: &str = "consul-service-name";
+const NAME_KEY: &str = "consul-service-name";
 /// The reserved metadata key holding the checks (JSON).
 const CHECKS_KEY: &str = "consul-checks";
 /// The reserved metadata key holding non-default weights (JSON).
@@ -236,9 +236,7 @@ impl Check {
             deadline_ms: now.saturating_add(ttl_ms),
             expired: false,
             critical_since_ms: (status == Health::Critical).then_some(now),
-            deregister_after_ms: def
-                .deregister_after
-                .map(|d| millis(d.max(DEREGISTER_MIN))),
+            deregister_after_ms: def.deregister_after.map(|d| millis(d.max(DEREGISTER_MIN))),
         }
     }
 
@@ -1002,13 +1000,13 @@ impl Definition {
                 .iter()
                 .map(|t| match t {
                     Value::String(s) => Ok(s.clone()),
-                    other => Err(decode_failed(format!("a tag must be a string, not {other}"))),
+                    other => Err(decode_failed(format!(
+                        "a tag must be a string, not {other}"
+                    ))),
                 })
                 .collect::<Result<_, _>>()?,
             Some(other) => {
-                return Err(decode_failed(format!(
-                    "Tags must be an array, not {other}"
-                )))
+                return Err(decode_failed(format!("Tags must be an array, not {other}")))
             }
         };
         let meta = match object(&obj, "Meta")? {
@@ -1053,7 +1051,8 @@ impl Definition {
                 )))
             }
         };
-        check_meta(&meta).map_err(|e| Failure::bad_request(format!("Invalid Service Meta: {e}")))?;
+        check_meta(&meta)
+            .map_err(|e| Failure::bad_request(format!("Invalid Service Meta: {e}")))?;
         let mut checks = Vec::new();
         if let Some(check) = object(&obj, "Check")? {
             checks.extend(CheckDef::parse(check)?);
@@ -1219,6 +1218,13 @@ async fn register(
         );
         for _ in 0..ATTEMPTS {
             let current = state.registry.get(&def.id);
+            if let Some(e) = &current {
+                // Replacing another service's instance needs write access to that one too.
+                let old = consul_name(&e.service);
+                if old != def.name {
+                    who.service(old, Need::Write)?;
+                }
+            }
             let prev = current
                 .as_ref()
                 .map(|e| checks_of(&e.service))
@@ -1242,11 +1248,7 @@ fn unknown_service(id: &str) -> Failure {
 }
 
 /// `PUT /v1/agent/service/deregister/{id}`: 200, or 404 for an unknown ID.
-async fn deregister(
-    State(state): State<AppState>,
-    who: Who,
-    Path(id): Path<String>,
-) -> Response {
+async fn deregister(State(state): State<AppState>, who: Who, Path(id): Path<String>) -> Response {
     keep(&state);
     metered(&state, Metric::ConsulService, async {
         let Some(entry) = state.registry.get(&id) else {
@@ -1408,6 +1410,16 @@ fn no_filter(params: &Params) -> Result<(), Failure> {
             "caskv does not evaluate ?filter expressions",
         )),
         _ => Ok(()),
+    }
+}
+
+/// `?passing`: bare, or a Go boolean (`1`, `true`, `0`, `false`, …), as Consul reads it.
+fn passing(params: &Params) -> Result<bool, Failure> {
+    match params.0.get("passing").map(String::as_str) {
+        None => Ok(false),
+        Some("" | "1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+        Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+        Some(_) => Err(Failure::bad_request("Invalid value for ?passing")),
     }
 }
 
@@ -1619,7 +1631,7 @@ async fn health_service(
         datacenter(&params)?;
         no_filter(&params)?;
         let tags = tags_asked(&uri);
-        let passing = present(&params, "passing");
+        let passing = passing(&params)?;
         let (index, found) = instances(&state, &who, &params).await?;
         let now = now_ms();
         let entries: Vec<ServiceHealth<'_>> = found
@@ -1833,7 +1845,11 @@ mod tests {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (status, headers, String::from_utf8_lossy(&bytes).into_owned())
+        (
+            status,
+            headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
     }
 
     async fn get_json(app: &Router, path: &str) -> (Value, u64) {
@@ -1987,7 +2003,10 @@ mod tests {
         );
         let (status, _, body) = send(&app, "PUT", "/v1/agent/check/pass/service:web-1", "").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
-        assert!(body.starts_with("Unknown check ID \"service:web-1\""), "{body}");
+        assert!(
+            body.starts_with("Unknown check ID \"service:web-1\""),
+            "{body}"
+        );
     }
 
     #[tokio::test]
@@ -2035,7 +2054,8 @@ mod tests {
         assert_eq!(services["api"]["Service"], "api");
 
         // An update brings it back; the last output is kept for the next expiry.
-        let (status, _, _) = send(&app, "PUT", "/v1/agent/check/pass/service:api?note=ok", "").await;
+        let (status, _, _) =
+            send(&app, "PUT", "/v1/agent/check/pass/service:api?note=ok", "").await;
         assert_eq!(status, StatusCode::OK);
         let (healthy, _) = get_json(&app, "/v1/health/service/api?passing").await;
         assert_eq!(healthy.as_array().unwrap().len(), 1);
@@ -2070,14 +2090,16 @@ mod tests {
     #[tokio::test]
     async fn reregistering_keeps_check_state_and_multiple_checks_get_numbered_ids() {
         let app = app(Duration::from_secs(30));
-        let two = r#"{"Name":"q","Checks":[{"TTL":"30s"},{"TTL":"30s","Name":"deep","Notes":"n"}]}"#;
+        let two =
+            r#"{"Name":"q","Checks":[{"TTL":"30s"},{"TTL":"30s","Name":"deep","Notes":"n"}]}"#;
         let (status, _, _) = send(&app, "PUT", "/v1/agent/service/register", two).await;
         assert_eq!(status, StatusCode::OK);
         let (checks, _) = get_json(&app, "/v1/agent/checks").await;
         assert_eq!(checks["service:q:1"]["Name"], "Service 'q' check");
         assert_eq!(checks["service:q:2"]["Name"], "deep");
         assert_eq!(checks["service:q:2"]["Notes"], "n");
-        let (status, _, _) = send(&app, "PUT", "/v1/agent/check/warn/service:q:2?note=hm", "").await;
+        let (status, _, _) =
+            send(&app, "PUT", "/v1/agent/check/warn/service:q:2?note=hm", "").await;
         assert_eq!(status, StatusCode::OK);
         let (status, _, _) = send(&app, "PUT", "/v1/agent/service/register", two).await;
         assert_eq!(status, StatusCode::OK);
@@ -2166,6 +2188,17 @@ mod tests {
             (status, text.as_str()),
             (StatusCode::BAD_REQUEST, "Invalid check status: 'ok'")
         );
+        let (status, _, text) = send(&app, "GET", "/v1/health/service/x?passing=maybe", "").await;
+        assert_eq!(
+            (status, text.as_str()),
+            (StatusCode::BAD_REQUEST, "Invalid value for ?passing")
+        );
+        let (all, _) = get_json(&app, "/v1/health/service/x?passing=false").await;
+        assert_eq!(
+            all.as_array().unwrap().len(),
+            1,
+            "passing=false does not filter"
+        );
         let (status, _, _) = send(&app, "GET", "/v1/catalog/services?dc=dc2", "").await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     }
@@ -2181,7 +2214,11 @@ mod tests {
         let waiter = {
             let app = app.clone();
             tokio::spawn(async move {
-                get_json(&app, &format!("/v1/catalog/service/late?index={index}&wait=10s")).await
+                get_json(
+                    &app,
+                    &format!("/v1/catalog/service/late?index={index}&wait=10s"),
+                )
+                .await
             })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -2199,6 +2236,78 @@ mod tests {
             .unwrap();
         assert!(after > index);
         assert_eq!(found[0]["ServiceID"], "late");
+    }
+
+    #[tokio::test]
+    async fn acl_rules_name_both_the_id_and_the_service_name() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            file.path(),
+            serde_json::json!({
+                "anonymous": {"services": {"web": "read"}},
+                "tokens": [
+                    {"name": "app", "secret": "app-token", "services": {"web": "write"}},
+                    {"name": "ops", "secret": "ops-token", "services": {"": "write"}}
+                ]
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let state = AppState::new(Limits::default(), Duration::from_secs(30))
+            .with_acl_file(file.path())
+            .unwrap();
+        let app = router(state, Duration::from_secs(5));
+        let as_token = |token: &'static str, method: &str, path: &str, body: &str| {
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .header("x-consul-token", token)
+                .body(Body::from(body.to_string()))
+                .unwrap()
+        };
+        let status = |req: Request<Body>| {
+            let app = app.clone();
+            async move { app.oneshot(req).await.unwrap().status() }
+        };
+        let register = "/v1/agent/service/register";
+        let web = r#"{"Name":"web","ID":"web-1","Check":{"TTL":"30s"}}"#;
+        assert_eq!(
+            status(as_token("app-token", "PUT", register, web)).await,
+            StatusCode::OK
+        );
+        // The name is the app's, the ID is not.
+        let sneaky = r#"{"Name":"web","ID":"db-1"}"#;
+        assert_eq!(
+            status(as_token("app-token", "PUT", register, sneaky)).await,
+            StatusCode::FORBIDDEN
+        );
+        let db = r#"{"Name":"db","ID":"db-1"}"#;
+        assert_eq!(
+            status(as_token("ops-token", "PUT", register, db)).await,
+            StatusCode::OK
+        );
+        let pass = "/v1/agent/check/pass/service:web-1";
+        let anonymous = Request::builder()
+            .method("PUT")
+            .uri(pass)
+            .body(Body::empty())
+            .unwrap();
+        // No token where one is needed: 401 (the native ACL's answer).
+        assert_eq!(status(anonymous).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            status(as_token("app-token", "PUT", pass, "")).await,
+            StatusCode::OK
+        );
+        // Anonymous reads see what they may read.
+        let (catalog, _) = get_json(&app, "/v1/catalog/services").await;
+        assert_eq!(catalog, serde_json::json!({"web": []}));
+        let (health, _) = get_json(&app, "/v1/health/service/db").await;
+        assert_eq!(health, serde_json::json!([]));
+        let deregister = "/v1/agent/service/deregister/db-1";
+        assert_eq!(
+            status(as_token("app-token", "PUT", deregister, "")).await,
+            StatusCode::FORBIDDEN
+        );
     }
 
     #[test]
@@ -2237,7 +2346,10 @@ mod tests {
         let (status, output) = c.view(12_000);
         let output = output.into_owned();
         assert_eq!(status, Health::Critical);
-        assert_eq!(output, "TTL expired (last output before timeout follows): fine");
+        assert_eq!(
+            output,
+            "TTL expired (last output before timeout follows): fine"
+        );
         assert_eq!(due(std::slice::from_ref(&c), 12_000), Due::Expiry);
         assert!(c.expire(12_000));
         assert!(!c.expire(13_000), "written down once");

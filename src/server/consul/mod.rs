@@ -28,6 +28,7 @@ use axum::Router;
 use super::metrics::{Op as Metric, Status};
 use super::AppState;
 
+pub(crate) use agent::keep as keep_agent_services;
 pub(crate) use session::{reap as reap_sessions, Sessions};
 
 /// The node name this server answers with (a single node is its own leader and only peer).
