@@ -766,7 +766,11 @@ fn agent_services_outlive_the_service_ttl_and_a_restart_until_deregistered() {
                           "Tags": ["v1"], "Check": {"TTL": "30s", "Status": "passing"}});
     {
         let mut s = Server::spawn(open(), ConnLimits::default());
-        let r = put(&s, "/v1/agent/service/register", register.to_string().as_bytes());
+        let r = put(
+            &s,
+            "/v1/agent/service/register",
+            register.to_string().as_bytes(),
+        );
         assert_eq!(r.status, 200, "{}", r.text());
         std::thread::sleep(Duration::from_millis(1500));
         assert!(get(&s, "/v1/agent/services").json().get("web-1").is_some());

@@ -103,6 +103,25 @@ impl Limits {
         Ok(())
     }
 
+    /// A service's address, tags and metadata together are at most `max_value_bytes` (they are
+    /// its value).
+    pub fn check_service(&self, service: &crate::Service) -> Result<(), ApiError> {
+        let bytes = service.address.len()
+            + service.tags.iter().map(String::len).sum::<usize>()
+            + service
+                .meta
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if bytes > self.max_value_bytes {
+            return Err(ApiError::TooLarge(format!(
+                "service '{}' is {bytes} bytes, over the limit of {}",
+                service.name, self.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// A batch holds 1..=`max_batch` keys.
     pub fn check_batch(&self, len: usize) -> Result<(), ApiError> {
         if len == 0 {

@@ -52,19 +52,7 @@ pub async fn register(
         if service.address.is_empty() {
             return Err(ApiError::BadRequest("the service address is empty".into()));
         }
-        let bytes = service.address.len()
-            + service.tags.iter().map(String::len).sum::<usize>()
-            + service
-                .meta
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
-        if bytes > state.limits.max_value_bytes {
-            return Err(ApiError::TooLarge(format!(
-                "service '{}' is {bytes} bytes, over the limit of {}",
-                service.name, state.limits.max_value_bytes
-            )));
-        }
+        state.limits.check_service(&service)?;
         let write = state.db().register(service.clone(), body.cas);
         let index = acknowledged(write, "service").await?;
         Ok(Json(

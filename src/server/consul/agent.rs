@@ -1155,19 +1155,7 @@ impl Definition {
 /// Writes `service` if its registration is still at index `cas` (0: absent); `Ok(false)` when
 /// another write got there first.
 async fn write(state: &AppState, service: Service, cas: u64) -> Result<bool, Failure> {
-    let bytes = service.address.len()
-        + service.tags.iter().map(String::len).sum::<usize>()
-        + service
-            .meta
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>();
-    if bytes > state.limits.max_value_bytes {
-        return Err(Failure::Native(ApiError::TooLarge(format!(
-            "service '{}' is {bytes} bytes, over the limit of {}",
-            service.name, state.limits.max_value_bytes
-        ))));
-    }
+    state.limits.check_service(&service)?;
     match state.db().register(service, Some(cas)) {
         Ok(pending) => {
             pending
