@@ -1545,3 +1545,121 @@ fn graceful_shutdown_finishes_in_flight_requests_then_refuses() {
         .expect("the in-flight write landed");
     assert_eq!(entry.value.as_str(), Some("finished"));
 }
+
+/// The raw bytes of one answer on a fresh connection: status line, the headers that carry
+/// meaning (content type, `x-caskv-index`), and the body.
+fn raw_answer(s: &Server, path: &str) -> (String, Option<String>, Option<String>, Vec<u8>) {
+    let mut conn = Conn::open(s.addr);
+    conn.send(&request("GET", path.as_bytes(), None));
+    let reply = conn.reply().expect("an answer");
+    let header = |name: &str| reply.header(name).map(str::to_string);
+    (
+        reply.status.to_string(),
+        header("content-type"),
+        header("x-caskv-index"),
+        reply.body.clone(),
+    )
+}
+
+#[test]
+fn the_hot_read_path_answers_byte_for_byte_what_the_router_answers() {
+    let s = Server::start();
+    s.set("plain", json!({"value": "v"}));
+    s.set(
+        "flagged",
+        json!({"value": "quote \" and \\ and \u{1}", "flags": 9}),
+    );
+    s.set("timed", json!({"value": "t", "ttl": "1h"}));
+    s.set("dir/nested/key", json!({"value": "n"}));
+    // Bytes that are not text, through the Consul face.
+    let (status, _) = s
+        .send("PUT", "/v1/kv/binary", Some(&[0xff, 0x00, 0x80][..]))
+        .unwrap();
+    assert_eq!(status, 200);
+    s.delete("/kv/plain-gone");
+    for key in [
+        "plain",
+        "flagged",
+        "timed",
+        "dir/nested/key",
+        "binary",
+        "missing",
+        "plain-gone",
+    ] {
+        for query in [
+            "",
+            "?metadata=true",
+            "?metadata=1",
+            "?metadata",
+            "?metadata=false",
+        ] {
+            // The hot path takes these; an extra parameter sends the same read to the router.
+            let hot = raw_answer(&s, &format!("/kv/{key}{query}"));
+            let sep = if query.is_empty() { "?" } else { "&" };
+            let routed = raw_answer(&s, &format!("/kv/{key}{query}{sep}_=routed"));
+            assert_eq!(hot, routed, "/kv/{key}{query}");
+        }
+    }
+    // Both count as the same operation: 5 present keys and 2 absent ones, 5 queries, 2 paths.
+    let (_, metrics) = s.send("GET", "/metrics", None).unwrap();
+    for line in [
+        r#"kv_operations_total{operation="get",status="success"} 50"#,
+        r#"kv_operations_total{operation="get",status="not_found"} 20"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}
+
+/// One `PUT` on a fresh connection: status and body, with every `modify_index`/`current`
+/// index replaced by 0 (two writes of the same request differ only there).
+fn raw_put(s: &Server, path: &str, body: &[u8]) -> (u16, Value) {
+    let mut conn = Conn::open(s.addr);
+    conn.send(&request("PUT", path.as_bytes(), Some(body)));
+    let reply = conn.reply().expect("an answer");
+    let mut json = reply.json();
+    for field in ["modify_index", "current"] {
+        if json.get(field).is_some_and(Value::is_u64) {
+            json[field] = json!(0);
+        }
+    }
+    (reply.status, json)
+}
+
+#[test]
+fn the_hot_write_path_answers_what_the_router_answers() {
+    let s = Server::with(Config {
+        limits: Limits {
+            max_value_bytes: 8,
+            ..Limits::default()
+        },
+        ..Config::default()
+    });
+    for body in [
+        &br#"{"value":"v"}"#[..],
+        br#"{"value":"v","flags":3,"ttl":"1h"}"#,
+        br#"{"value":"v","cas":0}"#,
+        br#"{"value":"v","cas":999999}"#,
+        br#"{"value":"far too long a value"}"#,
+        br#"{"value":"v","ttl":"soon"}"#,
+        br#"{"value":5}"#,
+        br#"{"value":"v""#,
+        b"",
+    ] {
+        for key in ["hot-a", "hot-b"] {
+            // The hot path takes the first; a query sends the second through the router.
+            let hot = raw_put(&s, &format!("/kv/{key}"), body);
+            let routed = raw_put(&s, &format!("/kv/{key}?_=routed"), body);
+            let shown = String::from_utf8_lossy(body);
+            assert_eq!(hot.0, routed.0, "{shown}");
+            let mut routed_body = routed.1.clone();
+            if let Some(k) = routed_body.get_mut("key") {
+                *k = json!(key.replace("hot-b", "hot-a"));
+            }
+            let mut hot_body = hot.1.clone();
+            if let Some(k) = hot_body.get_mut("key") {
+                *k = json!(key.replace("hot-b", "hot-a"));
+            }
+            assert_eq!(hot_body, routed_body, "{shown}");
+        }
+    }
+}

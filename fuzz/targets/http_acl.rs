@@ -1,5 +1,5 @@
 //! `http_acl`: requests with tokens (right, wrong, malformed, absent; in `Authorization` or
-//! `X-Caskv-Token`) against the real router of a server with an ACL file.
+//! `X-Caskv-Token`) against the real service (`App`) of a server with an ACL file.
 //!
 //! The ACL file is fixed (tokens with rules at several prefix lengths, a deny inside a write,
 //! anonymous rules, a metrics rule, a management token). The harness decides each request's
@@ -18,10 +18,8 @@ use std::time::Duration;
 use arbitrary::{Arbitrary, Unstructured};
 use axum::body::Body;
 use axum::http::{header, Method, Request};
-use axum::Router;
-use caskv::server::{router, AppState, KvValue, Limits};
+use caskv::server::{App, AppState, KvValue, Limits};
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 /// The most requests one input sends.
 const MAX_REQUESTS: usize = 32;
@@ -220,7 +218,7 @@ fn present(c: &Credential) -> (Caller, Vec<(&'static str, String)>) {
 
 struct Harness {
     rt: tokio::runtime::Runtime,
-    app: Router,
+    app: App,
     state: AppState,
     file: Value,
 }
@@ -246,12 +244,7 @@ impl Harness {
         };
         let resp = self
             .rt
-            .block_on(
-                self.app
-                    .clone()
-                    .oneshot(req.body(body).expect("a valid request")),
-            )
-            .unwrap_or_else(|never| match never {});
+            .block_on(self.app.handle(req.body(body).expect("a valid request")));
         let status = resp.status().as_u16();
         let bytes = self
             .rt
@@ -299,7 +292,7 @@ pub fn run(data: &[u8]) {
             .enable_all()
             .build()
             .expect("a runtime"),
-        app: router(state.clone(), Duration::from_secs(5)),
+        app: App::new(state.clone(), Duration::from_secs(5)),
         state,
         file,
     };

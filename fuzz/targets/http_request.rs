@@ -1,7 +1,8 @@
 //! `http_request`: request sequences from `arbitrary` sent to the real router in-process.
 //!
-//! Every input builds a fresh `router(AppState::new(Limits::default(), ttl), 5 s)` and sends it
-//! requests with `tower::ServiceExt::oneshot` on a current-thread tokio runtime. Requests are of
+//! Every input builds a fresh `App::new(AppState::new(Limits::default(), ttl), 5 s)` (what every
+//! connection of `caskv serve` serves: the hot read path, then the router) and sends it
+//! requests with `App::handle` on a current-thread tokio runtime. Requests are of
 //! four kinds:
 //! - **KV** (`PUT`/`GET`/`DELETE /kv/{key}`, `GET /kv/?prefix=`): keys from a list of awkward
 //!   ones (`/`, `%`, `..`, spaces, NUL, non-ASCII, empty, around the 512-byte bound) or
@@ -32,10 +33,8 @@ use std::time::Duration;
 use arbitrary::{Arbitrary, Unstructured};
 use axum::body::Body;
 use axum::http::{header, HeaderName, HeaderValue, Method, Request};
-use axum::Router;
-use caskv::server::{router, AppState, Limits};
+use caskv::server::{App, AppState, Limits};
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 /// The most requests one input sends.
 const MAX_REQUESTS: usize = 24;
@@ -628,10 +627,10 @@ impl Reply {
     }
 }
 
-/// The router and the runtime it runs on.
+/// The server's service and the runtime it runs on.
 struct Client {
     rt: tokio::runtime::Runtime,
-    app: Router,
+    app: App,
     state: AppState,
 }
 
@@ -652,10 +651,7 @@ impl Client {
         let req = req.body(Body::from(body)).ok()?;
         let path = req.uri().path().to_string();
         let shown = format!("{method} {uri}");
-        let resp = self
-            .rt
-            .block_on(self.app.clone().oneshot(req))
-            .unwrap_or_else(|never| match never {});
+        let resp = self.rt.block_on(self.app.handle(req));
         let status = resp.status().as_u16();
         let content_type = resp
             .headers()
@@ -739,7 +735,7 @@ pub fn run(data: &[u8]) {
             .enable_all()
             .build()
             .unwrap(),
-        app: router(state.clone(), Duration::from_secs(5)),
+        app: App::new(state.clone(), Duration::from_secs(5)),
         state,
     };
     let mut model = Model::default();

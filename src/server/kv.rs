@@ -51,7 +51,7 @@ fn parse_ttl(ttl: Option<&str>) -> Result<Option<Duration>, ApiError> {
 /// A deadline in RFC 3339, UTC, to the millisecond. RFC 3339 ends with the year 9999; a later
 /// deadline (possible through the library, which allows up to the year 10889) is shown as its
 /// last millisecond.
-fn rfc3339_millis(t: SystemTime) -> String {
+pub(crate) fn rfc3339_millis(t: SystemTime) -> String {
     let last = std::time::UNIX_EPOCH + Duration::from_millis(253_402_300_799_999);
     humantime::format_rfc3339_millis(t.min(last)).to_string()
 }
@@ -68,6 +68,30 @@ pub(crate) fn entry_json(key: &str, e: &Entry<KvValue>, metadata: bool) -> Value
         }
     }
     v
+}
+
+/// Appends `value` as the last members of a JSON object being written by hand (the hot path,
+/// `app.rs`): `,"value":"…"` when it is text, else `,"value_base64":"…"`, as [`put_value`] puts
+/// them.
+pub(crate) fn put_value_bytes(out: &mut Vec<u8>, value: &KvValue) {
+    match value.as_str() {
+        Some(text) => {
+            out.extend_from_slice(b",\"value\":");
+            super::app::push_str(out, text);
+        }
+        None => {
+            use base64::Engine;
+            out.extend_from_slice(b",\"value_base64\":\"");
+            let start = out.len();
+            let len = base64::encoded_len(value.len(), true).unwrap_or(0);
+            out.resize(start + len, 0);
+            let written = base64::engine::general_purpose::STANDARD
+                .encode_slice(value.as_bytes(), &mut out[start..])
+                .unwrap_or(0);
+            out.truncate(start + written);
+            out.push(b'"');
+        }
+    }
 }
 
 /// Puts `value` into the JSON object `v`: as `"value"` when it is text (every value the native
@@ -207,19 +231,29 @@ pub async fn put(
         let KeyPath(key) = key?;
         who.kv(&key, Need::Write)?;
         let JsonBody(body) = body?;
-        state.limits.check_value(&key, body.value.len())?;
-        let ttl = parse_ttl(body.ttl.as_deref())?;
-        let write = state.db().put(
-            key.clone(),
-            KvValue::text(body.value),
-            body.cas,
-            body.flags,
-            ttl,
-        );
-        let index = acknowledged(write, "key").await?;
-        Ok(Json(json!({"message": "key set", "key": key, "modify_index": index})).into_response())
+        write(&state, key, body).await
     })
     .await
+}
+
+/// The write of `PUT /kv/{key}` once its key, rights and body were checked (the router's
+/// handler above and the hot path in `app.rs` share it).
+pub(crate) async fn write(
+    state: &AppState,
+    key: String,
+    body: PutBody,
+) -> Result<Response, ApiError> {
+    state.limits.check_value(&key, body.value.len())?;
+    let ttl = parse_ttl(body.ttl.as_deref())?;
+    let write = state.db().put(
+        key.clone(),
+        KvValue::text(body.value),
+        body.cas,
+        body.flags,
+        ttl,
+    );
+    let index = acknowledged(write, "key").await?;
+    Ok(Json(json!({"message": "key set", "key": key, "modify_index": index})).into_response())
 }
 
 /// `DELETE /kv/{key}` (`?cas=N`).

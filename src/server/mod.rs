@@ -5,6 +5,7 @@
 //! timer installed), a body timeout, and graceful shutdown that lets in-flight requests finish.
 
 pub mod acl;
+mod app;
 mod consul;
 mod error;
 mod extract;
@@ -30,12 +31,12 @@ use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use acl::Acl;
+pub use app::App;
 pub use error::ApiError;
 pub use limits::Limits;
 use metrics::{Metrics, Op as Metric, Status};
@@ -418,30 +419,43 @@ async fn buffer_body(
     if hyper::body::Body::is_end_stream(&body) {
         return next.run(Request::from_parts(parts, body)).await;
     }
+    match read_whole(body, limit, deadline).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Reads `body` whole, at most `limit` bytes, within `deadline`: 408, 413 or 400 otherwise.
+pub(crate) async fn read_whole<B>(
+    body: B,
+    limit: usize,
+    deadline: Duration,
+) -> Result<axum::body::Bytes, ApiError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<axum::BoxError>,
+{
     let collected = tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await;
-    let bytes = match collected {
-        Err(_) => return ApiError::Timeout.into_response(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return ApiError::TooLarge(format!(
-                "the request body exceeds the limit of {limit} bytes"
-            ))
-            .into_response()
-        }
-        Ok(Err(e)) => {
-            return ApiError::BadRequest(format!("could not read the request body: {e}"))
-                .into_response()
-        }
-        Ok(Ok(c)) => c.to_bytes(),
-    };
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-        .await
+    match collected {
+        Err(_) => Err(ApiError::Timeout),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge(
+            format!("the request body exceeds the limit of {limit} bytes"),
+        )),
+        Ok(Err(e)) => Err(ApiError::BadRequest(format!(
+            "could not read the request body: {e}"
+        ))),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish
 /// (up to `conn.shutdown_grace`).
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: App,
     conn: ConnLimits,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -450,13 +464,14 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     // half_close: a client that shuts down its write side after a complete request still gets
     // its response (hyper's default treats the half-close as an abort).
-    // pipeline_flush: the answers to requests a client pipelined in one read go out in one
-    // write, in order, instead of one write each.
+    // Pipelined requests are answered in order, each answer written as it is ready. hyper's
+    // `pipeline_flush(true)`, which would write them together, was tried and is off: with it,
+    // the 400 hyper writes for an unparsable request head never reached the client before the
+    // connection closed (`tests/hostile.rs`, invalid UTF-8 and over-long URLs).
     http.timer(TokioTimer::new())
         .header_read_timeout(conn.header_timeout)
         .keep_alive(true)
-        .half_close(true)
-        .pipeline_flush(true);
+        .half_close(true);
     tokio::pin!(shutdown);
     loop {
         // Wait for a free connection slot before accepting: excess clients queue in the backlog.
@@ -476,7 +491,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let service = app.clone();
         let Some(tls) = &conn.tls else {
             let connection = http.serve_connection(TokioIo::new(stream), service);
             let connection = graceful.watch(connection);
@@ -608,7 +623,7 @@ pub fn spawn(listener: TcpListener, state: AppState, conn: ConnLimits) -> std::i
     let sessions = tokio::spawn(consul::reap_sessions(state.clone()));
     consul::keep_agent_services(&state);
     let closing = state.closing.clone();
-    let app = router(state, conn.body_timeout);
+    let app = App::new(state, conn.body_timeout);
     let task = tokio::spawn(async move {
         serve(listener, app, conn, async {
             // A send or the handle's drop: either way, stop; held reads answer now and feed

@@ -22,9 +22,19 @@ pub struct RawReply {
     /// The response said `Connection: close`.
     pub close: bool,
     pub body: Vec<u8>,
+    /// The status line and headers, as sent.
+    pub head: String,
 }
 
 impl RawReply {
+    /// The value of header `name` (case-insensitive), if the response has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -158,6 +168,7 @@ impl Conn {
             status,
             close,
             body,
+            head,
         })
     }
 

@@ -1,0 +1,268 @@
+//! [`App`]: what every connection serves — the hot KV read answered by hand, everything else
+//! through the axum [`router`](super::router).
+//!
+//! # Why a hand-written hot path
+//! `GET /kv/{key}` is most of what a cache's clients send. Through axum it pays for the router's
+//! per-request service clone and match, four middleware layers (identify, the `Content-Length`
+//! check, the body buffer, the body limit), an extractor per argument and a `serde_json::Value`
+//! tree per answer: about half of what the request costs the server beyond hyper itself
+//! (issue #14, `BENCHMARKS.md`). Here the same request is matched on its method and path once,
+//! looked up with a borrowed read (`Store::get_with`, no clone of the value) and written
+//! straight into the response's bytes. Everything the hot path does not take — a query other
+//! than `metadata=`, a percent-escaped path, a body, an ACL file, any other route — goes to the
+//! router unchanged, so every rule (limits, 401/403, the SPEC's bodies) has one home.
+//!
+//! What the hot path answers is byte-for-byte what the router would (`tests/http_api.rs` checks
+//! both on a real listener), with the same metrics and the same `X-Caskv-Index`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use axum::response::IntoResponse;
+use axum::Router;
+use hyper_util::service::TowerToHyperService;
+
+use super::error::ApiError;
+use super::kv::{put_value_bytes, write, PutBody};
+use super::metrics::{Op as Metric, Status};
+use super::watch::INDEX_HEADER;
+use super::{metered, read_whole, router, AppState};
+
+/// The service of every connection: see the module docs.
+#[derive(Clone)]
+pub struct App {
+    state: AppState,
+    router: TowerToHyperService<Router>,
+    /// The deadline of a request body (the router's own is the same).
+    body_timeout: Duration,
+}
+
+impl App {
+    /// The whole API over `state`, with the body deadline `body_timeout`.
+    pub fn new(state: AppState, body_timeout: Duration) -> App {
+        App {
+            router: TowerToHyperService::new(router(state.clone(), body_timeout)),
+            state,
+            body_timeout,
+        }
+    }
+
+    /// Answers one request (what a connection does with each one it reads; tests and fuzz
+    /// targets call it directly).
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        match hyper::service::Service::call(self, req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
+impl<B> hyper::service::Service<Request<B>> for App
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, req: Request<B>) -> Answer {
+        if let Some(response) = hot_get(&self.state, &req) {
+            return Answer::Ready(Some(response));
+        }
+        if let Some(key) = hot_put_key(&self.state, &req) {
+            let (state, router, deadline) =
+                (self.state.clone(), self.router.clone(), self.body_timeout);
+            return Answer::Routed(Box::pin(async move {
+                let (parts, body) = req.into_parts();
+                let bytes = match read_whole(body, state.limits.max_body_bytes, deadline).await {
+                    Ok(bytes) => bytes,
+                    Err(e) => return Ok(e.into_response()),
+                };
+                match serde_json::from_slice::<PutBody>(&bytes) {
+                    Ok(body) => Ok(metered(&state, Metric::KvSet, write(&state, key, body)).await),
+                    // Whatever is wrong with it, the router says so in its own words.
+                    Err(_) => {
+                        router
+                            .call(Request::from_parts(parts, Body::from(bytes)))
+                            .await
+                    }
+                }
+            }));
+        }
+        Answer::Routed(Box::pin(self.router.call(req.map(Body::new))))
+    }
+}
+
+/// The future of [`App`]'s answer: ready at once from the hot path, or the router's.
+pub enum Answer {
+    /// Answered by the hot path.
+    Ready(Option<Response<Body>>),
+    /// Answered by the router.
+    Routed(Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>),
+}
+
+impl Future for Answer {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Answer::Ready(response) => Poll::Ready(Ok(response
+                .take()
+                .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response()))),
+            Answer::Routed(routed) => routed.as_mut().poll(cx),
+        }
+    }
+}
+
+/// The key of a `PUT /kv/{key}` the hot path takes: no query, no ACL file, no percent escapes,
+/// and a declared `Content-Length` within the body limit (anything else, the router checks).
+fn hot_put_key<B>(state: &AppState, req: &Request<B>) -> Option<String> {
+    if req.method() != Method::PUT || state.acl.is_some() || req.uri().query().is_some() {
+        return None;
+    }
+    let key = plain_key(state, req.uri().path())?;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse::<usize>()
+        .ok()?;
+    (declared <= state.limits.max_body_bytes).then(|| key.to_string())
+}
+
+/// The key of a `/kv/{key}` path, when it needs no decoding and is within the key bound.
+fn plain_key<'a>(state: &AppState, path: &'a str) -> Option<&'a str> {
+    let key = path.strip_prefix("/kv/")?;
+    (!key.is_empty() && !key.contains('%') && key.len() <= state.limits.max_key_bytes)
+        .then_some(key)
+}
+
+/// `GET /kv/{key}` (`?metadata=true|false|1|0`) on a server without an ACL file, with no body
+/// and no percent escapes in the path; `None` for anything else (the router takes it).
+fn hot_get<B: hyper::body::Body>(state: &AppState, req: &Request<B>) -> Option<Response<Body>> {
+    if req.method() != Method::GET || state.acl.is_some() || !req.body().is_end_stream() {
+        return None;
+    }
+    let uri = req.uri();
+    let key = plain_key(state, uri.path())?;
+    let metadata = match uri.query() {
+        None => false,
+        Some("metadata=true" | "metadata=1" | "metadata") => true,
+        Some("metadata=false" | "metadata=0") => false,
+        Some(_) => return None,
+    };
+    let start = Instant::now();
+    let mut body = Vec::with_capacity(128);
+    let found = state.store.get_with(key, |e| {
+        body.extend_from_slice(b"{");
+        if metadata {
+            body.extend_from_slice(b"\"create_index\":");
+            push_u64(&mut body, e.create_index);
+            if let Some(at) = e.expires_at() {
+                body.extend_from_slice(b",\"expires_at\":");
+                push_str(&mut body, &super::kv::rfc3339_millis(at));
+            }
+            body.extend_from_slice(b",\"flags\":");
+            push_u64(&mut body, e.flags);
+            body.extend_from_slice(b",");
+        }
+        body.extend_from_slice(b"\"key\":");
+        push_str(&mut body, key);
+        if metadata {
+            body.extend_from_slice(b",\"modify_index\":");
+            push_u64(&mut body, e.modify_index);
+        }
+        put_value_bytes(&mut body, e.value);
+        body.extend_from_slice(b"}");
+        e.modify_index
+    });
+    let (response, status) = match found {
+        Some(index) => {
+            let mut response = Response::new(Body::from(body));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            headers.insert(INDEX_HEADER, HeaderValue::from(index.max(1)));
+            (response, Status::Success)
+        }
+        None => {
+            let index = state.store.state(key).index;
+            let mut response = ApiError::KeyNotFound(key.to_string()).into_response();
+            response
+                .headers_mut()
+                .insert(INDEX_HEADER, HeaderValue::from(index.max(1)));
+            (response, Status::NotFound)
+        }
+    };
+    state.metrics.record(Metric::KvGet, status, start.elapsed());
+    Some(response)
+}
+
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    use std::io::Write as _;
+    let _ = write!(out, "{n}");
+}
+
+/// `text` as a JSON string (escaped as serde_json escapes it).
+pub(crate) fn push_str(out: &mut Vec<u8>, text: &str) {
+    // Writing a `&str` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::Limits;
+
+    fn get(path: &str) -> Request<http_body_util::Empty<bytes::Bytes>> {
+        Request::get(path)
+            .body(http_body_util::Empty::new())
+            .expect("a request")
+    }
+
+    #[test]
+    fn the_hot_path_takes_plain_reads_and_leaves_the_rest_to_the_router() {
+        let state = AppState::new(Limits::default(), Duration::from_secs(30));
+        state.store.set("k".into(), "v".into());
+        for taken in [
+            "/kv/k",
+            "/kv/k?metadata=true",
+            "/kv/k?metadata=0",
+            "/kv/missing",
+        ] {
+            assert!(hot_get(&state, &get(taken)).is_some(), "{taken}");
+        }
+        for left in [
+            "/kv/k?recurse=true",
+            "/kv/k?index=3",
+            "/kv/a%20b",
+            "/kv/",
+            "/kv",
+            "/v1/kv/k",
+            "/services/k",
+        ] {
+            assert!(hot_get(&state, &get(left)).is_none(), "{left}");
+        }
+        let with_body = Request::get("/kv/k")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+            .expect("a request");
+        assert!(hot_get(&state, &with_body).is_none());
+        let put = Request::put("/kv/k")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("a request");
+        assert!(hot_get(&state, &put).is_none());
+    }
+}
