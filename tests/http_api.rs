@@ -748,7 +748,7 @@ fn unknown_routes_and_wrong_methods_are_json() {
         "/kv-x",
         "/batch/kv/unknown",
         "/services/a/b/c",
-        "/v1/kv/x",
+        "/v2/kv/x",
     ] {
         assert_error(&s.get(path), 404);
     }

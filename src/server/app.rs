@@ -31,7 +31,7 @@ use super::error::ApiError;
 use super::kv::{put_value_bytes, write, PutBody};
 use super::metrics::{Op as Metric, Status};
 use super::watch::INDEX_HEADER;
-use super::{metered, read_whole, router, AppState};
+use super::{read_whole, router, AppState};
 
 /// The service of every connection: see the module docs.
 #[derive(Clone)]
@@ -60,7 +60,10 @@ impl App {
         B::Error: Into<axum::BoxError>,
     {
         match hyper::service::Service::call(self, req).await {
-            Ok(response) => response,
+            Ok(response) => response.map(|body| match body {
+                AppBody::Routed(body) => body,
+                written => Body::new(written),
+            }),
             Err(never) => match never {},
         }
     }
@@ -71,7 +74,7 @@ where
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
-    type Response = Response<Body>;
+    type Response = Response<AppBody>;
     type Error = Infallible;
     type Future = Answer;
 
@@ -86,42 +89,129 @@ where
                 let (parts, body) = req.into_parts();
                 let bytes = match read_whole(body, state.limits.max_body_bytes, deadline).await {
                     Ok(bytes) => bytes,
-                    Err(e) => return Ok(e.into_response()),
+                    Err(e) => return Ok(routed(e.into_response())),
                 };
                 match serde_json::from_slice::<PutBody>(&bytes) {
-                    Ok(body) => Ok(metered(&state, Metric::KvSet, write(&state, key, body)).await),
-                    // Whatever is wrong with it, the router says so in its own words.
-                    Err(_) => {
-                        router
-                            .call(Request::from_parts(parts, Body::from(bytes)))
-                            .await
+                    Ok(body) => {
+                        // What `metered` does for the router's handlers.
+                        let start = Instant::now();
+                        let result = write(&state, &key, body).await;
+                        let status = result
+                            .as_ref()
+                            .map_or_else(ApiError::status, |_| Status::Success);
+                        state.metrics.record(Metric::KvSet, status, start.elapsed());
+                        Ok(match result {
+                            Ok(index) => key_set(&key, index),
+                            Err(e) => routed(e.into_response()),
+                        })
                     }
+                    // Whatever is wrong with it, the router says so in its own words.
+                    Err(_) => router
+                        .call(Request::from_parts(parts, Body::from(bytes)))
+                        .await
+                        .map(routed),
                 }
             }));
         }
-        Answer::Routed(Box::pin(self.router.call(req.map(Body::new))))
+        let answer = self.router.call(req.map(Body::new));
+        Answer::Routed(Box::pin(async move { answer.await.map(routed) }))
     }
+}
+
+/// A router's response as an [`App`] response.
+fn routed(response: Response<Body>) -> Response<AppBody> {
+    response.map(AppBody::Routed)
 }
 
 /// The future of [`App`]'s answer: ready at once from the hot path, or the router's.
 pub enum Answer {
     /// Answered by the hot path.
-    Ready(Option<Response<Body>>),
-    /// Answered by the router.
-    Routed(Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>),
+    Ready(Option<Response<AppBody>>),
+    /// Answered by the router (or by the hot write, which waits for its acknowledgement).
+    Routed(Pin<Box<dyn Future<Output = Result<Response<AppBody>, Infallible>> + Send>>),
 }
 
 impl Future for Answer {
-    type Output = Result<Response<Body>, Infallible>;
+    type Output = Result<Response<AppBody>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
             Answer::Ready(response) => Poll::Ready(Ok(response
                 .take()
-                .unwrap_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response()))),
+                .unwrap_or_else(|| routed(StatusCode::INTERNAL_SERVER_ERROR.into_response())))),
             Answer::Routed(routed) => routed.as_mut().poll(cx),
         }
     }
+}
+
+/// The body of an [`App`] answer: bytes the hot path wrote (one frame, its length known, no
+/// box), or the router's body.
+pub enum AppBody {
+    /// Written by the hot path; taken by the first poll.
+    Written(Option<bytes::Bytes>),
+    /// The router's.
+    Routed(Body),
+}
+
+impl hyper::body::Body for AppBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
+        match self.get_mut() {
+            AppBody::Written(bytes) => {
+                Poll::Ready(bytes.take().map(|b| Ok(hyper::body::Frame::data(b))))
+            }
+            AppBody::Routed(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            AppBody::Written(bytes) => bytes.is_none(),
+            AppBody::Routed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            AppBody::Written(bytes) => {
+                hyper::body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            AppBody::Routed(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A JSON answer the hot path wrote.
+fn written(json: Vec<u8>, index: u64) -> Response<AppBody> {
+    let mut response = Response::new(AppBody::Written(
+        (!json.is_empty()).then(|| bytes::Bytes::from(json)),
+    ));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if index != 0 {
+        headers.insert(INDEX_HEADER, HeaderValue::from(index));
+    }
+    response
+}
+
+/// `{"key","message":"key set","modify_index"}`: the answer to a `PUT /kv/{key}`, as the
+/// router's handler writes it.
+fn key_set(key: &str, index: u64) -> Response<AppBody> {
+    let mut json = Vec::with_capacity(64 + key.len());
+    json.extend_from_slice(b"{\"key\":");
+    push_str(&mut json, key);
+    json.extend_from_slice(b",\"message\":\"key set\",\"modify_index\":");
+    push_u64(&mut json, index);
+    json.push(b'}');
+    written(json, 0)
 }
 
 /// The key of a `PUT /kv/{key}` the hot path takes: no query, no ACL file, no percent escapes,
@@ -150,7 +240,7 @@ fn plain_key<'a>(state: &AppState, path: &'a str) -> Option<&'a str> {
 
 /// `GET /kv/{key}` (`?metadata=true|false|1|0`) on a server without an ACL file, with no body
 /// and no percent escapes in the path; `None` for anything else (the router takes it).
-fn hot_get<B: hyper::body::Body>(state: &AppState, req: &Request<B>) -> Option<Response<Body>> {
+fn hot_get<B: hyper::body::Body>(state: &AppState, req: &Request<B>) -> Option<Response<AppBody>> {
     if req.method() != Method::GET || state.acl.is_some() || !req.body().is_end_stream() {
         return None;
     }
@@ -188,23 +278,14 @@ fn hot_get<B: hyper::body::Body>(state: &AppState, req: &Request<B>) -> Option<R
         e.modify_index
     });
     let (response, status) = match found {
-        Some(index) => {
-            let mut response = Response::new(Body::from(body));
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            headers.insert(INDEX_HEADER, HeaderValue::from(index.max(1)));
-            (response, Status::Success)
-        }
+        Some(index) => (written(body, index.max(1)), Status::Success),
         None => {
             let index = state.store.state(key).index;
             let mut response = ApiError::KeyNotFound(key.to_string()).into_response();
             response
                 .headers_mut()
                 .insert(INDEX_HEADER, HeaderValue::from(index.max(1)));
-            (response, Status::NotFound)
+            (routed(response), Status::NotFound)
         }
     };
     state.metrics.record(Metric::KvGet, status, start.elapsed());

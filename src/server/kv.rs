@@ -231,29 +231,26 @@ pub async fn put(
         let KeyPath(key) = key?;
         who.kv(&key, Need::Write)?;
         let JsonBody(body) = body?;
-        write(&state, key, body).await
+        let index = write(&state, &key, body).await?;
+        Ok(Json(json!({"message": "key set", "key": key, "modify_index": index})).into_response())
     })
     .await
 }
 
 /// The write of `PUT /kv/{key}` once its key, rights and body were checked (the router's
 /// handler above and the hot path in `app.rs` share it).
-pub(crate) async fn write(
-    state: &AppState,
-    key: String,
-    body: PutBody,
-) -> Result<Response, ApiError> {
-    state.limits.check_value(&key, body.value.len())?;
+/// Returns the write's index.
+pub(crate) async fn write(state: &AppState, key: &str, body: PutBody) -> Result<u64, ApiError> {
+    state.limits.check_value(key, body.value.len())?;
     let ttl = parse_ttl(body.ttl.as_deref())?;
     let write = state.db().put(
-        key.clone(),
+        key.to_string(),
         KvValue::text(body.value),
         body.cas,
         body.flags,
         ttl,
     );
-    let index = acknowledged(write, "key").await?;
-    Ok(Json(json!({"message": "key set", "key": key, "modify_index": index})).into_response())
+    acknowledged(write, "key").await
 }
 
 /// `DELETE /kv/{key}` (`?cas=N`).

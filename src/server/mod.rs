@@ -435,11 +435,36 @@ pub(crate) async fn read_whole<B>(
     deadline: Duration,
 ) -> Result<axum::body::Bytes, ApiError>
 where
-    B: hyper::body::Body,
+    B: hyper::body::Body<Data = axum::body::Bytes>,
     B::Error: Into<axum::BoxError>,
 {
-    let collected = tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await;
-    match collected {
+    // A body that came in one frame (most: it arrived with its head) is that frame's bytes,
+    // shared, not copied; more frames are joined.
+    let read = async {
+        let mut body = std::pin::pin!(Limited::new(body, limit));
+        let mut first: Option<axum::body::Bytes> = None;
+        let mut joined: Vec<u8> = Vec::new();
+        while let Some(frame) = body.as_mut().frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue; // trailers
+            };
+            match &first {
+                None => first = Some(data),
+                Some(f) => {
+                    if joined.is_empty() {
+                        joined.extend_from_slice(f);
+                    }
+                    joined.extend_from_slice(&data);
+                }
+            }
+        }
+        Ok::<_, axum::BoxError>(if joined.is_empty() {
+            first.unwrap_or_default()
+        } else {
+            axum::body::Bytes::from(joined)
+        })
+    };
+    match tokio::time::timeout(deadline, read).await {
         Err(_) => Err(ApiError::Timeout),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge(
             format!("the request body exceeds the limit of {limit} bytes"),
@@ -447,7 +472,7 @@ where
         Ok(Err(e)) => Err(ApiError::BadRequest(format!(
             "could not read the request body: {e}"
         ))),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Ok(bytes)) => Ok(bytes),
     }
 }
 
