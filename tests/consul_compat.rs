@@ -789,3 +789,36 @@ fn agent_services_outlive_the_service_ttl_and_a_restart_until_deregistered() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(get(&s, "/v1/agent/services").json(), json!({}));
 }
+
+#[test]
+fn the_hot_consul_read_answers_what_the_router_answers() {
+    let s = start();
+    assert!(kv_put(&s, "plain", b"v"));
+    assert!(kv_put(&s, "flags?flags=5", b"with \"quotes\""));
+    assert!(kv_put(&s, "bin", &[0xff, 0, 1]));
+    assert!(kv_put(&s, "empty", b""));
+    let id = create_session(&s, json!({"LockDelay": "0s"}));
+    assert!(kv_put(&s, &format!("locked?acquire={id}"), b"l"));
+    assert_eq!(call(&s, "DELETE", "/v1/kv/gone", None).json(), json!(true));
+    let shown = |r: &Resp| {
+        let h = |n: &str| r.headers.get(n).cloned();
+        (
+            r.status,
+            h("content-type"),
+            h("x-consul-index"),
+            h("x-consul-knownleader"),
+            h("x-consul-lastcontact"),
+            h("content-length"),
+            r.body.clone(),
+        )
+    };
+    for key in [
+        "plain", "flags", "bin", "empty", "locked", "gone", "never", "a/b/c",
+    ] {
+        // The hot path takes the first; `?dc=dc1` (ignored, one datacenter) sends the same
+        // read through the router.
+        let hot = get(&s, &format!("/v1/kv/{key}"));
+        let routed = get(&s, &format!("/v1/kv/{key}?dc=dc1"));
+        assert_eq!(shown(&hot), shown(&routed), "{key}");
+    }
+}

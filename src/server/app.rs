@@ -12,8 +12,12 @@
 //! than `metadata=`, a percent-escaped path, a body, an ACL file, any other route — goes to the
 //! router unchanged, so every rule (limits, 401/403, the SPEC's bodies) has one home.
 //!
-//! What the hot path answers is byte-for-byte what the router would (`tests/http_api.rs` checks
-//! both on a real listener), with the same metrics and the same `X-Caskv-Index`.
+//! The hot path takes three requests: `GET /kv/{key}` (`?metadata=`), `PUT /kv/{key}` (its
+//! body read under the router's limit and deadline, then the router's own write; a body that
+//! does not parse goes to the router, which says what is wrong with it), and Consul's
+//! `GET /v1/kv/{key}` without a query. What it answers is byte-for-byte what the router would
+//! (`tests/http_api.rs` and `tests/consul_compat.rs` check both on a real listener), with the
+//! same metrics and the same index headers.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,7 +35,7 @@ use super::error::ApiError;
 use super::kv::{put_value_bytes, write, PutBody};
 use super::metrics::{Op as Metric, Status};
 use super::watch::INDEX_HEADER;
-use super::{read_whole, router, AppState};
+use super::{consul, read_whole, router, AppState};
 
 /// The service of every connection: see the module docs.
 #[derive(Clone)]
@@ -80,6 +84,9 @@ where
 
     fn call(&self, req: Request<B>) -> Answer {
         if let Some(response) = hot_get(&self.state, &req) {
+            return Answer::Ready(Some(response));
+        }
+        if let Some(response) = hot_consul_get(&self.state, &req) {
             return Answer::Ready(Some(response));
         }
         if let Some(key) = hot_put_key(&self.state, &req) {
@@ -238,6 +245,39 @@ fn plain_key<'a>(state: &AppState, path: &'a str) -> Option<&'a str> {
         .then_some(key)
 }
 
+/// `GET /v1/kv/{key}` with no query, no body, no ACL file and no percent escapes: Consul's read
+/// of one key, answered as the router's Consul handler answers it (`consul::plain_read`).
+fn hot_consul_get<B: hyper::body::Body>(
+    state: &AppState,
+    req: &Request<B>,
+) -> Option<Response<AppBody>> {
+    if req.method() != Method::GET
+        || state.acl.is_some()
+        || !req.body().is_end_stream()
+        || req.uri().query().is_some()
+    {
+        return None;
+    }
+    let key = plain_key(state, req.uri().path().strip_prefix("/v1")?)?;
+    let start = Instant::now();
+    let (body, index) = consul::plain_read(state, key);
+    let (mut response, status) = match body {
+        Some(json) => (written(json, 0), Status::Success),
+        None => {
+            let mut response = Response::new(AppBody::Written(None));
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            (response, Status::NotFound)
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(consul::CONSUL_INDEX, HeaderValue::from(index.max(1)));
+    consul::leader_headers(headers);
+    state
+        .metrics
+        .record(Metric::ConsulKvGet, status, start.elapsed());
+    Some(response)
+}
+
 /// `GET /kv/{key}` (`?metadata=true|false|1|0`) on a server without an ACL file, with no body
 /// and no percent escapes in the path; `None` for anything else (the router takes it).
 fn hot_get<B: hyper::body::Body>(state: &AppState, req: &Request<B>) -> Option<Response<AppBody>> {
@@ -341,6 +381,17 @@ mod tests {
             .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
             .expect("a request");
         assert!(hot_get(&state, &with_body).is_none());
+        assert!(hot_consul_get(&state, &get("/v1/kv/k")).is_some());
+        assert!(hot_consul_get(&state, &get("/v1/kv/missing")).is_some());
+        for left in [
+            "/v1/kv/k?raw",
+            "/v1/kv/k?recurse",
+            "/v1/kv/",
+            "/kv/k",
+            "/v1/kv/a%2Fb",
+        ] {
+            assert!(hot_consul_get(&state, &get(left)).is_none(), "{left}");
+        }
         let put = Request::put("/kv/k")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .expect("a request");

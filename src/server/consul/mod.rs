@@ -90,12 +90,31 @@ async fn consul_headers(State(state): State<AppState>, req: Request, next: Next)
     let mut response = next.run(req).await;
     let headers = response.headers_mut();
     if !headers.contains_key(&CONSUL_INDEX) {
-        let at = state.store.global_index().high_water().max(1);
-        headers.insert(CONSUL_INDEX, HeaderValue::from(at));
+        let at = state.store.global_index().high_water();
+        headers.insert(CONSUL_INDEX, HeaderValue::from(at.max(1)));
     }
+    leader_headers(headers);
+    response
+}
+
+/// `X-Consul-KnownLeader: true` and `X-Consul-LastContact: 0`.
+pub(crate) fn leader_headers(headers: &mut axum::http::HeaderMap) {
     headers.insert(KNOWN_LEADER, HeaderValue::from_static("true"));
     headers.insert(LAST_CONTACT, HeaderValue::from_static("0"));
-    response
+}
+
+/// `GET /v1/kv/{key}` without a query, for the hot path (`app.rs`): the body (`None`: a 404,
+/// which has none) and the index to answer with, as the router's handler answers.
+pub(crate) fn plain_read(state: &AppState, key: &str) -> (Option<Vec<u8>>, u64) {
+    match state.store.get(key) {
+        Some(e) => {
+            let mut body = Vec::with_capacity(160 + key.len() + e.value.len() * 4 / 3);
+            // Writing into a `Vec` cannot fail.
+            let _ = serde_json::to_writer(&mut body, &[kv::DirEntry::of(key, &e, true)]);
+            (Some(body), e.modify_index)
+        }
+        None => (None, state.store.state(key).index),
+    }
 }
 
 /// A Consul error: its status and plain-text body, or a native error response passed through
