@@ -822,3 +822,97 @@ fn the_hot_consul_read_answers_what_the_router_answers() {
         assert_eq!(shown(&hot), shown(&routed), "{key}");
     }
 }
+
+#[test]
+fn reviewed_edges_reserved_meta_checks_bound_delete_cas_zero_and_a_double_destroy() {
+    let s = start();
+    // The native API may not forge the Consul face's own state.
+    let (status, body) = s.post(
+        "/services",
+        json!({"name": "evil", "address": "10.0.0.9", "port": 1, "meta": {"consul-service-name": "payments"}}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(s.state.registry.get("evil").is_none());
+    // At most 64 checks a registration.
+    let many: Vec<Value> = (0..65).map(|_| json!({"TTL": "10s"})).collect();
+    let r = put(
+        &s,
+        "/v1/agent/service/register",
+        json!({"Name": "web", "Checks": many})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    // DELETE ?cas=0 deletes nothing: true only when the key is absent (Consul's rule).
+    assert!(kv_put(&s, "k", b"v"));
+    assert_eq!(
+        call(&s, "DELETE", "/v1/kv/k?cas=0", None).json(),
+        json!(false)
+    );
+    assert_eq!(
+        call(&s, "DELETE", "/v1/kv/absent?cas=0", None).json(),
+        json!(true)
+    );
+    assert_eq!(get(&s, "/v1/kv/k?raw").body, b"v");
+    // Two destroys of one session at once: both answer true, and the lock goes.
+    for _ in 0..10 {
+        let id = create_session(&s, json!({"LockDelay": "0s"}));
+        assert!(kv_put(&s, &format!("held?acquire={id}"), b"h"));
+        let both: Vec<_> = (0..2)
+            .map(|_| {
+                let base = s.base.clone();
+                let id = id.clone();
+                std::thread::spawn(move || {
+                    server::Client::new(&base)
+                        .send("PUT", &format!("/v1/session/destroy/{id}"), Some(b""))
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in both {
+            assert_eq!(t.join().unwrap(), (200, "true".to_string()));
+        }
+        assert_eq!(get(&s, "/v1/kv/held").json()[0].get("Session"), None);
+    }
+}
+
+#[test]
+fn an_evicted_session_record_ends_the_session_and_its_locks() {
+    let s = start_with(Limits {
+        max_entries: Some(64),
+        ..Limits::default()
+    });
+    let id = create_session(&s, json!({"LockDelay": "0s"}));
+    assert!(kv_put(&s, &format!("lock?acquire={id}"), b"l"));
+    // Fill the bounded store until the session's record is evicted.
+    // Looked at through a listing, which does not count as a read for the eviction policy.
+    let record_gone = || {
+        s.state
+            .store
+            .listing("\0session/")
+            .entries
+            .iter()
+            .all(|(k, _)| !k.ends_with(id.as_str()))
+    };
+    let mut n = 0;
+    while !record_gone() {
+        assert!(n < 20_000, "the record was never evicted");
+        assert!(kv_put(&s, &format!("fill/{n}"), b"x"));
+        n += 1;
+    }
+    // The reaper ends the session: a lock it held (if the key itself is still there) goes.
+    let began = Instant::now();
+    loop {
+        let e = get(&s, "/v1/kv/lock");
+        if e.status == 404 || e.json()[0].get("Session").is_none() {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "the lock outlived its session"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = put(&s, &format!("/v1/kv/again?acquire={id}"), b"x");
+    assert_eq!(r.status, 500, "{}", r.text());
+}

@@ -52,6 +52,12 @@ pub async fn register(
         if service.address.is_empty() {
             return Err(ApiError::BadRequest("the service address is empty".into()));
         }
+        if let Some(reserved) = service.meta.keys().find(|k| k.starts_with("consul-")) {
+            // The Consul face keeps its own state under these keys (`consul/agent.rs`).
+            return Err(ApiError::BadRequest(format!(
+                "meta key '{reserved}': keys starting with 'consul-' are reserved"
+            )));
+        }
         state.limits.check_service(&service)?;
         let write = state.db().register(service.clone(), body.cas);
         let index = acknowledged(write, "service").await?;

@@ -17,8 +17,8 @@ pub type SessionId = uuid::Uuid;
 ///
 /// # Invariants
 /// `text` is true exactly when `bytes` are valid UTF-8. `lock_index` counts the acquisitions of
-/// the key by a session and never goes down while the key lives; `session` is the holder, if
-/// any.
+/// the key by a session (Consul writes carry it over; a native write, which replaces the value
+/// whole, starts it again at 0); `session` is the holder, if any.
 ///
 /// # Example
 /// ```

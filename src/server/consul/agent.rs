@@ -709,6 +709,10 @@ struct ServiceHealth<'a> {
 // ---------------------------------------------------------------------------------------------
 // Decoding a registration
 
+/// The most checks one registration may carry (`Checks`, plus one `Check`): each is kept in the
+/// registration and re-checked on every update, so a client must not send thousands.
+const MAX_CHECKS: usize = 64;
+
 /// A `PUT /v1/agent/service/register` body.
 #[derive(Debug)]
 struct Definition {
@@ -1060,6 +1064,12 @@ impl Definition {
         match field(&obj, "Checks") {
             None => {}
             Some(Value::Array(items)) => {
+                if items.len() > MAX_CHECKS {
+                    return Err(Failure::bad_request(format!(
+                        "Invalid check: a service may have at most {MAX_CHECKS} checks, not {}",
+                        items.len()
+                    )));
+                }
                 for item in items {
                     match item {
                         Value::Null => {}
@@ -1091,7 +1101,7 @@ impl Definition {
         })
     }
 
-    /// Its checks at `now`, carrying over the status and output of a check `prev` already had
+    /// Its checks at `now` (at most [`MAX_CHECKS`] and one more), carrying over the status and output of a check `prev` already had
     /// under the same ID (Consul's snapshot on re-registration), and keeping `prev`'s other
     /// checks unless `replace` (`?replace-existing-checks`).
     fn checks(&self, prev: &[Check], replace: bool, now: u64) -> Vec<Check> {

@@ -433,9 +433,8 @@ async fn remove(
     }
     who.kv(&key, Need::Write)?;
     match cas {
-        Some(0) => Err(Failure::bad_request(
-            "Invalid cas index: 0 (a delete's cas needs the key's ModifyIndex)",
-        )),
+        // Consul's rule: index 0 deletes nothing; it holds only for an absent key.
+        Some(0) => Ok(verdict(!state.store.contains_key(key.as_str()))),
         Some(n) => match state.db().delete_cas(key.as_str(), n) {
             Ok(p) => {
                 p.await

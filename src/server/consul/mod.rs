@@ -4,8 +4,10 @@
 //!
 //! Consul's HTTP API documentation is the contract: field names, status codes and bodies are
 //! Consul's (a failed CAS is `200 false`, not the native 409; errors are plain text). Every
-//! response carries `X-Consul-Index` (never 0), `X-Consul-KnownLeader: true` and
-//! `X-Consul-LastContact: 0`, as a single node that is always its own leader.
+//! response of a `/v1/` handler carries `X-Consul-Index` (never 0), `X-Consul-KnownLeader: true`
+//! and `X-Consul-LastContact: 0`, as a single node that is always its own leader; the refusals
+//! of the layers in front of every route (an unknown token's 401, a body over the limit or too
+//! slow) keep the native API's JSON and headers.
 //!
 //! What is Consul's and not the native API's lives here: sessions and the locks they hold.
 //! Session records are keys of the KV store in a namespace no client can name (keys starting

@@ -235,11 +235,16 @@ impl Sessions {
         self.live().len()
     }
 
-    /// The sessions whose TTL ran out by `now`.
-    fn expired(&self, now: Instant) -> Vec<SessionId> {
+    /// The sessions to invalidate at `now`: those whose TTL ran out, and those whose record
+    /// is gone from `store` (a bounded store evicted it), so that their locks go too.
+    fn expired(&self, store: &Store<String, KvValue>, now: Instant) -> Vec<SessionId> {
         self.live()
             .iter()
-            .filter(|(_, l)| l.deadline.is_some_and(|d| d <= now))
+            .filter(|(id, l)| {
+                // `state`: a look that the eviction policy does not count as a read.
+                l.deadline.is_some_and(|d| d <= now)
+                    || store.state(record_key(**id).as_str()).entry.is_none()
+            })
             .map(|(id, _)| *id)
             .collect()
     }
@@ -345,7 +350,14 @@ pub(super) async fn create(State(state): State<AppState>, who: Who, body: Bytes)
             ttl_ms: ttl.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             invalidated: false,
         };
-        // Before the record is visible, so that the reaper never misses it.
+        let written = state.db().set_cas(record_key(id), record.value(), 0);
+        let index = match written {
+            Ok(p) => p.await.map_err(|e| ApiError::Storage(e.to_string()))?,
+            Err(e) => return Err(ApiError::from_store(e, "key").into()),
+        };
+        // After the record is written: the reaper takes a live session without a record for
+        // one a bounded store evicted. (A destroy that ran in between leaves an entry without a
+        // record, which the reaper's next tick clears.)
         state.sessions.live().insert(
             id,
             Live {
@@ -355,18 +367,6 @@ pub(super) async fn create(State(state): State<AppState>, who: Who, body: Bytes)
                 lock_delay: delay,
             },
         );
-        let written = state.db().set_cas(record_key(id), record.value(), 0);
-        let index = match written {
-            Ok(p) => p.await.map_err(|e| ApiError::Storage(e.to_string())),
-            Err(e) => Err(ApiError::from_store(e, "key")),
-        };
-        let index = match index {
-            Ok(index) => index,
-            Err(e) => {
-                state.sessions.live().remove(&id);
-                return Err(e.into());
-            }
-        };
         Ok(at_index(
             json(&serde_json::json!({"ID": id.to_string()})),
             index,
@@ -483,7 +483,7 @@ pub(crate) async fn invalidate(state: &AppState, id: SessionId) -> Result<(), Fa
     let key = record_key(id);
     let remembered = state.sessions.live().get(&id).copied();
     // 1. Mark the record, so that no acquire commits after the scan below.
-    let mut marked = None;
+    let mut marked: Option<(Record, u64)> = None;
     for _ in 0..ATTEMPTS {
         let Some(e) = state.store.get(key.as_str()) else {
             break;
@@ -536,14 +536,23 @@ pub(crate) async fn invalidate(state: &AppState, id: SessionId) -> Result<(), Fa
             })
             .collect();
         if let Some((_, index)) = &marked {
-            ops.push(Op::delete_cas(key.clone(), *index));
+            // Another invalidation of the same session (a destroy racing the reaper) may have
+            // finished first: then the record is gone and only what it still holds is left.
+            match state.store.get(key.as_str()) {
+                Some(e) if e.modify_index == *index => {
+                    ops.push(Op::delete_cas(key.clone(), *index))
+                }
+                _ => marked = None,
+            }
         }
         // 3. The lock-delay starts before the release commits, so no acquire slips in between.
-        if !delay.is_zero() && behavior == Behavior::Release {
-            let until = Instant::now() + delay;
+        if !delay.is_zero() && behavior == Behavior::Release && !held.is_empty() {
+            let now = Instant::now();
             let mut delays = state.sessions.delays();
+            // Ended delays go first, so the map holds only keys still in one (at most 60 s).
+            delays.retain(|_, until| *until > now);
             for (k, _) in &held {
-                delays.insert(k.clone(), until);
+                delays.insert(k.clone(), now + delay);
             }
         }
         let mut raced = false;
@@ -572,11 +581,27 @@ pub(crate) async fn invalidate(state: &AppState, id: SessionId) -> Result<(), Fa
 
 /// Invalidates sessions whose TTL ran out, a few times a second, until the server stops.
 pub(crate) async fn reap(state: AppState) {
+    // Locks whose session has no record (a bounded store evicted it before a restart) are
+    // released at the first tick, as that session's would be.
+    {
+        let now = Instant::now();
+        let mut live = state.sessions.live();
+        for (_, e) in state.store.entries() {
+            if let Some(id) = e.value.session() {
+                live.entry(id).or_insert(Live {
+                    deadline: Some(now),
+                    ttl: None,
+                    behavior: Behavior::Release,
+                    lock_delay: Duration::ZERO,
+                });
+            }
+        }
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for id in state.sessions.expired(Instant::now()) {
+        for id in state.sessions.expired(&state.store, Instant::now()) {
             match invalidate(&state, id).await {
                 Ok(()) => tracing::info!(session = %id, "session expired; its locks were released"),
                 Err(e) => {

@@ -2,8 +2,8 @@
 //!
 //! # How a transaction runs
 //! Optimistically, on the batch machinery:
-//! 1. Read every key the operations name in one atomic snapshot (`get_many`), and the keys under
-//!    every prefix a tree operation names.
+//! 1. Read every key the operations name in one atomic snapshot (`get_many`), and then the keys
+//!    under every prefix a tree operation names (each prefix listed once).
 //! 2. Run the operations in order against that view, in memory: each sees what the earlier ones
 //!    wrote, as in Consul, and each that fails its condition is an error (every failure is
 //!    listed, with its operation's position).
@@ -12,7 +12,8 @@
 //!    a check of its record. The batch commits at one index, or not at all when any of those
 //!    moved since the read, and then the transaction runs again from step 1.
 //!
-//! A transaction whose operations only read answers from the snapshot and commits nothing.
+//! A transaction whose operations only read answers from what it read and commits nothing: its
+//! named keys from one snapshot, each tree from its own listing.
 //!
 //! Known difference from Consul: a key created under a tree operation's prefix after the read
 //! does not make the commit fail (the batch checks the keys it read, not the prefix's absence
@@ -347,7 +348,14 @@ async fn attempt(
             view.seen(k, e.as_ref());
         }
     }
+    // Each prefix listed once per kind of right it needs (a read, or a write).
+    let mut listed: Vec<(&str, bool)> = Vec::new();
     for op in ops.iter().filter(|o| o.verb.on_prefix()) {
+        let seen = (op.key.as_str(), op.verb.writes());
+        if listed.contains(&seen) {
+            continue;
+        }
+        listed.push(seen);
         for (k, e) in state.store.listing(&op.key).entries {
             if !is_internal(&k) {
                 let need = if op.verb.writes() {
