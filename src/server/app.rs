@@ -38,6 +38,25 @@ use super::watch::INDEX_HEADER;
 use super::{consul, read_whole, router, AppState};
 
 /// The service of every connection: see the module docs.
+///
+/// # Example
+/// ```
+/// use caskv::server::{App, AppState, Limits};
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let state = AppState::new(Limits::default(), Duration::from_secs(30));
+/// let app = App::new(state, Duration::from_secs(30));
+/// let get = axum::http::Request::get("/kv/missing")
+///     .body(axum::body::Body::empty())
+///     .unwrap();
+/// // Taken by the hot path: a 404 with the key's index, as the router would answer.
+/// let answer = app.handle(get).await;
+/// assert_eq!(answer.status(), 404);
+/// assert_eq!(answer.headers()["x-caskv-index"], "1");
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct App {
     state: AppState,
