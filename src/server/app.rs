@@ -257,6 +257,12 @@ fn hot_put_key<B>(state: &AppState, req: &Request<B>) -> Option<String> {
     (declared <= state.limits.max_body_bytes).then(|| key.to_string())
 }
 
+/// Whether `req` is a read the hot path may take: a `GET` without a body, on a server without an
+/// ACL file (the router's `identify` layer then has nothing to do).
+fn plain_get<B: hyper::body::Body>(state: &AppState, req: &Request<B>) -> bool {
+    req.method() == Method::GET && state.acl.is_none() && req.body().is_end_stream()
+}
+
 /// The key of a `/kv/{key}` path, when it needs no decoding and is within the key bound.
 fn plain_key<'a>(state: &AppState, path: &'a str) -> Option<&'a str> {
     let key = path.strip_prefix("/kv/")?;
@@ -270,11 +276,7 @@ fn hot_consul_get<B: hyper::body::Body>(
     state: &AppState,
     req: &Request<B>,
 ) -> Option<Response<AppBody>> {
-    if req.method() != Method::GET
-        || state.acl.is_some()
-        || !req.body().is_end_stream()
-        || req.uri().query().is_some()
-    {
+    if !plain_get(state, req) || req.uri().query().is_some() {
         return None;
     }
     let key = plain_key(state, req.uri().path().strip_prefix("/v1")?)?;
@@ -300,7 +302,7 @@ fn hot_consul_get<B: hyper::body::Body>(
 /// `GET /kv/{key}` (`?metadata=true|false|1|0`) on a server without an ACL file, with no body
 /// and no percent escapes in the path; `None` for anything else (the router takes it).
 fn hot_get<B: hyper::body::Body>(state: &AppState, req: &Request<B>) -> Option<Response<AppBody>> {
-    if req.method() != Method::GET || state.acl.is_some() || !req.body().is_end_stream() {
+    if !plain_get(state, req) {
         return None;
     }
     let uri = req.uri();

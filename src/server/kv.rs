@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::extract::{JsonBody, KeyPath, Params};
 use super::metrics::Op as Metric;
 use super::value::KvValue;
-use super::watch::{hold, metered_at, Blocking};
+use super::watch::{hold, hold_key, metered_at, Blocking};
 use super::{acknowledged, metered, AppState};
 use crate::defaults::MAX_TTL;
 use crate::{Entry, Op};
@@ -199,10 +199,7 @@ pub async fn get(
         }
         who.kv(&key, Need::Read)?;
         if let Some(b) = blocking.map(|b| b.clamped(&state)) {
-            if state.store.state(key.as_str()).index <= b.index {
-                let mut watch = state.store.watch(key.as_str(), b.index);
-                hold(&state, &b, watch.changed()).await;
-            }
+            hold_key(&state, &key, &b).await;
         }
         match state.store.get(key.as_str()) {
             Some(e) => {

@@ -88,6 +88,15 @@ pub(crate) async fn hold(state: &AppState, blocking: &Blocking, changed: impl Fu
     }
 }
 
+/// Holds a blocking read of `key` (the native and the Consul face's) until its state's index
+/// passes `b.index` or [`hold`] ends; at once when it already has.
+pub(crate) async fn hold_key(state: &AppState, key: &str, b: &Blocking) {
+    if state.store.state(key).index <= b.index {
+        let mut watch = state.store.watch(key, b.index);
+        hold(state, b, watch.changed()).await;
+    }
+}
+
 /// Resolves once the server begins to shut down.
 pub(crate) async fn shutting_down(closing: &mut tokio::sync::watch::Receiver<bool>) {
     // The guard `wait_for` returns is dropped here, before anything else is awaited.

@@ -60,7 +60,7 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{at_index, json, metered, Failure, NODE};
+use super::{at_index, json, metered, settle, Failure, NODE};
 use crate::server::acl::{Need, Who};
 use crate::server::extract::Params;
 use crate::server::kv::listing;
@@ -1166,16 +1166,9 @@ impl Definition {
 /// another write got there first.
 async fn write(state: &AppState, service: Service, cas: u64) -> Result<bool, Failure> {
     state.limits.check_service(&service)?;
-    match state.db().register(service, Some(cas)) {
-        Ok(pending) => {
-            pending
-                .await
-                .map_err(|e| Failure::Native(ApiError::Storage(e.to_string())))?;
-            Ok(true)
-        }
-        Err(e) if e.is_conflict() || e.is_not_found() => Ok(false),
-        Err(e) => Err(Failure::Native(ApiError::from_store(e, "service"))),
-    }
+    Ok(settle(state.db().register(service, Some(cas)), "service")
+        .await?
+        .is_some())
 }
 
 fn lost_race(what: &str) -> Failure {
@@ -1253,15 +1246,9 @@ async fn deregister(State(state): State<AppState>, who: Who, Path(id): Path<Stri
             return Err(unknown_service(&id));
         };
         may_write(&who, &id, consul_name(&entry.service))?;
-        match state.db().deregister(&id, None) {
-            Ok(pending) => {
-                pending
-                    .await
-                    .map_err(|e| Failure::Native(ApiError::Storage(e.to_string())))?;
-                Ok(ok())
-            }
-            Err(e) if e.is_not_found() => Err(unknown_service(&id)),
-            Err(e) => Err(Failure::Native(ApiError::from_store(e, "service"))),
+        match settle(state.db().deregister(&id, None), "service").await? {
+            Some(_) => Ok(ok()),
+            None => Err(unknown_service(&id)),
         }
     })
     .await

@@ -10,14 +10,16 @@ use base64::Engine;
 use serde::Serialize;
 
 use super::session::{self, Sessions};
-use super::{at_index, is_internal, json, metered, present, verdict, Failure};
+use super::{
+    at_index, commit_in_batches, is_internal, json, metered, present, settle, verdict, Failure,
+};
 use crate::server::acl::{Need, Who};
 use crate::server::extract::{KeyPath, Params};
 use crate::server::kv::listing;
 use crate::server::metrics::Op as Metric;
-use crate::server::watch::{hold, Blocking};
+use crate::server::watch::hold_key;
 use crate::server::{ApiError, AppState, KvValue, SessionId};
-use crate::{Entry, Error, Op};
+use crate::{Entry, Op};
 
 /// How many times a write that lost a race (another write landed between its read and its CAS)
 /// reads again and retries before it answers 500; each retry means another write to the key
@@ -133,7 +135,7 @@ async fn read(
     }
     who.kv(key, Need::Read)?;
     if let Some(b) = blocking.map(|b| b.clamped(state)) {
-        wait_for_key(state, key, &b).await;
+        hold_key(state, key, &b).await;
     }
     match state.store.get(key) {
         Some(e) if present(params, "raw") => Ok(at_index(raw(&e.value), e.modify_index)),
@@ -142,14 +144,6 @@ async fn read(
             e.modify_index,
         )),
         None => Ok(at_index(not_found(), state.store.state(key).index)),
-    }
-}
-
-/// Holds a blocking read of `key` until its state's index passes `b.index` or the wait ends.
-pub(crate) async fn wait_for_key(state: &AppState, key: &str, b: &Blocking) {
-    if state.store.state(key).index <= b.index {
-        let mut watch = state.store.watch(key, b.index);
-        hold(state, b, watch.changed()).await;
     }
 }
 
@@ -362,15 +356,10 @@ async fn commit(
         },
         Some(check) => state.db().batch(vec![write, check]),
     };
-    match pending {
-        Ok(p) => {
-            p.await
-                .map_err(|e| Failure::Native(ApiError::Storage(e.to_string())))?;
-            Ok(Attempt::Done(true))
-        }
-        Err(e) if e.is_conflict() || e.is_not_found() => Ok(Attempt::Raced),
-        Err(e) => Err(Failure::Native(ApiError::from_store(e, "key"))),
-    }
+    Ok(match settle(pending, "key").await? {
+        Some(_) => Attempt::Done(true),
+        None => Attempt::Raced,
+    })
 }
 
 /// `PUT /v1/kv/` and `PUT /v1/kv`: a write needs a key.
@@ -435,25 +424,15 @@ async fn remove(
     match cas {
         // Consul's rule: index 0 deletes nothing; it holds only for an absent key.
         Some(0) => Ok(verdict(!state.store.contains_key(key.as_str()))),
-        Some(n) => match state.db().delete_cas(key.as_str(), n) {
-            Ok(p) => {
-                p.await
-                    .map_err(|e| Failure::Native(ApiError::Storage(e.to_string())))?;
-                Ok(verdict(true))
-            }
-            Err(e) if e.is_conflict() || e.is_not_found() => Ok(verdict(false)),
-            Err(e) => Err(Failure::Native(ApiError::from_store(e, "key"))),
-        },
-        None => match state.db().delete(key.as_str()) {
-            Ok(p) => {
-                p.await
-                    .map_err(|e| Failure::Native(ApiError::Storage(e.to_string())))?;
-                Ok(verdict(true))
-            }
-            // Deleting an absent key is a success in Consul.
-            Err(Error::NotFound(_)) => Ok(verdict(true)),
-            Err(e) => Err(Failure::Native(ApiError::from_store(e, "key"))),
-        },
+        Some(n) => {
+            let deleted = settle(state.db().delete_cas(key.as_str(), n), "key").await?;
+            Ok(verdict(deleted.is_some()))
+        }
+        None => {
+            // Deleting an absent key (`None` here) is a success in Consul.
+            settle(state.db().delete(key.as_str()), "key").await?;
+            Ok(verdict(true))
+        }
     }
 }
 
@@ -473,24 +452,11 @@ async fn delete_tree(state: &AppState, who: &Who, prefix: &str) -> Result<(), Fa
         for (k, _) in &entries {
             who.kv(k, Need::Write)?;
         }
-        let mut raced = false;
-        for chunk in entries.chunks(state.limits.max_batch.max(1)) {
-            let ops = chunk
-                .iter()
-                .map(|(k, index)| Op::delete_cas(k.clone(), *index))
-                .collect();
-            match state.db().batch(ops) {
-                Ok(p) => p
-                    .await
-                    .map_err(|e| Failure::Native(ApiError::Storage(e.to_string())))?,
-                Err(e) if e.is_conflict() => {
-                    raced = true;
-                    break;
-                }
-                Err(e) => return Err(Failure::Native(ApiError::from_store(e, "key"))),
-            };
-        }
-        if !raced {
+        let ops = entries
+            .into_iter()
+            .map(|(k, index)| Op::delete_cas(k, index))
+            .collect();
+        if commit_in_batches(state, ops).await? {
             return Ok(());
         }
         tokio::task::yield_now().await;

@@ -170,6 +170,40 @@ impl From<super::ApiError> for Failure {
     }
 }
 
+/// A write through the write path, waited for: `Some(index)` once acknowledged, `None` when
+/// its condition did not hold (a CAS that lost, an absent key), a failure otherwise (`noun`
+/// names what the error is about: "key" or "service"). Every Consul write ends here.
+pub(crate) async fn settle<V>(
+    write: Result<crate::persist::Pending<u64>, crate::Error<String, V>>,
+    noun: &'static str,
+) -> Result<Option<u64>, Failure> {
+    match write {
+        Ok(pending) => pending
+            .await
+            .map(Some)
+            .map_err(|e| Failure::Native(super::ApiError::Storage(e.to_string()))),
+        Err(e) if e.is_conflict() || e.is_not_found() => Ok(None),
+        Err(e) => Err(Failure::Native(super::ApiError::from_store(e, noun))),
+    }
+}
+
+/// Commits `ops` in batches of at most `--max-batch` keys; `false` when one of them did not
+/// hold its conditions (the batches before it stay committed: callers scan again and retry).
+pub(crate) async fn commit_in_batches(
+    state: &AppState,
+    ops: Vec<crate::Op<String, super::KvValue>>,
+) -> Result<bool, Failure> {
+    for chunk in ops.chunks(state.limits.max_batch.max(1)) {
+        if settle(state.db().batch(chunk.to_vec()), "key")
+            .await?
+            .is_none()
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// A response with `X-Consul-Index: index` (at least 1).
 pub(crate) fn at_index(mut response: Response, index: u64) -> Response {
     response

@@ -31,7 +31,10 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{at_index, from_json_any_case, is_internal, json, metered, Failure, INTERNAL, NODE};
+use super::{
+    at_index, commit_in_batches, from_json_any_case, is_internal, json, metered, settle, Failure,
+    INTERNAL, NODE,
+};
 use crate::server::acl::Who;
 use crate::server::extract::Params;
 use crate::server::kv::listing;
@@ -351,9 +354,9 @@ pub(super) async fn create(State(state): State<AppState>, who: Who, body: Bytes)
             invalidated: false,
         };
         let written = state.db().set_cas(record_key(id), record.value(), 0);
-        let index = match written {
-            Ok(p) => p.await.map_err(|e| ApiError::Storage(e.to_string()))?,
-            Err(e) => return Err(ApiError::from_store(e, "key").into()),
+        // A create-only write of a fresh random id: `None` would mean a 122-bit collision.
+        let Some(index) = settle(written, "key").await? else {
+            return Err(Failure::internal("a session id collided; try again"));
         };
         // After the record is written: the reaper takes a live session without a record for
         // one a bounded store evicted. (A destroy that ran in between leaves an entry without a
@@ -496,17 +499,12 @@ pub(crate) async fn invalidate(state: &AppState, id: SessionId) -> Result<(), Fa
             break;
         }
         record.invalidated = true;
-        match state
+        let write = state
             .db()
-            .set_cas(key.clone(), record.value(), e.modify_index)
-        {
-            Ok(p) => {
-                let index = p.await.map_err(|e| ApiError::Storage(e.to_string()))?;
-                marked = Some((record, index));
-                break;
-            }
-            Err(e) if e.is_conflict() || e.is_not_found() => continue,
-            Err(e) => return Err(ApiError::from_store(e, "key").into()),
+            .set_cas(key.clone(), record.value(), e.modify_index);
+        if let Some(index) = settle(write, "key").await? {
+            marked = Some((record, index));
+            break;
         }
     }
     let (behavior, delay) = match (&marked, remembered) {
@@ -555,20 +553,7 @@ pub(crate) async fn invalidate(state: &AppState, id: SessionId) -> Result<(), Fa
                 delays.insert(k.clone(), now + delay);
             }
         }
-        let mut raced = false;
-        for chunk in ops.chunks(state.limits.max_batch.max(1)) {
-            match state.db().batch(chunk.to_vec()) {
-                Ok(p) => {
-                    p.await.map_err(|e| ApiError::Storage(e.to_string()))?;
-                }
-                Err(e) if e.is_conflict() || e.is_not_found() => {
-                    raced = true;
-                    break;
-                }
-                Err(e) => return Err(ApiError::from_store(e, "key").into()),
-            }
-        }
-        if !raced {
+        if commit_in_batches(state, ops).await? {
             state.sessions.live().remove(&id);
             return Ok(());
         }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::kv::DirEntry;
 use super::session::{self, Sessions};
-use super::{is_internal, json, metered, Failure};
+use super::{is_internal, json, metered, settle, Failure};
 use crate::server::acl::{Need, Who};
 use crate::server::metrics::Op as Metric;
 use crate::server::{ApiError, AppState, KvValue, SessionId};
@@ -400,10 +400,9 @@ async fn attempt(
                 ),
             ));
         }
-        match state.db().batch(batch) {
-            Ok(p) => p.await.map_err(|e| ApiError::Storage(e.to_string()))?,
-            Err(e) if e.is_conflict() || e.is_not_found() => return Ok(None),
-            Err(e) => return Err(ApiError::from_store(e, "key").into()),
+        match settle(state.db().batch(batch), "key").await? {
+            Some(index) => index,
+            None => return Ok(None),
         }
     };
     let results: Vec<serde_json::Value> = shown
