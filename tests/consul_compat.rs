@@ -916,3 +916,21 @@ fn an_evicted_session_record_ends_the_session_and_its_locks() {
     let r = put(&s, &format!("/v1/kv/again?acquire={id}"), b"x");
     assert_eq!(r.status, 500, "{}", r.text());
 }
+
+#[test]
+fn a_session_record_is_bounded_as_a_value_is() {
+    let s = start_with(Limits {
+        max_value_bytes: 1024,
+        ..Limits::default()
+    });
+    let before = s.state.store.global_index().high_water();
+    let name = "n".repeat(2048);
+    let r = put(
+        &s,
+        "/v1/session/create",
+        json!({"Name": name}).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(s.state.store.global_index().high_water(), before);
+    assert_eq!(get(&s, "/v1/session/list").json(), json!([]));
+}

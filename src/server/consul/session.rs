@@ -353,7 +353,11 @@ pub(super) async fn create(State(state): State<AppState>, who: Who, body: Bytes)
             ttl_ms: ttl.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             invalidated: false,
         };
-        let written = state.db().set_cas(record_key(id), record.value(), 0);
+        // The record is a value of the store: bounded as every value is (a `Name` is the part
+        // a client sizes).
+        let value = record.value();
+        state.limits.check_value("session", value.len())?;
+        let written = state.db().set_cas(record_key(id), value, 0);
         // A create-only write of a fresh random id: `None` would mean a 122-bit collision.
         let Some(index) = settle(written, "key").await? else {
             return Err(Failure::internal("a session id collided; try again"));
